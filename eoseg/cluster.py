@@ -1,0 +1,109 @@
+"""Dask clusters and running per-tile functions on them.
+
+On one machine eoseg starts a `dask.distributed.LocalCluster` of processes; at scale it
+connects to any scheduler address (``tcp://...``) — GPU nodes run ``dask cuda worker``
+(one worker per GPU), Kubernetes the Dask operator, HPC dask-jobqueue (see ``deploy/``).
+Tile functions are plain functions of a `Tile`; this module only schedules them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from distributed import Client, LocalCluster, as_completed
+
+from eoseg.errors import EosegError, InvalidParameterError
+from eoseg.grid import Tile
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ProgressFn = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` after each finished tile."""
+
+
+@contextmanager
+def connect(
+    scheduler: str | None = None,
+    *,
+    n_workers: int | None = None,
+    processes: bool = True,
+    local_directory: Path | None = None,
+) -> Iterator[Client]:
+    """Yield a client: to ``scheduler`` if given, else to a new local cluster.
+
+    Args:
+        scheduler: Address of a running scheduler (``tcp://host:8786``); ``None`` starts a
+            `LocalCluster` that is closed on exit.
+        n_workers: Local workers (default: one per core, at most 4), one thread each:
+            torch parallelism inside a task is set by the worker plugin.
+        processes: Process workers (default) or threads in this process (tests).
+        local_directory: Where local workers spill; keep it inside the work dir.
+    """
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="30s")
+        except OSError as exc:
+            raise InvalidParameterError(
+                f"could not reach the Dask scheduler at {scheduler} ({exc}): check the "
+                "address, or leave --scheduler out to run on a local cluster"
+            ) from exc
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    workers = n_workers or max(1, min(4, os.cpu_count() or 1))
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=processes,
+            dashboard_address=None,
+            local_directory=str(local_directory) if local_directory else None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        log.info("local Dask cluster: %d workers (%s)", workers, cluster.scheduler_address)
+        yield client
+
+
+def run_tiles(
+    client: Client | None,
+    fn: Callable[..., T],
+    tiles: Sequence[Tile],
+    *,
+    progress: ProgressFn | None = None,
+    **kwargs: Any,
+) -> list[T]:
+    """Run ``fn(tile, **kwargs)`` for every tile and return the results in tile order.
+
+    With ``client=None`` the tiles run one after another in this process (handy for
+    debugging and tiny inputs). An `EosegError` raised in a task reaches the caller as
+    itself, so bad input still gets its clear message.
+    """
+    total = len(tiles)
+    if client is None:
+        results = []
+        for i, tile in enumerate(tiles, 1):
+            results.append(fn(tile, **kwargs))
+            if progress:
+                progress(i, total)
+        return results
+    futures = client.map(fn, tiles, pure=False, **kwargs)
+    index = {f.key: i for i, f in enumerate(futures)}
+    out: list[Any] = [None] * total
+    try:
+        for done, future in enumerate(as_completed(futures), 1):
+            out[index[future.key]] = future.result()
+            if progress:
+                progress(done, total)
+    except EosegError:
+        client.cancel(futures)
+        raise
+    return out

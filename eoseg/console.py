@@ -1,0 +1,133 @@
+"""Terminal output of the CLI: progress bars, tables, JSON, and error messages.
+
+Everything for people goes to stderr (progress) or to stdout as rich tables; with
+``--json`` stdout holds exactly one JSON document and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True)
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar on stderr; yields a ``progress(done, total)`` callback."""
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=False,
+    ) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+@contextmanager
+def train_progress() -> Iterator[Callable[[str, int, int, Mapping[str, Any]], None]]:
+    """A progress bar for training, showing the stage, loss and validation mIoU."""
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=stderr,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(stage: str, step: int, total: int, info: Mapping[str, Any]) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(f"train: {stage}", total=total, info="")
+            text = "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                             for k, v in info.items())
+            bar.update(tasks[stage], completed=step, total=total, info=text)
+
+        yield update
+
+
+def to_jsonable(value: Any) -> Any:
+    """Paths to strings, NaN to None, tuples to lists, recursively."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return value.item()
+    return value
+
+
+def emit_json(document: Mapping[str, Any]) -> None:
+    """Write one JSON document to stdout."""
+    sys.stdout.write(json.dumps(to_jsonable(document), indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def key_value_table(title: str, rows: Mapping[str, Any]) -> Table:
+    """A two-column table of names and values."""
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows.items():
+        table.add_row(key, _fmt(value))
+    return table
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def print_error(message: str) -> None:
+    """The one-paragraph message of a bad-input error, on stderr."""
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False)
+
+
+def print_demo_summary(summary: Mapping[str, Any]) -> None:
+    """Tables of the demo's accuracy, class areas, timings and output paths."""
+    metrics = summary["metrics"]
+    acc = Table(title="accuracy on the held-out area", title_justify="left")
+    for col in ("class", "precision", "recall", "F1", "IoU", "area km²"):
+        acc.add_column(col, justify="right" if col != "class" else "left")
+    areas = {c["name"]: c["km2"] for c in summary["areas"]["classes"]}
+    for row in metrics["classes"]:
+        acc.add_row(row["name"], *(_fmt_opt(row.get(k)) for k in ("precision", "recall", "f1",
+                                                                   "iou")),
+                    _fmt_opt(areas.get(row["name"])))
+    stdout.print(acc)
+    stdout.print(
+        f"[bold]mIoU {metrics['miou']:.3f}[/]   overall accuracy "
+        f"{metrics['overall_accuracy']:.3f}   class areas sum "
+        f"{summary['areas']['classes_sum_km2']:.3f} km² vs valid grid area "
+        f"{summary['areas']['grid_valid_km2']:.3f} km² "
+        f"({summary['areas']['relative_difference']:.2e} relative)"
+    )
+    stdout.print(key_value_table("timings (s)", summary["timings"]))
+    stdout.print(key_value_table("outputs", summary["paths"]))
+
+
+def _fmt_opt(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"

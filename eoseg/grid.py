@@ -1,0 +1,182 @@
+"""The grid of a run and its tiles.
+
+A grid is an `odc.geo.geobox.GeoBox` (CRS, resolution, extent); a tile is one chunk of it,
+the unit of parallel work, resumability and provenance. Tiles are aligned to the store's
+chunks, so writing one tile never touches another tile's chunk.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from odc.geo import CRS
+from odc.geo.geobox import GeoBox
+from odc.geo.geom import BoundingBox, Geometry
+
+from eoseg.errors import GeoreferenceError, InvalidParameterError, NoOverlapError
+
+DEFAULT_TILE_SIZE = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class Tile:
+    """One chunk-aligned window of a grid.
+
+    Attributes:
+        row: Tile row index (north to south).
+        col: Tile column index (west to east).
+        y0: First pixel row of the tile in the grid.
+        x0: First pixel column of the tile in the grid.
+        height: Rows in the tile (the last row of tiles may be shorter).
+        width: Columns in the tile.
+    """
+
+    row: int
+    col: int
+    y0: int
+    x0: int
+    height: int
+    width: int
+
+    @property
+    def name(self) -> str:
+        """Stable name used for provenance files and logs, e.g. ``"r0003_c0012"``."""
+        return f"r{self.row:04d}_c{self.col:04d}"
+
+    @property
+    def ys(self) -> slice:
+        """Row slice of the tile in the grid."""
+        return slice(self.y0, self.y0 + self.height)
+
+    @property
+    def xs(self) -> slice:
+        """Column slice of the tile in the grid."""
+        return slice(self.x0, self.x0 + self.width)
+
+    def geobox(self, grid: GeoBox) -> GeoBox:
+        """The tile's own GeoBox within ``grid``."""
+        return grid[self.ys, self.xs]
+
+
+def parse_crs(value: str | int | CRS) -> CRS:
+    """Parse a user CRS (``"EPSG:32632"``, ``32632``, WKT, PROJ string).
+
+    Raises:
+        GeoreferenceError: The value is not a CRS PROJ understands.
+    """
+    if isinstance(value, CRS):
+        return value
+    text = str(value).strip()
+    if text.isdigit():
+        text = f"EPSG:{text}"
+    try:
+        return CRS(text)
+    except Exception as exc:  # pyproj raises several types for unparsable input
+        raise GeoreferenceError(
+            f"could not parse CRS {value!r} ({exc}): give an EPSG code like 'EPSG:32632', "
+            "a WKT string or a PROJ string"
+        ) from exc
+
+
+def parse_bbox(text: str) -> tuple[float, float, float, float]:
+    """Parse ``"minx,miny,maxx,maxy"`` into four floats.
+
+    Raises:
+        InvalidParameterError: Not four numbers, or min >= max.
+    """
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        minx, miny, maxx, maxy = (float(p) for p in parts)
+    except ValueError:
+        raise InvalidParameterError(
+            f"expected a box 'minx,miny,maxx,maxy' of four numbers; found {text!r}"
+        ) from None
+    if minx >= maxx or miny >= maxy:
+        raise InvalidParameterError(
+            f"box {text!r} is empty: minx must be < maxx and miny < maxy"
+        )
+    return minx, miny, maxx, maxy
+
+
+def make_grid(
+    footprints: Sequence[Geometry],
+    crs: CRS,
+    resolution: float,
+    bbox: tuple[float, float, float, float] | None = None,
+    origin: tuple[float, float] = (0.0, 0.0),
+) -> GeoBox:
+    """Build the grid covering the union of footprints, snapped to the resolution.
+
+    Args:
+        footprints: Scene footprints in any CRS.
+        crs: CRS of the grid.
+        resolution: Pixel size in CRS units (square pixels, north-up).
+        bbox: Optional ``minx,miny,maxx,maxy`` in EPSG:4326 that the grid is clipped to.
+        origin: A point on pixel corners of the grid: edges are snapped outward to
+            ``origin + k * resolution`` (the first scene's corner keeps its pixels intact).
+
+    Raises:
+        NoOverlapError: The bbox misses every footprint.
+        InvalidParameterError: Non-positive resolution.
+    """
+    if not resolution > 0:
+        raise InvalidParameterError(f"resolution must be positive; found {resolution}")
+    if not footprints:
+        raise GeoreferenceError("no scene footprints to build a grid from: give at least one")
+    union = footprints[0].to_crs(crs)
+    for fp in footprints[1:]:
+        union = union.union(fp.to_crs(crs))
+    if bbox is not None:
+        box = BoundingBox(*bbox, crs="EPSG:4326").polygon.to_crs(crs)
+        clipped = union.intersection(box)
+        if clipped.is_empty or clipped.area == 0:
+            raise NoOverlapError(
+                f"--bbox {bbox} (EPSG:4326) does not overlap the sources, which cover "
+                f"{_lonlat_bounds(union)}: choose a box inside the sources' extent"
+            )
+        union = clipped
+    minx, miny, maxx, maxy = union.boundingbox
+    ox, oy = origin
+    # Snap outward to whole pixels; the epsilon absorbs float noise from reprojection.
+    eps = 1e-6
+    snapped = (
+        ox + math.floor((minx - ox) / resolution + eps) * resolution,
+        oy + math.floor((miny - oy) / resolution + eps) * resolution,
+        ox + math.ceil((maxx - ox) / resolution - eps) * resolution,
+        oy + math.ceil((maxy - oy) / resolution - eps) * resolution,
+    )
+    return GeoBox.from_bbox(snapped, crs, resolution=resolution, tight=True)
+
+
+def _lonlat_bounds(geom: Geometry) -> str:
+    b = geom.to_crs("EPSG:4326").boundingbox
+    return f"lon {b.left:.4f}..{b.right:.4f}, lat {b.bottom:.4f}..{b.top:.4f}"
+
+
+def iter_tiles(grid: GeoBox, tile_size: int) -> Iterator[Tile]:
+    """Yield the tiles of a grid in row-major order.
+
+    Raises:
+        InvalidParameterError: ``tile_size`` is not positive.
+    """
+    if tile_size <= 0:
+        raise InvalidParameterError(f"tile size must be positive; found {tile_size}")
+    height, width = grid.shape.y, grid.shape.x
+    for row, y0 in enumerate(range(0, height, tile_size)):
+        for col, x0 in enumerate(range(0, width, tile_size)):
+            yield Tile(
+                row, col, y0, x0, min(tile_size, height - y0), min(tile_size, width - x0)
+            )
+
+
+def describe_grid(grid: GeoBox) -> dict[str, object]:
+    """A JSON-friendly summary of a grid (CRS, resolution, shape, bounds)."""
+    b = grid.boundingbox
+    return {
+        "crs": f"EPSG:{grid.crs.epsg}" if grid.crs.epsg else grid.crs.to_wkt(),
+        "resolution": abs(grid.resolution.x),
+        "shape": [grid.shape.y, grid.shape.x],
+        "bounds": [b.left, b.bottom, b.right, b.top],
+    }

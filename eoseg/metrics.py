@@ -1,0 +1,260 @@
+"""Accuracy of a class map against truth: confusion matrix and per-class scores.
+
+The confusion matrix is summed from per-block bincounts (one Dask task per chunk), so
+neither raster is ever loaded whole. Rows are truth, columns prediction
+(``matrix[t, p]`` counts pixels of true class ``t`` predicted as ``p``), as in
+scikit-learn.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import dask.array
+import numpy as np
+import xarray as xr
+from rich.table import Table
+
+from eoseg.classes import IGNORE_ID, ClassSchema
+from eoseg.errors import InvalidParameterError, NoOverlapError
+
+log = logging.getLogger(__name__)
+
+ArrayLike = np.ndarray | dask.array.Array | xr.DataArray
+
+_BLOCK = 2048
+"""Block edge (pixels) used to split numpy inputs, bounding temporary memory."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccuracyReport:
+    """Accuracy scores of a class map.
+
+    Per-class scores are NaN where undefined: precision when the class is never
+    predicted, recall when it is absent from the truth, F1 and IoU when it is absent from
+    both. ``miou`` and ``macro_f1`` average over the classes present in the truth *or* the
+    prediction (those whose IoU is defined): a class absent from both says nothing about
+    the map, while a class that is predicted but absent from the truth is an error and
+    counts with IoU 0.
+
+    Attributes:
+        class_names: Class names in id order.
+        confusion: Pixel counts, ``confusion[truth][pred]``.
+        overall_accuracy: Correct pixels / valid pixels.
+        precision: Per class, TP / (TP + FP).
+        recall: Per class, TP / (TP + FN).
+        f1: Per class, 2 TP / (2 TP + FP + FN).
+        iou: Per class, TP / (TP + FP + FN).
+        miou: Mean IoU over classes present in truth or prediction.
+        macro_f1: Mean F1 over the same classes.
+    """
+
+    class_names: tuple[str, ...]
+    confusion: tuple[tuple[int, ...], ...]
+    overall_accuracy: float
+    precision: tuple[float, ...]
+    recall: tuple[float, ...]
+    f1: tuple[float, ...]
+    iou: tuple[float, ...]
+    miou: float
+    macro_f1: float
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """The confusion matrix as an ``int64`` array (rows truth, columns prediction)."""
+        return np.array(self.confusion, dtype=np.int64)
+
+    @property
+    def support(self) -> tuple[int, ...]:
+        """Truth pixels of each class."""
+        return tuple(int(sum(row)) for row in self.confusion)
+
+    @property
+    def n_pixels(self) -> int:
+        """Pixels valid in both truth and prediction."""
+        return int(sum(self.support))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; NaN scores become ``None``."""
+        support = self.support
+        return {
+            "n_pixels": self.n_pixels,
+            "overall_accuracy": _nan_to_none(self.overall_accuracy),
+            "miou": _nan_to_none(self.miou),
+            "macro_f1": _nan_to_none(self.macro_f1),
+            "class_names": list(self.class_names),
+            "confusion_matrix": [list(row) for row in self.confusion],
+            "classes": [
+                {
+                    "id": i,
+                    "name": name,
+                    "precision": _nan_to_none(self.precision[i]),
+                    "recall": _nan_to_none(self.recall[i]),
+                    "f1": _nan_to_none(self.f1[i]),
+                    "iou": _nan_to_none(self.iou[i]),
+                    "support": support[i],
+                }
+                for i, name in enumerate(self.class_names)
+            ],
+        }
+
+
+def confusion_matrix(
+    pred: ArrayLike, truth: ArrayLike, num_classes: int, ignore: int = IGNORE_ID
+) -> np.ndarray:
+    """Confusion matrix of two class rasters, computed block by block.
+
+    Args:
+        pred: Predicted class ids (numpy, Dask, or a DataArray backed by either).
+        truth: True class ids, same shape (and grid, for DataArrays) as ``pred``.
+        num_classes: Number of classes; ids must be ``< num_classes`` or ``ignore``.
+        ignore: Id skipped in either raster (nodata in maps, ignore in labels).
+
+    Returns:
+        ``int64`` array ``(num_classes, num_classes)``, rows truth, columns prediction.
+
+    Raises:
+        InvalidParameterError: Shapes or grids differ, or an id is out of range.
+    """
+    if num_classes < 1 or num_classes > IGNORE_ID:
+        raise InvalidParameterError(f"num_classes must be 1..{IGNORE_ID}; found {num_classes}")
+    _check_same_grid(pred, truth)
+    p = _as_dask(pred)
+    t = _as_dask(truth).rechunk(p.chunks)
+    parts = [
+        dask.delayed(_block_confusion)(pb, tb, num_classes, ignore)
+        for pb, tb in zip(p.to_delayed().ravel(), t.to_delayed().ravel(), strict=True)
+    ]
+    total = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for part in dask.compute(*parts):
+        total += part
+    return total
+
+
+def evaluate(pred: ArrayLike, truth: ArrayLike, schema: ClassSchema) -> AccuracyReport:
+    """Score a class map against truth (255 in either is skipped).
+
+    Args:
+        pred: Predicted class ids.
+        truth: True class ids on the same grid.
+        schema: The classes of both rasters.
+
+    Returns:
+        The accuracy report.
+
+    Raises:
+        NoOverlapError: No pixel is valid in both rasters.
+        InvalidParameterError: Shapes differ or ids fall outside the schema.
+    """
+    cm = confusion_matrix(pred, truth, len(schema))
+    n = int(cm.sum())
+    if n == 0:
+        raise NoOverlapError(
+            "prediction and truth share no valid pixel (every pixel is 255 in one of them): "
+            "check that both cover the same area on the same grid"
+        )
+    tp = np.diag(cm).astype(np.float64)
+    fp = cm.sum(axis=0) - tp
+    fn = cm.sum(axis=1) - tp
+    iou = _ratio(tp, tp + fp + fn)
+    f1 = _ratio(2 * tp, 2 * tp + fp + fn)
+    present = ~np.isnan(iou)  # in truth or prediction
+    return AccuracyReport(
+        class_names=schema.names,
+        confusion=tuple(tuple(int(v) for v in row) for row in cm),
+        overall_accuracy=float(tp.sum() / n),
+        precision=_floats(_ratio(tp, tp + fp)),
+        recall=_floats(_ratio(tp, tp + fn)),
+        f1=_floats(f1),
+        iou=_floats(iou),
+        miou=float(iou[present].mean()),
+        macro_f1=float(f1[present].mean()),
+    )
+
+
+def format_report(report: AccuracyReport) -> Table:
+    """A rich table of per-class scores, with overall accuracy and mIoU in the caption."""
+    table = Table(title="Accuracy", caption=_summary(report))
+    for col in ("class", "precision", "recall", "F1", "IoU", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for i, name in enumerate(report.class_names):
+        table.add_row(
+            name,
+            _fmt(report.precision[i]),
+            _fmt(report.recall[i]),
+            _fmt(report.f1[i]),
+            _fmt(report.iou[i]),
+            f"{report.support[i]:,}",
+        )
+    return table
+
+
+def _block_confusion(p: np.ndarray, t: np.ndarray, n: int, ignore: int) -> np.ndarray:
+    """Confusion matrix of one block."""
+    p = np.asarray(p).ravel()
+    t = np.asarray(t).ravel()
+    valid = (p != ignore) & (t != ignore)
+    p = p[valid].astype(np.int64)
+    t = t[valid].astype(np.int64)
+    if p.size and (min(p.min(), t.min()) < 0 or max(p.max(), t.max()) >= n):
+        bad = sorted({int(v) for v in np.concatenate([p, t]) if v < 0 or v >= n})
+        raise InvalidParameterError(
+            f"class ids {bad[:10]} are outside 0..{n - 1} (and not the ignore id {ignore}): "
+            "pass the schema both rasters were made with"
+        )
+    return np.bincount(t * n + p, minlength=n * n).reshape(n, n)
+
+
+def _as_dask(x: ArrayLike) -> dask.array.Array:
+    data = x.data if isinstance(x, xr.DataArray) else x
+    if isinstance(data, dask.array.Array):
+        return data
+    return dask.array.from_array(np.asarray(data), chunks=_BLOCK)
+
+
+def _check_same_grid(pred: ArrayLike, truth: ArrayLike) -> None:
+    if pred.shape != truth.shape:
+        raise InvalidParameterError(
+            f"prediction has shape {pred.shape} but truth {truth.shape}: "
+            "put both on the same grid (resample the truth onto the map's grid)"
+        )
+    if isinstance(pred, xr.DataArray) and isinstance(truth, xr.DataArray):
+        for dim in ("x", "y"):
+            if (
+                dim in pred.coords
+                and dim in truth.coords
+                and not np.allclose(pred[dim].values, truth[dim].values)
+            ):
+                raise InvalidParameterError(
+                    f"prediction and truth have different {dim} coordinates: "
+                    "put both on the same grid (resample the truth onto the map's grid)"
+                )
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    out = np.full(num.shape, np.nan)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def _floats(a: np.ndarray) -> tuple[float, ...]:
+    return tuple(float(v) for v in a)
+
+
+def _nan_to_none(v: float) -> float | None:
+    return None if math.isnan(v) else v
+
+
+def _fmt(v: float) -> str:
+    return "–" if math.isnan(v) else f"{v:.3f}"
+
+
+def _summary(report: AccuracyReport) -> str:
+    return (
+        f"overall accuracy {_fmt(report.overall_accuracy)} · mIoU {_fmt(report.miou)} · "
+        f"macro F1 {_fmt(report.macro_f1)} · {report.n_pixels:,} pixels"
+    )

@@ -1,0 +1,278 @@
+"""Model cards and model folders: weights (safetensors) plus a JSON card.
+
+A model folder holds ``weights.safetensors`` and ``model.json``. The version is a short
+hash of the weights and the card (without its ``version`` and ``created`` fields), so two
+identical trainings produce the same version. Weights load with safetensors only; no
+pickle is ever opened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from eoseg.classes import ClassSchema
+from eoseg.errors import BandMismatchError, InputNotFoundError, InvalidStoreError
+from eoseg.models.unet import UNet
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "weights.safetensors"
+CARD_FILE = "model.json"
+_VERSION_CHARS = 12
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCard:
+    """What a model needs to be used correctly, and where it came from.
+
+    Attributes:
+        name: Model name (the registry groups versions by name).
+        version: Content hash of weights + card; set by `save_model`.
+        bands: Band names the model reads, in input-channel order.
+        mean: Per-band mean used for normalisation (same order as ``bands``).
+        std: Per-band standard deviation used for normalisation.
+        classes: Class schema of the output channels.
+        chip_size: Side in pixels of the chips the model was trained on.
+        architecture: ``{"name": "unet", "base_width": ..., "depth": ...}``.
+        parameters: Number of trainable parameters.
+        flops_per_pixel: Forward FLOPs per output pixel.
+        metrics: Training metrics (e.g. per-epoch validation mIoU).
+        parent: Version of the model this one was fine-tuned from, if any.
+        fingerprint: Hash of the training inputs and configuration.
+        created: ISO-8601 UTC time of saving (not part of the version).
+    """
+
+    name: str
+    bands: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: ClassSchema
+    chip_size: int
+    architecture: dict[str, Any]
+    version: str = ""
+    parameters: int = 0
+    flops_per_pixel: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    parent: str | None = None
+    fingerprint: str = ""
+    created: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict of the card."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["bands"] = list(self.bands)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        d["classes"] = self.classes.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelCard:
+        """Build a card from the output of `to_dict`."""
+        return cls(
+            name=str(d["name"]),
+            version=str(d.get("version", "")),
+            bands=tuple(str(b) for b in d["bands"]),
+            mean=tuple(float(v) for v in d["mean"]),
+            std=tuple(float(v) for v in d["std"]),
+            classes=ClassSchema.from_dict(d["classes"]),
+            chip_size=int(d["chip_size"]),
+            architecture=dict(d["architecture"]),
+            parameters=int(d.get("parameters", 0)),
+            flops_per_pixel=float(d.get("flops_per_pixel", 0.0)),
+            metrics=dict(d.get("metrics", {})),
+            parent=d.get("parent"),
+            fingerprint=str(d.get("fingerprint", "")),
+            created=str(d.get("created", "")),
+        )
+
+
+def build_model(card: ModelCard) -> nn.Module:
+    """An untrained network with the architecture the card describes.
+
+    Raises:
+        InvalidStoreError: If the architecture name is unknown.
+    """
+    arch = card.architecture
+    if arch.get("name") != "unet":
+        raise InvalidStoreError(
+            f"model {card.name!r} has architecture {arch.get('name')!r}; this eoseg knows "
+            "only 'unet': upgrade eoseg or retrain the model"
+        )
+    return UNet(
+        len(card.bands),
+        len(card.classes),
+        base_width=int(arch.get("base_width", 32)),
+        depth=int(arch.get("depth", 4)),
+    )
+
+
+def _content_version(state: Mapping[str, torch.Tensor], card: ModelCard) -> str:
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    d = card.to_dict()
+    d.pop("version")
+    d.pop("created")
+    h.update(json.dumps(d, sort_keys=True).encode())
+    return h.hexdigest()[:_VERSION_CHARS]
+
+
+def save_model(model: nn.Module, card: ModelCard, out_dir: str | os.PathLike[str]) -> ModelCard:
+    """Write a model folder atomically and return the card with its version set.
+
+    Files are written to a hidden sibling folder which then replaces ``out_dir``, so a
+    crash never leaves a half-written model that looks complete.
+
+    Args:
+        model: The trained network.
+        card: Its card; ``version`` and ``created`` are filled in here.
+        out_dir: Model folder to create (replaced if it exists).
+
+    Returns:
+        The saved card (with ``version`` and ``created``).
+    """
+    out = Path(out_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    version = _content_version(state, card)
+    created = datetime.now(UTC).isoformat(timespec="seconds")
+    saved = dataclasses.replace(card, version=version, created=created)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"version": version})
+        (tmp / CARD_FILE).write_text(json.dumps(saved.to_dict(), indent=2) + "\n")
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("saved model %s version %s to %s", saved.name, version, out)
+    return saved
+
+
+def read_card(model_dir: str | os.PathLike[str]) -> ModelCard:
+    """Read ``model.json`` of a model folder.
+
+    Raises:
+        InputNotFoundError: If the folder or its card is missing.
+    """
+    path = Path(model_dir) / CARD_FILE
+    if not path.is_file():
+        raise InputNotFoundError(
+            f"no model card at {path}: a model folder holds {CARD_FILE} and {WEIGHTS_FILE}; "
+            "pass the folder written by 'eoseg train' (or a registry version folder)"
+        )
+    return ModelCard.from_dict(json.loads(path.read_text()))
+
+
+def load_model(
+    model_dir: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelCard]:
+    """Load a model folder (safetensors only) and return the network in eval mode.
+
+    Args:
+        model_dir: Folder holding ``weights.safetensors`` and ``model.json``.
+        device: Torch device to place the weights on.
+
+    Returns:
+        ``(model, card)``.
+
+    Raises:
+        InputNotFoundError: If the folder, the card or the weights are missing.
+    """
+    card = read_card(model_dir)
+    wpath = Path(model_dir) / WEIGHTS_FILE
+    if not wpath.is_file():
+        raise InputNotFoundError(
+            f"model card found but no weights at {wpath}: the model folder is incomplete; "
+            "copy the whole folder or retrain"
+        )
+    model = build_model(card)
+    state = load_file(str(wpath), device=str(device))
+    model.load_state_dict(state)
+    if _content_version(state, card) != card.version:
+        logger.warning("model %s: content does not match version %s", model_dir, card.version)
+    model.to(device)
+    model.eval()
+    return model, card
+
+
+def check_bands(card: ModelCard, cube_bands: Sequence[str]) -> tuple[int, ...]:
+    """Check that a cube holds every band the model reads.
+
+    Args:
+        card: The model's card.
+        cube_bands: Band names of the cube (its ``band`` coordinate).
+
+    Returns:
+        Index in ``cube_bands`` of each model band, in model order (select the cube's
+        bands with it; extra cube bands are ignored).
+
+    Raises:
+        BandMismatchError: If a model band is missing from the cube.
+    """
+    have = tuple(str(b) for b in cube_bands)
+    missing = [b for b in card.bands if b not in have]
+    if missing:
+        raise BandMismatchError(
+            f"cube has bands {have}; model {card.name!r} (version {card.version or '?'}) "
+            f"expects {card.bands}, missing {tuple(missing)}: ingest the missing bands "
+            "into the cube or choose a model trained on these bands"
+        )
+    return tuple(have.index(b) for b in card.bands)
+
+
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+
+
+def normalize(chip: ArrayT, card: ModelCard) -> ArrayT:
+    """Normalise a chip with the card's per-band mean and std; NaN becomes 0.
+
+    Args:
+        chip: ``(..., C, H, W)`` array or tensor with bands in card order.
+        card: The model's card.
+
+    Returns:
+        float32 ``(x - mean) / std`` of the same kind as ``chip``, NaN (nodata) set to 0.
+
+    Raises:
+        BandMismatchError: If the channel axis does not have ``len(card.bands)`` entries.
+    """
+    if chip.ndim < 3 or chip.shape[-3] != len(card.bands):
+        raise BandMismatchError(
+            f"chip of shape {tuple(chip.shape)} has no channel axis (-3) of "
+            f"{len(card.bands)} bands {card.bands}: select the model's bands first"
+        )
+    mean = np.asarray(card.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(card.std, dtype=np.float32)[:, None, None]
+    if isinstance(chip, torch.Tensor):
+        m = torch.from_numpy(mean).to(chip.device)
+        s = torch.from_numpy(std).to(chip.device)
+        return torch.nan_to_num((chip.float() - m) / s, nan=0.0)
+    out = (np.asarray(chip, dtype=np.float32) - mean) / std
+    return np.nan_to_num(out, nan=0.0, copy=False)

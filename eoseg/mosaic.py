@@ -1,0 +1,102 @@
+"""Publishing a class map: Cloud-Optimized GeoTIFF and quicklook PNG.
+
+The COG is written without loading the map: tiles are copied window by window into a
+tiled GeoTIFF with a colour table, overviews are built with ``mode`` resampling (the
+right choice for classes; averaging class ids would invent classes), and GDAL's COG
+driver lays it out. The file appears at its final path only once complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from odc.geo.geobox import GeoBox
+from rasterio.windows import Window
+
+from eoseg.classes import IGNORE_ID, ClassSchema
+from eoseg.grid import iter_tiles
+from eoseg.predict import open_classmap
+from eoseg.store import check_output
+
+log = logging.getLogger(__name__)
+
+
+def classmap_schema(path: Path | str) -> ClassSchema:
+    """The class schema recorded in a class map."""
+    return ClassSchema.from_dict(open_classmap(path).attrs["classes"])
+
+
+def write_cog(classmap_path: Path, out: Path, *, overwrite: bool = False) -> Path:
+    """Write the ``class`` layer of a class map as a Cloud-Optimized GeoTIFF.
+
+    Returns:
+        ``out``, holding uint8 class ids (nodata 255), a colour table and overviews.
+    """
+    check_output(out, overwrite)
+    ds = open_classmap(classmap_path)
+    grid: GeoBox = ds.odc.geobox
+    schema = ClassSchema.from_dict(ds.attrs["classes"])
+    tile_size = int(ds.attrs["tile_size"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".cog-") as tmp:
+        staged = Path(tmp) / "tiled.tif"
+        profile = {
+            "driver": "GTiff", "dtype": "uint8", "count": 1, "nodata": IGNORE_ID,
+            "width": grid.shape.x, "height": grid.shape.y, "crs": grid.crs.wkt,
+            "transform": grid.affine, "tiled": True, "blockxsize": 512, "blockysize": 512,
+            "compress": "deflate", "BIGTIFF": "IF_SAFER",
+        }
+        with rasterio.open(staged, "w", **profile) as dst:
+            for tile in iter_tiles(grid, tile_size):
+                block = np.asarray(ds["class"][tile.ys, tile.xs].values)
+                dst.write(block, 1, window=Window(tile.x0, tile.y0, tile.width, tile.height))
+            dst.write_colormap(1, {c.id: (*c.rgb(), 255) for c in schema})
+            dst.update_tags(1, **{f"class_{c.id}": c.name for c in schema})
+            dst.update_tags(model=ds.attrs.get("model_version", ""),
+                            run_id=ds.attrs.get("run_id", ""))
+        final_tmp = Path(tmp) / "cog.tif"
+        rasterio.shutil.copy(staged, final_tmp, driver="COG", COMPRESS="DEFLATE",
+                             BLOCKSIZE=512, OVERVIEW_RESAMPLING="MODE", BIGTIFF="IF_SAFER")
+        os.replace(final_tmp, out)
+    log.info("wrote COG %s", out)
+    return out
+
+
+def write_quicklook(
+    classmap_path: Path, out: Path, *, max_size: int = 1024, title: str | None = None
+) -> Path:
+    """Render a small PNG of the class map with a legend.
+
+    The map is decimated by striding (nearest), so memory stays small for any map size.
+    """
+    import matplotlib  # local: plotting is only needed here
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    ds = open_classmap(classmap_path)
+    schema = ClassSchema.from_dict(ds.attrs["classes"])
+    ny, nx = ds.sizes["y"], ds.sizes["x"]
+    step = max(1, -(-max(ny, nx) // max_size))
+    small = np.asarray(ds["class"][::step, ::step].values)
+    masked = np.ma.masked_equal(small, IGNORE_ID)
+    cmap = ListedColormap([c.color for c in schema])
+    fig, ax = plt.subplots(figsize=(8, 8 * small.shape[0] / max(small.shape[1], 1) + 0.6))
+    ax.imshow(masked, cmap=cmap, vmin=-0.5, vmax=len(schema) - 0.5, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(title or f"class map ({ds.attrs.get('model_version', '')})")
+    handles = [Patch(color=c.color, label=c.name) for c in schema]
+    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, -0.12),
+              ncol=min(len(schema), 6), frameon=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return out

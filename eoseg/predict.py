@@ -1,0 +1,212 @@
+"""Tiled inference with smooth overlap blending, on a Dask cluster.
+
+Chips are laid on one *global* chip lattice (origin at the grid corner shifted by half a
+chip, stride half a chip), weighted by a separable ``sin²`` window and summed. With a
+stride of half the chip, the ``sin²`` weights of overlapping chips add up to exactly one,
+so every pixel's probabilities are a smooth blend of four chips. Because the lattice is
+global, a pixel gets the same prediction whichever tile computes it: tiles (and therefore
+the mosaic) have no seams. Each tile reads its own window plus half a chip of halo
+straight from the cube's Zarr store.
+
+The model is loaded once per worker (`ModelPlugin`); tasks carry only the model path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import torch
+import xarray as xr
+from distributed import Client, WorkerPlugin
+from odc.geo.geobox import GeoBox
+from odc.geo.xr import xr_coords
+
+from eoseg.classes import IGNORE_ID
+from eoseg.cluster import ProgressFn, run_tiles
+from eoseg.cube import open_cube
+from eoseg.grid import Tile, iter_tiles
+from eoseg.models.card import ModelCard, check_bands, load_model, normalize
+from eoseg.store import check_output, create_store, done_tiles, open_product, publish, write_tile
+
+log = logging.getLogger(__name__)
+
+_MODELS: dict[str, tuple[torch.nn.Module, ModelCard]] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class PredictResult:
+    """What a predict run wrote."""
+
+    path: Path
+    model: str
+    tiles: int
+    megapixels: float
+    seconds: float
+
+
+class ModelPlugin(WorkerPlugin):
+    """Loads the model once on every worker (and sets torch's thread count)."""
+
+    name = "eoseg-model"
+
+    def __init__(self, model_dir: str, threads: int = 1) -> None:
+        self.model_dir = model_dir
+        self.threads = threads
+
+    def setup(self, worker: Any) -> None:
+        # Nannies pin OMP_NUM_THREADS=1; torch needs its thread count set explicitly.
+        torch.set_num_threads(self.threads)
+        get_model(self.model_dir)
+
+
+def get_model(model_dir: str) -> tuple[torch.nn.Module, ModelCard]:
+    """The model of ``model_dir``, loaded at most once per process."""
+    with _MODELS_LOCK:
+        if model_dir not in _MODELS:
+            _MODELS[model_dir] = load_model(Path(model_dir))
+        return _MODELS[model_dir]
+
+
+def blend_window(chip: int) -> np.ndarray:
+    """The 2-D ``sin²`` weights of one chip; shifted by ``chip/2`` they sum to one."""
+    ramp = np.sin(np.pi * (np.arange(chip) + 0.5) / chip) ** 2
+    return np.outer(ramp, ramp).astype("float32")
+
+
+def predict_window(
+    model: torch.nn.Module, card: ModelCard, window: np.ndarray, *, batch_size: int = 8
+) -> np.ndarray:
+    """Class probabilities of a padded window by blended chips.
+
+    Args:
+        model: The network (eval mode).
+        card: Its model card (chip size, normalisation).
+        window: float32 ``(band, H, W)`` physical values (NaN = nodata), with ``H`` and
+            ``W`` equal to ``chip/2 * k + chip/2`` so the chip lattice fits exactly.
+        batch_size: Chips per forward pass (bounds memory on GPUs).
+
+    Returns:
+        float32 ``(class, H - chip, W - chip)`` probabilities of the window's interior
+        (the window minus half a chip on each side).
+    """
+    chip = card.chip_size
+    stride = chip // 2
+    x = normalize(window, card)
+    x_t = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
+    _, height, width = x.shape
+    starts = [(r, c) for r in range(0, height - chip + 1, stride)
+              for c in range(0, width - chip + 1, stride)]
+    acc = np.zeros((len(card.classes), height, width), dtype="float32")
+    weight = torch.as_tensor(blend_window(chip))
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for i in range(0, len(starts), batch_size):
+            batch = starts[i : i + batch_size]
+            chips = torch.stack([x_t[:, r : r + chip, c : c + chip] for r, c in batch])
+            probs = torch.softmax(model(chips.to(device)).float(), dim=1).cpu() * weight
+            for (r, c), p in zip(batch, probs.numpy(), strict=True):
+                acc[:, r : r + chip, c : c + chip] += p
+    half = chip // 2
+    return acc[:, half : height - half, half : width - half]
+
+
+def read_window(data: xr.DataArray, grid: GeoBox, tile: Tile, chip: int) -> np.ndarray:
+    """Read a tile plus halo from the cube, mirrored where it passes the grid edge.
+
+    The window starts half a chip before the tile and is rounded up to whole strides, so
+    chips fall on the global lattice.
+    """
+    stride = chip // 2
+    half = chip // 2
+    rows = -(-tile.height // stride) * stride
+    cols = -(-tile.width // stride) * stride
+    y0, x0 = tile.y0 - half, tile.x0 - half
+    y1, x1 = tile.y0 + rows + half, tile.x0 + cols + half
+    ny, nx = grid.shape.y, grid.shape.x
+    sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y1, ny), min(x1, nx)
+    core = np.asarray(data[:, sy0:sy1, sx0:sx1].values, dtype="float32")
+    pads = ((0, 0), (sy0 - y0, y1 - sy1), (sx0 - x0, x1 - sx1))
+    mode = "reflect" if min(core.shape[1:]) > max(max(p) for p in pads[1:]) else "edge"
+    return np.pad(core, pads, mode=mode)  # type: ignore[call-overload]
+
+
+def predict_tile(tile: Tile, *, cube_path: str, model_dir: str, staging: Path) -> int:
+    """Predict one tile and write its class and confidence; returns its pixel count."""
+    model, card = get_model(model_dir)
+    cube = xr.open_zarr(cube_path, decode_coords="all", consolidated=False, chunks=None)
+    data = cube["data"].isel(time=0).sel(band=list(card.bands))
+    grid: GeoBox = cube.odc.geobox
+    window = read_window(data, grid, tile, card.chip_size)
+    probs = predict_window(model, card, window)[:, : tile.height, : tile.width]
+    valid = np.asarray(cube["valid"][0, tile.ys, tile.xs].values, dtype=bool)
+    cls = probs.argmax(axis=0).astype("uint8")
+    conf = np.clip(np.rint(probs.max(axis=0) * 255), 0, 255).astype("uint8")
+    cls[~valid] = IGNORE_ID
+    conf[~valid] = 0
+    write_tile(staging, tile, {"class": cls, "confidence": conf},
+               {"model": card.version, "cube": cube.attrs.get("eoseg_signature")})
+    return tile.height * tile.width
+
+
+def predict(
+    cube_path: Path,
+    model_dir: Path,
+    out: Path,
+    *,
+    client: Client | None = None,
+    overwrite: bool = False,
+    run_id: str = "",
+    progress: ProgressFn | None = None,
+) -> PredictResult:
+    """Predict a class map for a whole cube and publish it.
+
+    Raises:
+        BandMismatchError: The cube lacks bands the model needs.
+        InputNotFoundError: Cube or model missing.
+    """
+    start = time.perf_counter()
+    check_output(out, overwrite)
+    cube = open_cube(cube_path)
+    _, card = load_model(model_dir)
+    check_bands(card, tuple(str(b) for b in cube["band"].values))
+    grid: GeoBox = cube.odc.geobox
+    tile_size = int(cube.attrs["tile_size"])
+    tiles = list(iter_tiles(grid, tile_size))
+    signature = hashlib.sha256(json.dumps(
+        [cube.attrs["eoseg_signature"], card.version, tile_size]).encode()).hexdigest()[:16]
+    coords = xr_coords(grid, crs_coord_name="spatial_ref")
+    zeros = da.zeros(grid.shape.yx, chunks=tile_size, dtype="uint8")
+    template = xr.Dataset({"class": (("y", "x"), zeros), "confidence": (("y", "x"), zeros)},
+                          coords=coords)
+    template["class"].attrs.update(long_name="class id, 255 = nodata", grid_mapping="spatial_ref")
+    template["confidence"].attrs.update(long_name="top-class probability x 255",
+                                        grid_mapping="spatial_ref")
+    attrs = {"run_id": run_id, "tile_size": tile_size, "classes": card.classes.to_dict(),
+             "model": card.name, "model_version": card.version, "cube": str(cube_path),
+             "cube_signature": cube.attrs["eoseg_signature"]}
+    staging = create_store(out, template, product="classmap", signature=signature, attrs=attrs)
+    todo = [t for t in tiles if t.name not in done_tiles(staging)]
+    model_key = str(Path(model_dir).resolve())
+    if client is not None:
+        client.register_plugin(ModelPlugin(model_key))
+    run_tiles(client, predict_tile, todo, progress=progress,
+              cube_path=str(cube_path), model_dir=model_key, staging=staging)
+    publish(out, overwrite=overwrite)
+    return PredictResult(path=out, model=f"{card.name}@{card.version}", tiles=len(tiles),
+                         megapixels=grid.shape.y * grid.shape.x / 1e6,
+                         seconds=time.perf_counter() - start)
+
+
+def open_classmap(path: Path | str) -> xr.Dataset:
+    """Open a class map lazily (``class``, ``confidence``)."""
+    return open_product(path, "classmap")

@@ -1,0 +1,305 @@
+"""Chip sampling: pick training windows from a cube and its labels.
+
+Windows are drawn inside square spatial *blocks*; each block belongs wholly to the
+training or the validation part (`split_blocks`), so validation chips never overlap or
+touch training chips. With ``balance=True`` a target class is drawn uniformly among the
+classes present, then a pixel of that class, and the chip is centred on it: rare classes
+appear in far more chips than their pixel share.
+
+Memory stays bounded: labels are read one block at a time (for per-block class counts),
+and imagery is read per block when the block is small (``max_block_bytes``) or per chip
+window otherwise; the whole raster is never loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import xarray as xr
+
+from eoseg.classes import IGNORE_ID
+from eoseg.errors import BandMismatchError, InvalidParameterError
+
+logger = logging.getLogger(__name__)
+
+Part = Literal["train", "val", "all"]
+
+
+@dataclass(frozen=True, slots=True)
+class BlockSplit:
+    """A grid of square blocks over a raster, each assigned to train or validation.
+
+    Attributes:
+        shape: ``(height, width)`` of the raster.
+        block_size: Side of a block in pixels (edge blocks may be smaller).
+        val_blocks: ``(block_row, block_col)`` of the validation blocks.
+    """
+
+    shape: tuple[int, int]
+    block_size: int
+    val_blocks: frozenset[tuple[int, int]]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Number of block rows and columns."""
+        h, w = self.shape
+        return -(-h // self.block_size), -(-w // self.block_size)
+
+    def blocks(self, part: Part) -> list[tuple[int, int]]:
+        """Block indices of one part (``"train"``, ``"val"`` or ``"all"``), row-major."""
+        rows, cols = self.grid
+        out = []
+        for by in range(rows):
+            for bx in range(cols):
+                is_val = (by, bx) in self.val_blocks
+                if part == "all" or (part == "val") == is_val:
+                    out.append((by, bx))
+        return out
+
+    def bounds(self, block: tuple[int, int]) -> tuple[int, int, int, int]:
+        """Pixel bounds ``(row0, row1, col0, col1)`` of a block, clipped to the raster."""
+        by, bx = block
+        b = self.block_size
+        return by * b, min((by + 1) * b, self.shape[0]), bx * b, min((bx + 1) * b, self.shape[1])
+
+
+def split_blocks(
+    shape: tuple[int, int], *, block_size: int, val_fraction: float = 0.25, seed: int = 0
+) -> BlockSplit:
+    """Assign the blocks of a raster to training and validation at random.
+
+    At least one block goes to each part when there are two or more blocks.
+
+    Args:
+        shape: ``(height, width)`` of the raster.
+        block_size: Side of a block in pixels (at least the chip size).
+        val_fraction: Share of blocks held out for validation (0 disables validation).
+        seed: Seed of the assignment.
+
+    Returns:
+        The split.
+
+    Raises:
+        InvalidParameterError: If ``block_size`` or ``val_fraction`` is out of range.
+    """
+    if block_size < 1:
+        raise InvalidParameterError(f"block_size must be >= 1; got {block_size}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise InvalidParameterError(f"val_fraction must be in [0, 1); got {val_fraction}")
+    split = BlockSplit((int(shape[0]), int(shape[1])), int(block_size), frozenset())
+    blocks = split.blocks("all")
+    n_val = round(val_fraction * len(blocks))
+    if val_fraction > 0 and len(blocks) >= 2:
+        n_val = min(max(n_val, 1), len(blocks) - 1)
+    rng = np.random.default_rng(seed)
+    picked = rng.permutation(len(blocks))[:n_val]
+    return BlockSplit(split.shape, split.block_size, frozenset(blocks[i] for i in picked))
+
+
+@dataclass(frozen=True, slots=True)
+class ChipSet:
+    """Chips cut from a cube with their labels.
+
+    Attributes:
+        x: ``(N, C, H, W)`` float32 reflectance composites, NaN where nodata.
+        y: ``(N, H, W)`` uint8 class ids, 255 where unlabelled, invalid or nodata.
+        origins: ``(N, 2)`` int64 top-left ``(row, col)`` of each chip in the raster.
+        bands: Band names of the channel axis.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    origins: np.ndarray
+    bands: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+def composite(data: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """Per-pixel median over time of the valid observations.
+
+    Args:
+        data: ``(time, band, y, x)`` float reflectance, NaN = nodata.
+        valid: Optional ``(time, y, x)`` mask, nonzero where an observation is usable.
+
+    Returns:
+        ``(band, y, x)`` float32; NaN where a pixel has no valid observation.
+    """
+    arr = np.asarray(data, dtype=np.float32)
+    if valid is not None:
+        arr = np.where(np.asarray(valid)[:, None] != 0, arr, np.float32(np.nan))
+    if arr.shape[0] == 1:
+        return np.ascontiguousarray(arr[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels stay NaN
+        return np.nanmedian(arr, axis=0).astype(np.float32)
+
+
+def read_window(cube: xr.Dataset, band_index: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
+    """Read and composite one window of a (possibly lazy) cube: ``(band, h, w)`` float32."""
+    data = cube["data"].isel(band=band_index, y=rows, x=cols).values
+    valid = cube["valid"].isel(y=rows, x=cols).values if "valid" in cube else None
+    return composite(data, valid)
+
+
+def _band_index(
+    cube: xr.Dataset, bands: tuple[str, ...] | None
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    have = tuple(str(b) for b in cube["data"]["band"].values)
+    if bands is None:
+        return np.arange(len(have)), have
+    missing = [b for b in bands if b not in have]
+    if missing:
+        raise BandMismatchError(
+            f"cube has bands {have}; sampling asked for {bands}, missing {tuple(missing)}: "
+            "ingest the missing bands or ask for bands the cube holds"
+        )
+    return np.array([have.index(b) for b in bands]), tuple(bands)
+
+
+def _block_histograms(
+    labels: xr.DataArray, split: BlockSplit, blocks: list[tuple[int, int]], ignore: int
+) -> np.ndarray:
+    hist = np.zeros((len(blocks), 256), dtype=np.int64)
+    for i, blk in enumerate(blocks):
+        r0, r1, c0, c1 = split.bounds(blk)
+        lab = np.asarray(labels.isel(y=slice(r0, r1), x=slice(c0, c1)).values)
+        hist[i] = np.bincount(lab.ravel(), minlength=256)[:256]
+    hist[:, ignore] = 0
+    return hist
+
+
+def sample_chips(
+    cube: xr.Dataset,
+    labels: xr.DataArray,
+    *,
+    chip_size: int,
+    count: int,
+    seed: int,
+    ignore: int = IGNORE_ID,
+    balance: bool = True,
+    split: BlockSplit | None = None,
+    part: Part = "all",
+    bands: tuple[str, ...] | None = None,
+    min_labelled: float = 0.25,
+    max_block_bytes: int = 256 * 2**20,
+) -> ChipSet:
+    """Sample labelled chips from a cube, optionally class-balanced and from one part.
+
+    Args:
+        cube: Dataset with ``data (time, band, y, x)`` and optionally ``valid (time, y, x)``.
+        labels: ``(y, x)`` uint8 class ids on the cube's grid, ``ignore`` = no label.
+        chip_size: Side of a chip in pixels.
+        count: Number of chips wanted (fewer come back if too few windows qualify).
+        seed: Random seed; the same inputs and seed give the same chips.
+        ignore: Label id meaning *no label*.
+        balance: Draw a target class uniformly among those present, then centre the
+            chip on one of its pixels; otherwise centre on any labelled pixel.
+        split: Block split restricting chips to ``part``; default blocks of
+            ``max(4 * chip_size, 1024)`` px, all usable. Chips never cross a block edge.
+        part: ``"train"``, ``"val"`` or ``"all"`` blocks of ``split``.
+        bands: Band names to read, in order; default all cube bands.
+        min_labelled: Least share of a chip that must be labelled and valid.
+        max_block_bytes: Blocks whose imagery is smaller than this are read once;
+            larger ones are read chip window by chip window.
+
+    Returns:
+        The chips; ``y`` is 255 wherever the label is ``ignore`` or the imagery is nodata.
+
+    Raises:
+        InvalidParameterError: If sizes do not fit or no block can hold a chip.
+        BandMismatchError: If a requested band is missing from the cube.
+    """
+    data = cube["data"]
+    height, width = int(data.sizes["y"]), int(data.sizes["x"])
+    if labels.shape != (height, width):
+        raise InvalidParameterError(
+            f"labels have shape {labels.shape} but the cube grid is {(height, width)}: "
+            "rasterize the labels on the cube's grid"
+        )
+    if chip_size < 1 or chip_size > min(height, width):
+        raise InvalidParameterError(
+            f"chip_size {chip_size} does not fit a {height}x{width} raster: "
+            "choose a chip size between 1 and the smaller raster side"
+        )
+    if count < 0:
+        raise InvalidParameterError(f"count must be >= 0; got {count}")
+    band_index, band_names = _band_index(cube, bands)
+    # Default: no validation, blocks of >= 1024 px so labels are read in bounded pieces.
+    split = split or BlockSplit((height, width), max(4 * chip_size, 1024), frozenset())
+    blocks = [
+        b
+        for b in split.blocks(part)
+        if min(split.bounds(b)[1] - split.bounds(b)[0], split.bounds(b)[3] - split.bounds(b)[2])
+        >= chip_size
+    ]
+    if not blocks:
+        raise InvalidParameterError(
+            f"no {part!r} block of {split.block_size} px can hold a {chip_size} px chip: "
+            "use larger blocks, a smaller chip size or a lower validation fraction"
+        )
+    rng = np.random.default_rng(seed)
+    hist = _block_histograms(labels, split, blocks, ignore)
+    present = np.flatnonzero(hist.sum(axis=0))
+    n_time = int(data.sizes.get("time", 1))
+    if present.size == 0 or count == 0:
+        return _empty(len(band_names), chip_size, band_names)
+    # Plan: (block, target class) per chip, then read block by block.
+    targets = np.empty(count, dtype=np.int64)
+    chosen = np.empty(count, dtype=np.int64)
+    for i in range(count):
+        if balance:
+            k = int(rng.choice(present))
+            w = hist[:, k].astype(np.float64)
+        else:
+            k = -1
+            w = hist.sum(axis=1).astype(np.float64)
+        targets[i] = k
+        chosen[i] = int(rng.choice(len(blocks), p=w / w.sum()))
+    xs, ys, origins = [], [], []
+    half = chip_size // 2
+    for bi in np.unique(chosen):
+        r0, r1, c0, c1 = split.bounds(blocks[bi])
+        lab = np.asarray(labels.isel(y=slice(r0, r1), x=slice(c0, c1)).values)
+        nbytes = n_time * len(band_names) * (r1 - r0) * (c1 - c0) * 4
+        block_img = (
+            read_window(cube, band_index, slice(r0, r1), slice(c0, c1))
+            if nbytes <= max_block_bytes
+            else None
+        )
+        for k in targets[chosen == bi]:
+            pix = np.argwhere(lab == k) if k >= 0 else np.argwhere(lab != ignore)
+            for _ in range(10):  # a few tries to meet min_labelled
+                py, px = pix[rng.integers(len(pix))]
+                ry = int(np.clip(py - half, 0, (r1 - r0) - chip_size))
+                rx = int(np.clip(px - half, 0, (c1 - c0) - chip_size))
+                win = np.s_[ry : ry + chip_size, rx : rx + chip_size]
+                if block_img is not None:
+                    x = block_img[(slice(None), *win)]
+                else:
+                    rows = slice(r0 + ry, r0 + ry + chip_size)
+                    cols = slice(c0 + rx, c0 + rx + chip_size)
+                    x = read_window(cube, band_index, rows, cols)
+                y = lab[win].copy()
+                y[np.isnan(x).any(axis=0) | (y == ignore)] = IGNORE_ID
+                if np.mean(y != IGNORE_ID) >= min_labelled:
+                    xs.append(np.ascontiguousarray(x, dtype=np.float32))
+                    ys.append(y.astype(np.uint8))
+                    origins.append((r0 + ry, c0 + rx))
+                    break
+    if len(xs) < count:
+        logger.warning("sampled %d of %d chips (min_labelled=%s)", len(xs), count, min_labelled)
+    if not xs:
+        return _empty(len(band_names), chip_size, band_names)
+    return ChipSet(np.stack(xs), np.stack(ys), np.asarray(origins, np.int64), band_names)
+
+
+def _empty(n_bands: int, chip_size: int, bands: tuple[str, ...]) -> ChipSet:
+    x = np.zeros((0, n_bands, chip_size, chip_size), np.float32)
+    y = np.zeros((0, chip_size, chip_size), np.uint8)
+    return ChipSet(x, y, np.zeros((0, 2), np.int64), bands)

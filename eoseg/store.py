@@ -1,0 +1,204 @@
+"""Zarr stores written tile by tile and published atomically.
+
+Every raster product (cube, labels, class map) is written the same way:
+
+1. `create_store` writes the metadata of the whole product from a lazy template into a
+   *staging* directory beside the final path (``<out>.partial``);
+2. workers call `write_tile`, each writing whole chunks of its own tile (aligned writes
+   never race) and then a small provenance file that also marks the tile done;
+3. `publish` marks the store complete and renames it into place.
+
+A crash leaves only the staging directory, which a re-run with the same signature resumes
+(tiles already marked done are skipped). Nothing half-written ever sits at the final path,
+and a good product is only replaced when the caller asks for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from eoseg import __version__
+from eoseg.errors import InputNotFoundError, InvalidStoreError, OutputExistsError
+from eoseg.grid import Tile
+
+log = logging.getLogger(__name__)
+
+_TILES_DIR = "_eoseg_tiles"
+"""Group inside a store holding one provenance JSON per written tile."""
+
+
+def staging_path(path: Path) -> Path:
+    """Where a product is written before it is published."""
+    return path.with_name(path.name + ".partial")
+
+
+def check_output(path: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing product unless asked.
+
+    Raises:
+        OutputExistsError: ``path`` exists and ``overwrite`` is false.
+    """
+    if path.exists() and not overwrite:
+        raise OutputExistsError(
+            f"{path} already exists and would be replaced: pass --overwrite to replace it, "
+            "or choose another output path"
+        )
+
+
+def create_store(
+    path: Path, template: xr.Dataset, *, product: str, signature: str, attrs: Mapping[str, Any]
+) -> Path:
+    """Create (or reopen for resuming) the staging store of a product.
+
+    Args:
+        path: Final product path; the store is created at `staging_path(path)`.
+        template: Lazy (dask-backed) dataset with the product's variables, coordinates,
+            chunks (one chunk per tile) and encodings. Only metadata is written.
+        product: ``"cube"``, ``"labels"`` or ``"classmap"``.
+        signature: Digest of everything that determines the product's pixels; a staging
+            store with the same signature is resumed, any other is discarded.
+        attrs: Extra attributes recorded on the store (run id, sources, ...).
+
+    Returns:
+        The staging path.
+    """
+    staging = staging_path(path)
+    if staging.exists():
+        try:
+            old = zarr.open_group(str(staging), mode="r").attrs.get("eoseg_signature")
+        except Exception:  # an unreadable leftover is simply discarded
+            old = None
+        if old == signature:
+            log.info("resuming %s: %d tiles already written", staging, len(done_tiles(staging)))
+            return staging
+        shutil.rmtree(staging)
+    ds = template.copy()
+    ds.attrs = {
+        **dict(attrs),
+        "eoseg_product": product,
+        "eoseg_version": __version__,
+        "eoseg_signature": signature,
+        "eoseg_complete": False,
+    }
+    ds.to_zarr(str(staging), mode="w", compute=False, zarr_format=3, consolidated=False)
+    # A Zarr group (not a bare folder) so Zarr readers do not warn about a foreign object.
+    zarr.open_group(str(staging), mode="r+").create_group(_TILES_DIR)
+    return staging
+
+
+def write_tile(
+    staging: Path, tile: Tile, arrays: Mapping[str, np.ndarray], provenance: Mapping[str, Any]
+) -> None:
+    """Write one tile's arrays (already encoded) and its provenance record.
+
+    Each array's last two axes are the tile's ``(y, x)``; leading axes are written whole.
+    Idempotent: writing the same tile twice gives the same store.
+    """
+    group = zarr.open_group(str(staging), mode="r+")
+    for name, values in arrays.items():
+        target = group[name]
+        index = (slice(None),) * (values.ndim - 2) + (tile.ys, tile.xs)
+        target[index] = values  # type: ignore[index]
+    record = {"tile": tile.name, "y0": tile.y0, "x0": tile.x0, **provenance}
+    marker = staging / _TILES_DIR / f"{tile.name}.json"
+    tmp = marker.with_suffix(f".{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(record, default=str))
+    os.replace(tmp, marker)
+
+
+def done_tiles(store: Path) -> set[str]:
+    """Names of the tiles whose writes finished."""
+    folder = store / _TILES_DIR
+    if not folder.is_dir():
+        return set()
+    return {p.stem for p in folder.glob("r*_c*.json")}
+
+
+def tile_provenance(store: Path) -> list[dict[str, Any]]:
+    """The provenance records of every written tile, sorted by tile name."""
+    folder = store / _TILES_DIR
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("r*_c*.json"))]
+
+
+def publish(path: Path, *, overwrite: bool) -> Path:
+    """Mark the staging store complete and move it to ``path``.
+
+    An existing product at ``path`` is replaced only with ``overwrite``; it is moved
+    aside first and deleted only after the new one is in place.
+    """
+    staging = staging_path(path)
+    check_output(path, overwrite)
+    group = zarr.open_group(str(staging), mode="r+")
+    group.attrs["eoseg_complete"] = True
+    old = None
+    if path.exists():
+        old = path.with_name(f"{path.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(path, old)
+    os.replace(staging, path)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    log.info("published %s", path)
+    return path
+
+
+def open_product(path: Path | str, product: str) -> xr.Dataset:
+    """Open a published product lazily, checking that it is what it claims to be.
+
+    Raises:
+        InputNotFoundError: Nothing at ``path``.
+        InvalidStoreError: Not an eoseg store of that product, or not complete.
+    """
+    path = Path(path)
+    if not path.exists():
+        hint = " (an unfinished run left it at .partial; re-run to finish)" if staging_path(
+            path
+        ).exists() else ""
+        raise InputNotFoundError(f"no {product} store at {path}{hint}: check the path")
+    try:
+        ds = xr.open_zarr(str(path), decode_coords="all", consolidated=False, zarr_format=3)
+    except Exception as exc:
+        raise InvalidStoreError(
+            f"{path} is not a readable Zarr v3 store ({exc}): expected a {product} written "
+            f"by eoseg; create it with 'eoseg {_COMMAND[product]}'"
+        ) from exc
+    found = ds.attrs.get("eoseg_product")
+    if found != product:
+        raise InvalidStoreError(
+            f"{path} is a {found or 'non-eoseg'} store, expected a {product}: "
+            f"create one with 'eoseg {_COMMAND[product]}'"
+        )
+    if not ds.attrs.get("eoseg_complete", False):
+        raise InvalidStoreError(f"{path} is incomplete: re-run 'eoseg {_COMMAND[product]}'")
+    return ds
+
+
+_COMMAND = {"cube": "ingest", "labels": "rasterize", "classmap": "predict"}
+
+
+def open_grid_store(path: Path | str) -> xr.Dataset:
+    """Open any eoseg store (cube, labels or class map) to read its grid and tiling.
+
+    Raises:
+        InputNotFoundError: Nothing at ``path``.
+        InvalidStoreError: Not an eoseg store.
+    """
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        if not path.exists():
+            raise InputNotFoundError(f"no store at {path}: check the path")
+        raise InvalidStoreError(f"{path} is not a Zarr v3 store written by eoseg")
+    product = zarr.open_group(str(path), mode="r").attrs.get("eoseg_product")
+    if product not in _COMMAND:
+        raise InvalidStoreError(f"{path} is not an eoseg store (cube, labels or classmap)")
+    return open_product(path, str(product))

@@ -1,0 +1,500 @@
+"""Synthetic demo landscape: two Sentinel-2-like scenes across a UTM zone boundary.
+
+`make_demo_data` builds, from one seed and without network, everything `eoseg demo` and the
+test fixtures need. The ground truth is defined once, as a class raster on a reference grid
+(``DemoSpec.crs``, default EPSG:3035) centred on a UTM zone boundary (default 12°E, 48°N).
+Each scene is rendered from that truth on its own native north-up grid in its own UTM CRS
+(EPSG:32632 west, EPSG:32633 east, overlapping by ``overlap_m``), so both show the same ground.
+
+Layout of ``out_dir``::
+
+    catalog/catalog.json                 static, self-contained STAC catalog (relative hrefs)
+    catalog/<item id>/<item id>.json     one Item per scene
+    catalog/<item id>/B02.tif ...        one COG per band: uint16, reflectance x 10000, nodata 0
+    catalog/<item id>/cloud_mask.tif     uint8 COG: 1 cloud, 0 clear, 255 outside the footprint
+    labels_noisy.gpkg                    OSM-like labels over the whole area (EPSG:4326)
+    labels_clean.gpkg                    exact truth clipped to the clean training box
+    holdout_truth.gpkg                   exact truth clipped to the held-out box
+    truth.tif                            truth class ids on the reference grid (uint8, 255 nodata)
+
+Asset convention of each STAC Item: band assets keyed ``B02``, ``B03``, ``B04``, ``B08``
+(blue, green, red, NIR) with ``roles=["data"]`` and ``raster:bands`` giving nodata 0 and
+scale 1e-4; the cloud mask keyed ``cloud_mask`` with ``roles=["cloudmask"]``. Items carry
+``proj:code``, ``proj:transform`` and ``proj:shape`` (projection extension) and
+``eo:cloud_cover`` in percent. Every vector layer has an integer field ``class_id``
+(`eoseg.classes.DEMO_CLASSES`) and no overlapping polygons.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pystac
+import rasterio
+import shapely
+from affine import Affine
+from pyproj import CRS, Transformer
+from pystac.extensions.projection import ProjectionExtension
+from rasterio import features
+from rasterio.warp import Resampling, reproject, transform_bounds
+from scipy import ndimage
+
+from eoseg.classes import IGNORE_ID
+from eoseg.errors import InvalidParameterError
+
+log = logging.getLogger(__name__)
+
+BBox = tuple[float, float, float, float]
+
+BANDS = ("B02", "B03", "B04", "B08")
+"""Band asset keys of the demo scenes: blue, green, red, NIR."""
+CLOUD_ASSET = "cloud_mask"
+"""Asset key of the cloud mask (1 cloud, 0 clear, 255 outside the footprint)."""
+REFLECTANCE_SCALE = 1e-4
+"""Scenes store reflectance x 10000 as uint16; multiply by this to get reflectance."""
+
+# Mean surface reflectance per class id (B02, B03, B04, B08), close to Sentinel-2 L2A values.
+SPECTRA = np.array(
+    [
+        [0.060, 0.050, 0.030, 0.012],  # water: NIR almost fully absorbed
+        [0.025, 0.045, 0.025, 0.300],  # forest: dark green, high NIR
+        [0.040, 0.080, 0.050, 0.360],  # grassland
+        [0.050, 0.090, 0.065, 0.420],  # cropland: brighter, rows
+        [0.120, 0.125, 0.135, 0.200],  # built-up: bright grey
+        [0.085, 0.095, 0.100, 0.130],  # road: grey
+    ],
+    dtype=np.float32,
+)
+_CLOUD_SPECTRUM = np.array([0.50, 0.50, 0.52, 0.55], dtype=np.float32)
+# Which class wins where shifted noisy labels overlap (first wins): roads on top, as in OSM.
+_PRIORITY = (5, 0, 4, 1, 3, 2)
+_NAMES = dict(zip(BANDS, ("blue", "green", "red", "nir"), strict=True))
+_DATES = (
+    datetime(2024, 6, 12, 10, 20, 31, tzinfo=UTC),
+    datetime(2024, 6, 14, 10, 10, 29, tzinfo=UTC),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DemoSpec:
+    """Size and knobs of the synthetic landscape; defaults make a ~1.5 Mpx demo at 10 m.
+
+    Attributes:
+        seed: Seed of every random draw; the same spec gives the same data.
+        resolution: Pixel size in metres of the reference grid and of both scenes.
+        width_m: East-west extent of the area, across both UTM zones.
+        height_m: North-south extent of the area.
+        center_lon: Longitude of the centre; the scenes split at the nearest UTM zone boundary.
+        center_lat: Latitude of the centre (northern hemisphere).
+        crs: CRS of the reference grid that holds the truth.
+        overlap_m: East-west overlap of the two scenes around the zone boundary.
+        forest_fraction: Share of the area that is forest before other classes are painted.
+        field_size_m: Range of field parcel side lengths.
+        road_width_m: Width of roads (2-3 px at 10 m).
+        river_width_m: Width of the river.
+        clouds_per_scene: Number of cloud blobs per scene (kept off the held-out box).
+        cloud_radius_m: Typical cloud radius (capped at 12 % of the scene's smaller side).
+        label_shift_m: Standard deviation of the per-feature shift of noisy labels.
+        omission_rate: Share of noisy label features dropped (left unlabelled).
+        clean_fraction: Share of the area covered by the clean training box.
+        holdout_fraction: Share of the area covered by the held-out box.
+        noise: Standard deviation of sensor noise, in reflectance.
+    """
+
+    seed: int = 0
+    resolution: float = 10.0
+    width_m: float = 15360.0
+    height_m: float = 10240.0
+    center_lon: float = 12.0
+    center_lat: float = 48.0
+    crs: str = "EPSG:3035"
+    overlap_m: float = 1000.0
+    forest_fraction: float = 0.25
+    field_size_m: tuple[float, float] = (150.0, 450.0)
+    road_width_m: float = 24.0
+    river_width_m: float = 40.0
+    clouds_per_scene: int = 3
+    cloud_radius_m: float = 700.0
+    label_shift_m: float = 15.0
+    omission_rate: float = 0.25
+    clean_fraction: float = 0.06
+    holdout_fraction: float = 0.10
+    noise: float = 0.005
+
+    def __post_init__(self) -> None:
+        if min(self.width_m, self.height_m) < 50 * self.resolution or self.resolution <= 0:
+            raise InvalidParameterError(
+                f"demo area must be at least 50 px a side; found {self.width_m} x "
+                f"{self.height_m} m at {self.resolution} m: enlarge the area"
+            )
+        if not (0 < self.clean_fraction <= 0.15 and 0 < self.holdout_fraction <= 0.15):
+            raise InvalidParameterError(
+                f"clean_fraction and holdout_fraction must be in (0, 0.15]; found "
+                f"{self.clean_fraction}, {self.holdout_fraction}: the boxes must stay disjoint"
+            )
+        if not 0 <= self.omission_rate < 1:
+            raise InvalidParameterError(
+                f"omission_rate must be in [0, 1); found {self.omission_rate}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class DemoData:
+    """Paths of the generated demo data (see the module docstring for the layout)."""
+
+    catalog: Path
+    scenes: tuple[Path, ...]
+    noisy_labels: Path
+    clean_labels: Path
+    holdout_truth: Path
+    holdout_bbox: BBox
+    clean_bbox: BBox
+    truth: Path
+
+
+def make_demo_data(out_dir: Path, spec: DemoSpec = DemoSpec()) -> DemoData:
+    """Generate the demo landscape, scenes, STAC catalog, labels and truth under ``out_dir``.
+
+    Args:
+        out_dir: Folder to write into (created if missing; files of a previous run replaced).
+        spec: Size and knobs of the landscape.
+
+    Returns:
+        The paths of everything written, and the clean and held-out boxes (EPSG:4326).
+    """
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(spec.seed)
+    ref_crs = CRS.from_user_input(spec.crs)
+    cx, cy = Transformer.from_crs(4326, ref_crs, always_xy=True).transform(
+        spec.center_lon, spec.center_lat
+    )
+    res = spec.resolution
+    w, h = round(spec.width_m / res), round(spec.height_m / res)
+    left, top = round((cx - w * res / 2) / res) * res, round((cy + h * res / 2) / res) * res
+    ref_tf = Affine(res, 0, left, 0, -res, top)
+    cls, seg, seg_class, tex, roads = _landscape(spec, rng, h, w, ref_tf)
+    _write_cog(out_dir / "truth.tif", cls[None], ref_crs, ref_tf, IGNORE_ID, "nearest")
+
+    truth = _vectorise(seg, seg_class, ref_tf, ref_crs)
+    noisy = _noisy_labels(truth, roads, spec, rng, shapely.box(*_bounds(ref_tf, h, w)))
+    clean_bbox, holdout_bbox = _boxes(spec, ref_crs, ref_tf, h, w)
+    truth_ll = truth.to_crs(4326)
+    a, b, c = (out_dir / f"{n}.gpkg" for n in ("labels_noisy", "labels_clean", "holdout_truth"))
+    gpkgs = (a, b, c)
+    layers = (noisy.to_crs(4326), _clip(truth_ll, clean_bbox), _clip(truth_ll, holdout_bbox))
+    for path, gdf in zip(gpkgs, layers, strict=True):
+        path.unlink(missing_ok=True)
+        gdf.to_file(path, driver="GPKG", layer=path.stem, engine="pyogrio")
+
+    factor = rng.normal(1.0, 0.07, seg_class.size).astype(np.float32)  # per field / patch
+    ground = _Ground(ref_crs, ref_tf, seg, seg_class, factor, tex)
+    boundary = round(spec.center_lon / 6) * 6
+    bx = Transformer.from_crs(4326, ref_crs, always_xy=True).transform(boundary, spec.center_lat)[0]
+    x0, y1, x1, y0 = ref_tf.c, ref_tf.f, ref_tf.c + w * res, ref_tf.f - h * res
+    halves = ((x0, y0, bx + spec.overlap_m / 2, y1), (bx - spec.overlap_m / 2, y0, x1, y1))
+    catalog = pystac.Catalog("eoseg-demo", "Synthetic Sentinel-2-like demo scenes (eoseg)")
+    scenes = []
+    for i, part in enumerate(halves):
+        epsg = 32600 + (boundary + 180) // 6 + i
+        item = _render_scene(
+            out_dir / "catalog", spec, rng, ground, epsg, part, _DATES[i], holdout_bbox
+        )
+        catalog.add_item(item)
+        scenes.append(out_dir / "catalog" / item.id)
+    catalog.normalize_hrefs(str(out_dir / "catalog"))
+    catalog.make_all_asset_hrefs_relative()
+    catalog.save(pystac.CatalogType.SELF_CONTAINED)
+    log.info("demo data (%d x %d px) in %s: %.1f s", w, h, out_dir, time.perf_counter() - t0)
+    cat = out_dir / "catalog" / "catalog.json"
+    return DemoData(cat, tuple(scenes), *gpkgs, holdout_bbox, clean_bbox, out_dir / "truth.tif")
+
+
+@dataclass(frozen=True, slots=True)
+class _Ground:
+    """The truth on the reference grid, as the scenes render it."""
+
+    crs: CRS
+    transform: Affine
+    seg: np.ndarray  # int32 field / patch id per pixel
+    seg_class: np.ndarray  # class id per segment
+    factor: np.ndarray  # brightness factor per segment
+    tex: np.ndarray  # float32 texture multiplier per pixel (crop rows included)
+
+
+def _bounds(tf: Affine, h: int, w: int) -> BBox:
+    return tf.c, tf.f + h * tf.e, tf.c + w * tf.a, tf.f
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """Gaussian-smoothed white noise rescaled to zero mean and unit standard deviation."""
+    n = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma)
+    return (n - n.mean()) / (n.std() + 1e-12)
+
+
+def _polyline(rng: np.random.Generator, length: float, across: float, vertical: bool):
+    """A wobbly edge-to-edge line in pixel coordinates (x = column, y = row)."""
+    t = np.linspace(-5, length + 5, 8)
+    s = across * rng.uniform(0.15, 0.85) + np.cumsum(rng.normal(0, across * 0.04, t.size))
+    return shapely.LineString(np.c_[s, t] if vertical else np.c_[t, s])
+
+
+def _landscape(spec: DemoSpec, rng: np.random.Generator, h: int, w: int, tf: Affine):
+    """Paint the truth: fields, forest, lakes, river, towns, roads (pixel space)."""
+    res = spec.resolution
+    lo, hi = (max(2, round(s / res)) for s in spec.field_size_m)
+    field = np.zeros((h, w), np.int32)
+    n_fields, x = 0, 0
+    while x < w:
+        dx, y = int(rng.integers(lo, hi)), 0
+        while y < h:
+            dy = int(rng.integers(lo, hi))
+            field[y : y + dy, x : x + dx] = n_fields
+            n_fields, y = n_fields + 1, y + dy
+        x += dx
+    field_class = rng.choice(np.array([2, 3], np.uint8), n_fields, p=[0.4, 0.6])
+    cls = field_class[field]
+    forest = _smooth_noise(rng, (h, w), 300 / res)
+    cls[forest > np.quantile(forest, 1 - spec.forest_fraction)] = 1
+
+    area_km2 = h * w * res * res / 1e6
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    wobble = _smooth_noise(rng, (h, w), 80 / res)
+    cap = 0.3 * min(h, w)  # keeps lakes and towns inside small areas
+    for _ in range(max(1, round(area_km2 / 35))):
+        r, ly, lx = min(rng.uniform(250, 600) / res, cap), rng.uniform(0, h), rng.uniform(0, w)
+        d = np.hypot((xx - lx) / 1.4, yy - ly) / r
+        cls[d + 0.25 * wobble < 1] = 0
+    river = _polyline(rng, w, h, vertical=False).buffer(spec.river_width_m / 2 / res)
+    cls[features.rasterize([river], (h, w), default_value=1).astype(bool)] = 0
+
+    lines = [_polyline(rng, w, h, False) for _ in range(max(1, round(h * res / 4000)))]
+    lines += [_polyline(rng, h, w, True) for _ in range(max(1, round(w * res / 4000)))]
+    pairs = [a.intersection(b) for i, a in enumerate(lines) for b in lines[i + 1 :]]
+    crossings = [p for p in shapely.get_parts(pairs) if p.geom_type == "Point"]
+    crossings = [p for p in crossings if 0 <= p.x < w and 0 <= p.y < h]
+    for k in range(max(1, round(area_km2 / 30))):
+        c = crossings[int(rng.integers(len(crossings)))] if crossings and k % 2 == 0 else None
+        tx, ty = (c.x, c.y) if c else (rng.uniform(0, w), rng.uniform(0, h))
+        radius, step = min(rng.uniform(400, 900) / res, cap), max(3, round(60 / res))
+        for by in range(int(ty - radius), int(ty + radius), step):
+            for bx in range(int(tx - radius), int(tx + radius), step):
+                d = np.hypot(bx - tx, by - ty) / radius
+                if d < 1 and rng.random() < 0.95 - 0.5 * d:
+                    bh, bw = rng.integers(max(2, step - 2), step + 1, 2)
+                    block = cls[max(by, 0) : by + bh, max(bx, 0) : bx + bw]
+                    block[block != 0] = 4
+    roads = shapely.buffer(lines, spec.road_width_m / 2 / res)
+    cls[features.rasterize(roads, (h, w), default_value=1).astype(bool)] = 5
+
+    # Segments: one id per field parcel, one per connected patch of the other classes.
+    seg = field.copy()
+    seg_class = [field_class]
+    offset = n_fields
+    for c in (0, 1, 4, 5):
+        comp, n = ndimage.label(cls == c)
+        seg[comp > 0] = comp[comp > 0] + offset - 1
+        seg_class.append(np.full(n, c, np.uint8))
+        offset += n
+    tex = 1 + 0.05 * _smooth_noise(rng, (h, w), 1.5)
+    theta = rng.uniform(0, np.pi, n_fields)[field]
+    rows = np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / 4)
+    tex += np.where(cls == 3, 0.06 * rows, 0).astype(np.float32)
+    world = [
+        shapely.transform(ln, lambda p: np.c_[tf.c + p[:, 0] * tf.a, tf.f + p[:, 1] * tf.e])
+        for ln in lines
+    ]
+    return cls, seg, np.concatenate(seg_class), tex.astype(np.float32), world
+
+
+def _vectorise(seg: np.ndarray, seg_class: np.ndarray, tf: Affine, crs: CRS) -> gpd.GeoDataFrame:
+    """Polygons of the segments (4-connectivity keeps them valid), with ``class_id``."""
+    shapes = list(features.shapes(seg, connectivity=4, transform=tf))
+    geoms = shapely.make_valid(np.array([shapely.geometry.shape(g) for g, _ in shapes]))
+    ids = np.array([int(v) for _, v in shapes])
+    gdf = gpd.GeoDataFrame({"class_id": seg_class[ids].astype(np.int32)}, geometry=geoms, crs=crs)
+    return _polygons(gdf)
+
+
+def _polygons(gdf: gpd.GeoDataFrame, min_area: float = 0.0) -> gpd.GeoDataFrame:
+    """Single polygons only (drops slivers, lines and points left by set operations)."""
+    gdf = gdf.explode(index_parts=False).reset_index(drop=True)
+    keep = (gdf.geom_type == "Polygon") & (shapely.area(gdf.geometry.to_numpy()) > min_area)
+    return gdf[keep].reset_index(drop=True)
+
+
+def _noisy_labels(
+    truth: gpd.GeoDataFrame,
+    roads: list[shapely.LineString],
+    spec: DemoSpec,
+    rng: np.random.Generator,
+    area: shapely.Polygon,
+) -> gpd.GeoDataFrame:
+    """OSM-like labels: shifted, simplified, partly omitted polygons; roads as buffered lines."""
+    keep = (truth["class_id"] != 5).to_numpy() & (rng.random(len(truth)) >= spec.omission_rate)
+    src = truth[keep]
+    shift = rng.normal(0, spec.label_shift_m, (len(src), 2))
+    polys = [
+        shapely.affinity.translate(g, dx, dy)
+        for g, (dx, dy) in zip(src.geometry, shift, strict=True)
+    ]
+    polys = list(shapely.make_valid(shapely.simplify(polys, spec.resolution)))
+    road_shift = rng.normal(0, spec.label_shift_m / 2, (len(roads), 2))
+    half = spec.road_width_m / 2 * rng.uniform(0.8, 1.3, len(roads))
+    lanes = [
+        shapely.affinity.translate(ln, dx, dy).buffer(r)
+        for ln, (dx, dy), r in zip(roads, road_shift, half, strict=True)
+    ]
+    geoms = np.array(lanes + polys, dtype=object)
+    cids = np.array([5] * len(lanes) + list(src["class_id"]), np.int32)
+    order = np.argsort([_PRIORITY.index(c) for c in cids], kind="stable")
+    geoms, cids = geoms[order], cids[order]
+    # Subtracting the untrimmed higher-priority neighbours leaves no overlaps at all.
+    tree = shapely.STRtree(geoms)
+    out = geoms.copy()
+    for i, g in enumerate(geoms):
+        cand = tree.query(g, predicate="intersects")
+        cand = cand[cand < i]
+        if cand.size:
+            out[i] = g.difference(shapely.union_all(geoms[cand]))
+    out = shapely.intersection(out, area)
+    gdf = gpd.GeoDataFrame({"class_id": cids}, geometry=out, crs=truth.crs)
+    return _polygons(gdf, min_area=spec.resolution**2 / 2)
+
+
+def _boxes(spec: DemoSpec, crs: CRS, tf: Affine, h: int, w: int) -> tuple[BBox, BBox]:
+    """Clean training box (north-west) and held-out box (south, across the zone boundary)."""
+    x0, y0, x1, y1 = _bounds(tf, h, w)
+    lon, lat = Transformer.from_crs(crs, 4326, always_xy=True).transform(
+        [x0, x0, x1, x1], [y0, y1, y0, y1]
+    )
+    west, east = max(lon[0], lon[1]), min(lon[2], lon[3])
+    south, north = max(lat[0], lat[2]), min(lat[1], lat[3])
+
+    def box(fx: float, fy: float, frac: float) -> BBox:
+        hw, hh = np.sqrt(frac) / 2 * (east - west), np.sqrt(frac) / 2 * (north - south)
+        cx, cy = west + fx * (east - west), south + fy * (north - south)
+        return tuple(round(float(v), 7) for v in (cx - hw, cy - hh, cx + hw, cy + hh))  # type: ignore[return-value]
+
+    fx = (round(spec.center_lon / 6) * 6 - west) / (east - west)
+    return box(0.25, 0.72, spec.clean_fraction), box(fx, 0.3, spec.holdout_fraction)
+
+
+def _clip(gdf: gpd.GeoDataFrame, bbox: BBox) -> gpd.GeoDataFrame:
+    """The polygons of ``gdf`` clipped to ``bbox``."""
+    return _polygons(gdf.set_geometry(gdf.geometry.clip_by_rect(*bbox)))
+
+
+def _clouds(
+    spec: DemoSpec, rng: np.random.Generator, valid: np.ndarray, tf: Affine, crs: CRS, box: BBox
+) -> np.ndarray:
+    """Soft cloud opacity (0-1) of a scene; clouds keep clear of the held-out box."""
+    h, w = valid.shape
+    res = spec.resolution
+    r = min(spec.cloud_radius_m, 0.12 * min(h, w) * res) / res
+    b = transform_bounds(4326, crs, *box, densify_pts=21)
+    hx0, hx1, hy0, hy1 = np.array([b[0] - tf.c, b[2] - tf.c, tf.f - b[3], tf.f - b[1]]) / res
+    wobble = _smooth_noise(rng, (h, w), max(r / 4, 1.0))
+    yy, xx = np.ogrid[0:h, 0:w]
+    alpha = np.zeros((h, w), np.float32)
+    placed = 0
+    for _ in range(50 * spec.clouds_per_scene):
+        if placed == spec.clouds_per_scene:
+            break
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        gap = np.hypot(max(hx0 - cx, 0, cx - hx1), max(hy0 - cy, 0, cy - hy1))
+        if gap < 1.5 * r or not valid[int(cy), int(cx)]:
+            continue
+        d2 = ((xx - cx) ** 2 + (yy - cy) ** 2) / r**2
+        alpha = np.maximum(alpha, np.clip(1.8 * np.exp(-2 * d2) * (1 + 0.35 * wobble) - 0.3, 0, 1))
+        placed += 1
+    return alpha
+
+
+def _render_scene(
+    cat_dir: Path,
+    spec: DemoSpec,
+    rng: np.random.Generator,
+    ground: _Ground,
+    epsg: int,
+    part: BBox,
+    date: datetime,
+    holdout_bbox: BBox,
+) -> pystac.Item:
+    """Render the ground inside ``part`` (reference CRS) on a native UTM grid; write its Item."""
+    crs, res = CRS.from_epsg(epsg), spec.resolution
+    b = transform_bounds(ground.crs, crs, *part, densify_pts=21)
+    left, bottom = np.floor(b[0] / res) * res, np.floor(b[1] / res) * res
+    w, h = int(np.ceil((b[2] - left) / res)), int(np.ceil((b[3] - bottom) / res))
+    tf = Affine(res, 0, left, 0, -res, bottom + h * res)
+    grids = {"src_transform": ground.transform, "src_crs": ground.crs, "dst_transform": tf}
+    s, t = np.full((h, w), -1, np.int32), np.full((h, w), np.nan, np.float32)
+    reproject(ground.seg, s, dst_crs=crs, src_nodata=-1, dst_nodata=-1, **grids)
+    reproject(ground.tex, t, dst_crs=crs, resampling=Resampling.bilinear, **grids)
+    valid = s >= 0
+    sv = np.where(valid, s, 0)
+    gain = ground.factor[sv] * np.nan_to_num(t, nan=1.0)
+    surface = (SPECTRA[ground.seg_class[sv]] * gain[..., None]).transpose(2, 0, 1)
+    refl = surface * rng.normal(1, 0.02, (4, 1, 1)).astype(np.float32)  # scene-wide gain
+    refl += rng.normal(0, spec.noise, refl.shape).astype(np.float32)
+    alpha = _clouds(spec, rng, valid, tf, crs, holdout_bbox)
+    refl = refl * (1 - alpha) + alpha * _CLOUD_SPECTRUM[:, None, None]
+    dn = np.clip(np.rint(refl / REFLECTANCE_SCALE), 1, 65535).astype(np.uint16)
+    dn[:, ~valid] = 0
+    mask = (alpha > 0.2).astype(np.uint8)
+    mask[~valid] = 255
+
+    item_id = f"S2DEMO_{date:%Y%m%dT%H%M%S}_EPSG{epsg}"
+    folder = cat_dir / item_id
+    folder.mkdir(parents=True, exist_ok=True)
+    to_ll = Transformer.from_crs(ground.crs, 4326, always_xy=True)
+    box = shapely.segmentize(shapely.box(*part), 50 * res)
+    geom = shapely.transform(box, lambda p: np.column_stack(to_ll.transform(p[:, 0], p[:, 1])))
+    cover = round(100 * float((mask == 1).sum()) / max(int(valid.sum()), 1), 2)
+    props = {"platform": "synthetic-sentinel-2", "gsd": res, "eo:cloud_cover": cover}
+    item = pystac.Item(item_id, shapely.geometry.mapping(geom), list(geom.bounds), date, props)
+    proj = ProjectionExtension.ext(item, add_if_missing=True)
+    proj.epsg, proj.transform, proj.shape = epsg, list(tf)[:6], [h, w]
+    item.stac_extensions.append("https://stac-extensions.github.io/raster/v1.1.0/schema.json")
+    assets = [(b, f"{b} ({n})", dn[k : k + 1], "data") for k, (b, n) in enumerate(_NAMES.items())]
+    for key, title, data, role in [*assets, (CLOUD_ASSET, "cloud mask", mask[None], "cloudmask")]:
+        nodata, path = (0 if role == "data" else 255), folder / f"{key}.tif"
+        _write_cog(path, data, crs, tf, nodata, "average" if role == "data" else "nearest")
+        raster: dict[str, object] = {"nodata": nodata, "data_type": str(data.dtype)}
+        if role == "data":
+            raster.update(scale=REFLECTANCE_SCALE, offset=0)
+        extra = {"raster:bands": [raster]}
+        asset = pystac.Asset(str(path), title, None, pystac.MediaType.COG, [role], extra)
+        item.add_asset(key, asset)
+    log.debug("scene %s: %d x %d px, %.1f %% cloud", item_id, w, h, cover)
+    return item
+
+
+def _write_cog(
+    path: Path, data: np.ndarray, crs: CRS, tf: Affine, nodata: float, resampling: str
+) -> None:
+    """Write ``data`` (band, y, x) as a Cloud-Optimized GeoTIFF (deflate, 256 px blocks)."""
+    path.unlink(missing_ok=True)
+    with rasterio.open(
+        path,
+        "w",
+        driver="COG",
+        width=data.shape[2],
+        height=data.shape[1],
+        count=data.shape[0],
+        dtype=data.dtype,
+        crs=crs,
+        transform=tf,
+        nodata=nodata,
+        compress="deflate",
+        blocksize=256,
+        overview_resampling=resampling,
+    ) as dst:
+        dst.write(data)

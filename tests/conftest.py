@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny synthetic data built once per session, and a threaded Dask cluster."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The real samples beside the checkout; tests using them skip when absent."""
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real samples not found at {REAL_DATA}")
+    return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A small two-zone landscape (2.56 km x 1.28 km at 10 m) with labels."""
+    from eoseg.synthetic import DemoSpec, make_demo_data
+
+    return make_demo_data(tmp_path_factory.mktemp("demo"), DemoSpec(seed=1, width_m=2560.0,
+                                                                    height_m=1280.0))
+
+
+@pytest.fixture(scope="session")
+def cube_path(demo_data, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    """The demo scenes ingested into a cube with 96 px tiles (several tiles, both zones)."""
+    from eoseg.cube import ingest
+
+    out = tmp_path_factory.mktemp("cube") / "cube.zarr"
+    ingest([demo_data.catalog], out, tile_size=96)
+    return out
+
+
+@pytest.fixture(scope="session")
+def labels_path(demo_data, cube_path: Path) -> Path:  # type: ignore[no-untyped-def]
+    """The noisy labels rasterized onto the cube's grid."""
+    from eoseg.labels import rasterize_labels
+
+    out = cube_path.parent / "labels.zarr"
+    rasterize_labels(demo_data.noisy_labels, cube_path, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def model_dir(cube_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained (seeded) U-Net saved as a model folder for the cube's bands."""
+    import torch
+
+    from eoseg.classes import DEMO_CLASSES
+    from eoseg.cube import open_cube
+    from eoseg.models.card import ModelCard, save_model
+    from eoseg.models.unet import UNet
+
+    torch.manual_seed(0)
+    bands = tuple(str(b) for b in open_cube(cube_path)["band"].values)
+    model = UNet(len(bands), len(DEMO_CLASSES), base_width=8, depth=2)
+    card = ModelCard(
+        name="test-unet", version="", bands=bands, mean=(0.1,) * len(bands),
+        std=(0.1,) * len(bands), classes=DEMO_CLASSES, chip_size=32,
+        architecture={"name": "unet", "base_width": 8, "depth": 2}, parameters=0,
+        flops_per_pixel=0.0, metrics={}, parent=None, fingerprint="test", created="",
+    )
+    out = tmp_path_factory.mktemp("model") / "model"
+    save_model(model, card, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def client() -> Iterator[object]:
+    """One threaded LocalCluster for the session (process clusters are slow on 2 cores)."""
+    from eoseg.cluster import connect
+
+    with connect(None, n_workers=2, processes=False) as c:
+        yield c
+
+
+@pytest.fixture(autouse=True)
+def _quiet_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
+    os.environ.setdefault("PYTHONHASHSEED", "0")

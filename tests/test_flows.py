@@ -1,0 +1,60 @@
+"""Real Prefect flow runs (a temporary local server), marked ``flow``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.flow, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_mapping_flow_run(prefect_server, cube_path: Path, model_dir: Path, demo_data,  # type: ignore[no-untyped-def]
+                          client, tmp_path: Path) -> None:
+    from flows.mapping import mapping_flow
+
+    out = tmp_path / "classmap.zarr"
+    result = mapping_flow(str(cube_path), str(model_dir), str(out),
+                          truth=str(demo_data.holdout_truth),
+                          scheduler=client.scheduler.address)
+    assert Path(result["export"]["cog"]).exists()
+    assert Path(result["export"]["polygons"]).exists()
+    assert 0 <= result["evaluate"]["overall_accuracy"] <= 1
+    areas = result["areas"]
+    assert sum(c["km2"] for c in areas["classes"]) == pytest.approx(areas["valid_km2"])
+
+
+def test_demo_quick_writes_only_inside_workdir(tmp_path: Path) -> None:
+    """`eoseg demo --quick` end to end in a subprocess with an empty HOME and cwd: every
+    product is there, and nothing was written outside --workdir (Prefect's home included)."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MPLCONFIG"))}
+    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"))
+    work = tmp_path / "work"
+    result = subprocess.run(
+        [sys.executable, "-m", "eoseg", "demo", "--quick", "--workdir", str(work), "--json"],
+        capture_output=True, text=True, cwd=cwd, env=env, timeout=600, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    for key in ("cube", "labels", "model", "classmap", "cog", "polygons", "quicklook"):
+        assert Path(summary["paths"][key]).exists(), key
+    assert summary["areas"]["relative_difference"] < 0.005
+    assert list(home.iterdir()) == [] and list(cwd.iterdir()) == []
+    assert (work / "prefect").is_dir()

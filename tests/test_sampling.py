@@ -1,0 +1,152 @@
+"""Tests of eoseg.sampling: windows, nodata handling, class balance, block split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from scipy import ndimage
+
+from eoseg.errors import BandMismatchError, InvalidParameterError
+from eoseg.sampling import composite, sample_chips, split_blocks
+
+BANDS = ("B02", "B03", "B04", "B08")
+SIGNATURE = np.array(
+    [[0.05, 0.06, 0.04, 0.02], [0.04, 0.08, 0.05, 0.35], [0.12, 0.14, 0.16, 0.25]], np.float32
+)
+
+
+def make_scene(size: int = 256, seed: int = 0) -> tuple[xr.Dataset, xr.DataArray, np.ndarray]:
+    """Blobs of class 1 on class 0, small disks of rare class 2 (~2 %), some nodata."""
+    rng = np.random.default_rng(seed)
+    field = ndimage.gaussian_filter(rng.normal(size=(size, size)), 8)
+    truth = (field > np.quantile(field, 0.55)).astype(np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    for _ in range(6):
+        cy, cx = rng.integers(10, size - 10, 2)
+        truth[(yy - cy) ** 2 + (xx - cx) ** 2 < 64] = 2
+    data = SIGNATURE[truth].transpose(2, 0, 1)[None].repeat(2, 0)
+    data = data + rng.normal(0, 0.01, data.shape).astype(np.float32)
+    valid = np.ones((2, size, size), np.uint8)
+    valid[0, :40, :40] = 0  # cloud in the first time step only
+    data[:, :, -8:, -8:] = np.nan  # nodata in every time step
+    valid[:, -8:, -8:] = 0
+    labels = truth.copy()
+    labels[100:120, :] = 255
+    coords = {"y": np.arange(size)[::-1] * 10.0 + 5, "x": np.arange(size) * 10.0 + 5}
+    cube = xr.Dataset(
+        {"data": (("time", "band", "y", "x"), data), "valid": (("time", "y", "x"), valid)},
+        coords={"band": list(BANDS), "time": np.arange(2), **coords},
+    )
+    return cube, xr.DataArray(labels, dims=("y", "x"), coords=coords), truth
+
+
+@pytest.fixture(scope="module")
+def scene() -> tuple[xr.Dataset, xr.DataArray, np.ndarray]:
+    return make_scene()
+
+
+def test_chips_inside_raster_and_match_labels(scene) -> None:
+    cube, labels, _ = scene
+    chips = sample_chips(cube, labels, chip_size=48, count=40, seed=1)
+    assert chips.x.shape == (40, 4, 48, 48) and chips.x.dtype == np.float32
+    assert chips.y.shape == (40, 48, 48) and chips.y.dtype == np.uint8
+    assert chips.bands == BANDS
+    assert (chips.origins >= 0).all() and (chips.origins + 48 <= 256).all()
+    lab = labels.values
+    for (r, c), y in zip(chips.origins, chips.y, strict=True):
+        window = lab[r : r + 48, c : c + 48]
+        keep = y != 255
+        np.testing.assert_array_equal(y[keep], window[keep])
+        assert np.mean(keep) >= 0.25
+
+
+def test_invalid_pixels_are_ignored(scene) -> None:
+    cube, labels, _ = scene
+    tiles = split_blocks((256, 256), block_size=32, val_fraction=0.0)  # chips = blocks
+    chips = sample_chips(cube, labels, chip_size=32, count=300, seed=2, split=tiles, balance=False)
+    nodata = np.isnan(chips.x).any(axis=1)
+    assert (chips.y[nodata] == 255).all()
+    # only the all-time nodata corner is NaN; the cloud of time step 0 is filled by step 1
+    n, rows, cols = np.nonzero(nodata)
+    assert len(n) > 0
+    assert (chips.origins[n, 0] + rows >= 248).all() and (chips.origins[n, 1] + cols >= 248).all()
+
+
+def test_composite_uses_valid_mask() -> None:
+    data = np.stack([np.full((1, 2, 2), 1.0), np.full((1, 2, 2), 3.0)]).astype(np.float32)
+    valid = np.ones((2, 2, 2), np.uint8)
+    valid[0, 0, 0] = 0
+    valid[:, 1, 1] = 0
+    out = composite(data, valid)
+    assert out.shape == (1, 2, 2)
+    assert out[0, 0, 0] == 3.0 and out[0, 0, 1] == 2.0 and np.isnan(out[0, 1, 1])
+
+
+def test_balance_oversamples_rare_class(scene) -> None:
+    cube, labels, truth = scene
+    share = np.mean(truth == 2)
+    assert 0.01 < share < 0.03
+    balanced = sample_chips(cube, labels, chip_size=32, count=60, seed=3)
+    plain = sample_chips(cube, labels, chip_size=32, count=60, seed=3, balance=False)
+    with_rare = np.mean([(y == 2).any() for y in balanced.y])
+    assert with_rare > 0.3
+    assert np.mean(balanced.y == 2) > 2 * share
+    assert with_rare > np.mean([(y == 2).any() for y in plain.y])
+
+
+def test_split_blocks_are_disjoint(scene) -> None:
+    cube, labels, _ = scene
+    split = split_blocks((256, 256), block_size=64, val_fraction=0.25, seed=0)
+    train_blocks, val_blocks = set(split.blocks("train")), set(split.blocks("val"))
+    assert len(val_blocks) == 4 and len(train_blocks) == 12
+    assert not train_blocks & val_blocks
+    train = sample_chips(cube, labels, chip_size=32, count=30, seed=0, split=split, part="train")
+    val = sample_chips(cube, labels, chip_size=32, count=30, seed=0, split=split, part="val")
+    assert len(train) and len(val)
+    for chips, blocks in ((train, train_blocks), (val, val_blocks)):
+        for r, c in chips.origins:
+            # the whole chip lies in one block of its own part
+            assert (r // 64, c // 64) in blocks
+            assert (r + 31) // 64 == r // 64 and (c + 31) // 64 == c // 64
+
+
+def test_sampling_is_deterministic(scene) -> None:
+    cube, labels, _ = scene
+    a = sample_chips(cube, labels, chip_size=32, count=10, seed=7)
+    b = sample_chips(cube, labels, chip_size=32, count=10, seed=7)
+    np.testing.assert_array_equal(a.origins, b.origins)
+    np.testing.assert_array_equal(a.y, b.y)
+
+
+def test_lazy_cube_reads_windows(scene) -> None:
+    cube, labels, _ = scene
+    lazy = cube.chunk({"y": 64, "x": 64})
+    chips = sample_chips(
+        lazy, labels.chunk({"y": 64, "x": 64}), chip_size=32, count=5, seed=1,
+        bands=("B08", "B02"), max_block_bytes=0,
+    )  # fmt: skip
+    eager = sample_chips(cube, labels, chip_size=32, count=5, seed=1, bands=("B08", "B02"))
+    assert chips.bands == ("B08", "B02")
+    np.testing.assert_array_equal(chips.x, eager.x)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"chip_size": 300}, InvalidParameterError, "does not fit"),
+        ({"bands": ("B02", "B11")}, BandMismatchError, r"missing \('B11',\)"),
+    ],
+    ids=["chip-too-big", "missing-band"],
+)
+def test_bad_parameters(scene, kwargs, error, match) -> None:
+    cube, labels, _ = scene
+    params = {"chip_size": 32, "count": 2, "seed": 0, **kwargs}
+    with pytest.raises(error, match=match):
+        sample_chips(cube, labels, **params)
+
+
+def test_labels_off_grid_refused(scene) -> None:
+    cube, labels, _ = scene
+    with pytest.raises(InvalidParameterError, match="rasterize the labels on the cube's grid"):
+        sample_chips(cube, labels[:100], chip_size=32, count=2, seed=0)

@@ -1,0 +1,132 @@
+"""Tests of eoseg.train: losses, metrics, and a tiny end-to-end training."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from scipy import ndimage
+
+from eoseg.classes import ClassSchema, LandClass
+from eoseg.errors import InvalidParameterError
+from eoseg.models import load_model
+from eoseg.train import (
+    TrainConfig,
+    confusion_matrix,
+    iou_scores,
+    soft_jaccard_loss,
+    train_model,
+)
+
+SCHEMA = ClassSchema(
+    (
+        LandClass(0, "water", "#0000ff"),
+        LandClass(1, "forest", "#00ff00"),
+        LandClass(2, "urban", "#ff0000"),
+    )
+)
+SIGNATURE = np.array(
+    [[0.05, 0.06, 0.04, 0.02], [0.04, 0.08, 0.05, 0.35], [0.12, 0.14, 0.16, 0.25]], np.float32
+)
+FAST = TrainConfig(
+    epochs=4,
+    finetune_epochs=2,
+    freeze_encoder_epochs=1,
+    chip_size=64,
+    train_chips=48,
+    val_chips=16,
+)
+
+
+def make_scene(size: int = 256, seed: int = 0) -> tuple[xr.Dataset, xr.DataArray, xr.DataArray]:
+    """A 3-class scene with clean labels and noisy labels (10 % of blobs flipped, shifted)."""
+    rng = np.random.default_rng(seed)
+    field = ndimage.gaussian_filter(rng.normal(size=(size, size)), 8)
+    truth = (field > np.quantile(field, 0.55)).astype(np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    for _ in range(8):
+        cy, cx = rng.integers(10, size - 10, 2)
+        truth[(yy - cy) ** 2 + (xx - cx) ** 2 < 64] = 2
+    data = SIGNATURE[truth].transpose(2, 0, 1)[None]
+    data = data + rng.normal(0, 0.01, data.shape).astype(np.float32)
+    data[:, :, :16, :16] = np.nan
+    valid = np.isfinite(data).all(axis=1).astype(np.uint8)
+    noisy = np.roll(truth, 2, axis=1)
+    noisy[rng.random((size, size)) < 0.05] = 255
+    coords = {"y": np.arange(size)[::-1] * 10.0 + 5, "x": np.arange(size) * 10.0 + 5}
+    cube = xr.Dataset(
+        {"data": (("time", "band", "y", "x"), data), "valid": (("time", "y", "x"), valid)},
+        coords={"band": ["B02", "B03", "B04", "B08"], "time": [0], **coords},
+    )
+    return (
+        cube,
+        xr.DataArray(noisy, dims=("y", "x"), coords=coords),
+        xr.DataArray(truth, dims=("y", "x"), coords=coords),
+    )
+
+
+@pytest.fixture(scope="module")
+def scene() -> tuple[xr.Dataset, xr.DataArray, xr.DataArray]:
+    return make_scene()
+
+
+def test_soft_jaccard_loss() -> None:
+    target = torch.tensor([[[0, 1], [2, 255]]])
+    perfect = torch.nn.functional.one_hot(target.clamp(max=2), 3).permute(0, 3, 1, 2) * 50.0
+    assert soft_jaccard_loss(perfect.float(), target).item() == pytest.approx(0.0, abs=1e-3)
+    wrong = perfect.roll(1, dims=1)
+    assert soft_jaccard_loss(wrong.float(), target).item() > 0.5
+
+
+def test_iou_scores() -> None:
+    truth = np.array([0, 0, 1, 1, 255])
+    pred = np.array([0, 1, 1, 1, 0])
+    miou, per, acc = iou_scores(confusion_matrix(pred, truth, 3))
+    assert per == [0.5, pytest.approx(2 / 3), None]
+    assert miou == pytest.approx((0.5 + 2 / 3) / 2)
+    assert acc == 0.75
+
+
+def test_config_validation() -> None:
+    with pytest.raises(InvalidParameterError, match="not divisible by 2\\*\\*depth = 8"):
+        TrainConfig(chip_size=60, depth=3)
+    with pytest.raises(InvalidParameterError, match="epochs must be >= 0"):
+        TrainConfig(epochs=-1)
+
+
+def test_train_model_learns_and_is_deterministic(scene, tmp_path) -> None:
+    cube, noisy, clean = scene
+    events: list[tuple[str, int, int, dict]] = []
+    card = train_model(
+        cube, noisy, tmp_path / "a", schema=SCHEMA, config=FAST, finetune_labels=clean,
+        progress=lambda *e: events.append(e),
+    )  # fmt: skip
+    assert card.metrics["val_miou"] > 0.6
+    assert len(card.metrics["pretrain"]["val_miou"]) == 4
+    assert len(card.metrics["finetune"]["val_miou"]) == 2
+    assert card.bands == ("B02", "B03", "B04", "B08")
+    assert card.mean[3] > card.mean[0]  # NIR brighter: statistics from valid pixels
+    assert card.parameters > 0 and card.flops_per_pixel > 0 and card.parent is None
+    assert {e[0] for e in events} == {"sample", "pretrain", "finetune"}
+    assert events[-1][1] == events[-1][2]
+    assert "val_miou" in events[-1][3]
+    json.loads((tmp_path / "a" / "model.json").read_text(), parse_constant=pytest.fail)
+    _, loaded = load_model(tmp_path / "a")
+    assert loaded.version == card.version
+    again = train_model(
+        cube, noisy, tmp_path / "b", schema=SCHEMA, config=FAST, finetune_labels=clean
+    )
+    assert again.version == card.version
+    assert again.metrics == card.metrics
+    assert torch.get_num_threads() >= 1 and not torch.are_deterministic_algorithms_enabled()
+
+
+def test_train_refuses_labels_outside_schema(scene, tmp_path) -> None:
+    cube, _, clean = scene
+    two = ClassSchema(SCHEMA.classes[:2])
+    with pytest.raises(InvalidParameterError, match=r"class ids \[2\]"):
+        train_model(cube, clean, tmp_path / "m", schema=two, config=FAST)
+    assert not (tmp_path / "m").exists()
