@@ -197,8 +197,13 @@ def _raster_info(path: Path) -> dict[str, Any]:
                 )
             # Rotated geotransforms (seen in SAR products) are fine: GDAL's warper reads them.
             t = src.transform
-            xs, ys = zip(*(t * c for c in ((0, 0), (src.width, 0), (0, src.height),
-                                            (src.width, src.height))), strict=True)
+            xs, ys = zip(
+                *(
+                    t * c
+                    for c in ((0, 0), (src.width, 0), (0, src.height), (src.width, src.height))
+                ),
+                strict=True,
+            )
             return {
                 "count": src.count,
                 "descriptions": list(src.descriptions),
@@ -226,7 +231,12 @@ def _scenes_from_stac(path: Path) -> list[Scene]:
         raise UnreadableRasterError(
             f"{path} is not a STAC catalog, collection or item ({exc})"
         ) from exc
-    items = [obj] if isinstance(obj, pystac.Item) else list(obj.get_items(recursive=True))
+    if isinstance(obj, pystac.Item):
+        items = [obj]
+    elif isinstance(obj, pystac.Catalog):  # collections are catalogs too
+        items = list(obj.get_items(recursive=True))
+    else:
+        raise UnreadableRasterError(f"{path} is a STAC {type(obj).__name__}, not a catalog or item")
     if not items:
         raise InputNotFoundError(f"STAC {path} lists no items")
     return [_scene_from_item(item) for item in items]
@@ -244,12 +254,18 @@ def _scene_from_item(item: Any) -> Scene:
         elif "data" in roles:
             eo = asset.extra_fields.get("eo:bands") or []
             raster = (asset.extra_fields.get("raster:bands") or [{}])[0]
-            declared.update({k: float(raster[k]) for k in ("scale", "offset", "nodata")
-                             if raster.get(k) is not None})
+            declared.update(
+                {
+                    k: float(raster[k])
+                    for k in ("scale", "offset", "nodata")
+                    if raster.get(k) is not None
+                }
+            )
             files.append((eo[0].get("name", key) if len(eo) == 1 else key, href))
     if not files:
         raise InputNotFoundError(f"STAC item {item.id} has no asset with role 'data'")
     sensor = str(item.properties.get("eoseg:sensor", "generic"))
     when = item.datetime.isoformat() if item.datetime else None
-    return _scene_from_files(item.id, files, sensor=sensor, datetime=when, mask=mask,
-                             declared=declared)
+    return _scene_from_files(
+        item.id, files, sensor=sensor, datetime=when, mask=mask, declared=declared
+    )

@@ -94,11 +94,19 @@ def _quiet_dask() -> None:
 
 @app.command()
 def ingest(
-    sources: Annotated[list[Path], typer.Argument(help="GeoTIFF/COG files, folders, or STAC JSON.")],
+    sources: Annotated[
+        list[Path], typer.Argument(help="GeoTIFF/COG files, folders, or STAC JSON.")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Cube store to write (a .zarr folder).")],
-    crs: Annotated[str | None, typer.Option(help="Grid CRS, e.g. EPSG:32632. Default: first source's.")] = None,
-    resolution: Annotated[float | None, typer.Option(help="Pixel size in grid CRS units. Default: first source's.")] = None,
-    bbox: Annotated[str | None, typer.Option(help="Clip to minx,miny,maxx,maxy (EPSG:4326).")] = None,
+    crs: Annotated[
+        str | None, typer.Option(help="Grid CRS, e.g. EPSG:32632. Default: first source's.")
+    ] = None,
+    resolution: Annotated[
+        float | None, typer.Option(help="Pixel size in grid CRS units. Default: first source's.")
+    ] = None,
+    bbox: Annotated[
+        str | None, typer.Option(help="Clip to minx,miny,maxx,maxy (EPSG:4326).")
+    ] = None,
     tile_size: Annotated[int, typer.Option(help="Tile and chunk size in pixels.")] = 2048,
     scheduler: SchedulerOpt = None,
     overwrite: OverwriteOpt = False,
@@ -115,12 +123,19 @@ def ingest(
     def body() -> None:
         box = parse_bbox(bbox) if bbox else None
         with _client(scheduler) as client, console.progress_bar("ingest") as bar:
-            result = run(sources, out, crs=crs, resolution=resolution, bbox=box,
-                         tile_size=tile_size, client=client, overwrite=overwrite,
-                         run_id=_run_id(), progress=bar)
-        doc = {"cube": result.path, "grid": result.grid, "bands": result.bands,
-               "scenes": result.scenes, "tiles": result.tiles,
-               "valid_fraction": result.valid_fraction, "seconds": round(result.seconds, 2)}
+            result = run(
+                sources,
+                out,
+                crs=crs,
+                resolution=resolution,
+                bbox=box,
+                tile_size=tile_size,
+                client=client,
+                overwrite=overwrite,
+                run_id=_run_id(),
+                progress=bar,
+            )
+        doc = result.to_dict()
         _report("ingest", doc, json_out)
 
     _guard(body)
@@ -131,20 +146,29 @@ def rasterize(
     vector: Annotated[Path, typer.Argument(help="Vector labels (any CRS) or a class-id GeoTIFF.")],
     cube: Annotated[Path, typer.Option("--cube", help="Cube whose grid the labels take.")],
     out: Annotated[Path, typer.Option("--out", help="Labels store to write.")],
-    class_field: Annotated[str, typer.Option(help="Vector field holding class ids 0..254.")] = "class_id",
+    class_field: Annotated[
+        str, typer.Option(help="Vector field holding class ids 0..254.")
+    ] = "class_id",
     scheduler: SchedulerOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Rasterize labels onto a cube's grid (uint8 class ids, 255 = ignore)."""
-    from eoseg.labels import label_summary, rasterize_labels
+    from eoseg.labels import rasterize_labels
 
     def body() -> None:
         with _client(scheduler) as client, console.progress_bar("rasterize") as bar:
-            result = rasterize_labels(vector, cube, out, class_field=class_field,
-                                      client=client, overwrite=overwrite, run_id=_run_id(),
-                                      progress=bar)
-        _report("rasterize", label_summary(result), json_out)
+            result = rasterize_labels(
+                vector,
+                cube,
+                out,
+                class_field=class_field,
+                client=client,
+                overwrite=overwrite,
+                run_id=_run_id(),
+                progress=bar,
+            )
+        _report("rasterize", result.to_dict(), json_out)
 
     _guard(body)
 
@@ -154,11 +178,16 @@ def train(
     cube: Annotated[Path, typer.Option("--cube", help="Cube to train on.")],
     labels: Annotated[Path, typer.Option("--labels", help="Labels store (e.g. rasterized OSM).")],
     out: Annotated[Path, typer.Option("--out", help="Model folder to write.")],
-    finetune_labels: Annotated[Path | None, typer.Option(help="Clean labels store to fine-tune on.")] = None,
+    finetune_labels: Annotated[
+        Path | None, typer.Option(help="Clean labels store to fine-tune on.")
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Pretraining epochs.")] = None,
     finetune_epochs: Annotated[int | None, typer.Option(help="Fine-tuning epochs.")] = None,
     chip_size: Annotated[int | None, typer.Option(help="Chip size in pixels.")] = None,
-    classes: Annotated[Path | None, typer.Option(help="Class schema JSON [{id,name,color}]. Default: from label ids.")] = None,
+    classes: Annotated[
+        Path | None,
+        typer.Option(help="Class schema JSON [{id,name,color}]. Default: from label ids."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     json_out: JsonOpt = False,
 ) -> None:
@@ -167,13 +196,27 @@ def train(
 
     def body() -> None:
         with console.train_progress() as bar:
-            card = train_from_stores(cube, labels, out, finetune_labels=finetune_labels,
-                                epochs=epochs, finetune_epochs=finetune_epochs,
-                                chip_size=chip_size, classes=classes, seed=seed, progress=bar)
-        doc = {"model": out, "name": card.name, "version": card.version,
-               "bands": card.bands, "parameters": card.parameters,
-               "flops_per_pixel": card.flops_per_pixel,
-               "val_miou": card.metrics.get("val_miou")}
+            card = train_from_stores(
+                cube,
+                labels,
+                out,
+                finetune_labels=finetune_labels,
+                epochs=epochs,
+                finetune_epochs=finetune_epochs,
+                chip_size=chip_size,
+                classes=classes,
+                seed=seed,
+                progress=bar,
+            )
+        doc = {
+            "model": out,
+            "name": card.name,
+            "version": card.version,
+            "bands": card.bands,
+            "parameters": card.parameters,
+            "flops_per_pixel": card.flops_per_pixel,
+            "val_miou": card.metrics.get("val_miou"),
+        }
         _report("train", doc, json_out)
 
     _guard(body)
@@ -193,10 +236,10 @@ def predict(
 
     def body() -> None:
         with _client(scheduler) as client, console.progress_bar("predict") as bar:
-            result = run(cube, model, out, client=client, overwrite=overwrite,
-                         run_id=_run_id(), progress=bar)
-        doc = {"classmap": result.path, "model": result.model, "tiles": result.tiles,
-               "megapixels": result.megapixels, "seconds": round(result.seconds, 2)}
+            result = run(
+                cube, model, out, client=client, overwrite=overwrite, run_id=_run_id(), progress=bar
+            )
+        doc = result.to_dict()
         _report("predict", doc, json_out)
 
     _guard(body)
@@ -206,9 +249,13 @@ def predict(
 def export(
     classmap: Annotated[Path, typer.Argument(help="Class map store.")],
     cog: Annotated[Path | None, typer.Option(help="Cloud-Optimized GeoTIFF to write.")] = None,
-    polygons: Annotated[Path | None, typer.Option(help="Polygons: .parquet, .gpkg or .geojson.")] = None,
+    polygons: Annotated[
+        Path | None, typer.Option(help="Polygons: .parquet, .gpkg or .geojson.")
+    ] = None,
     quicklook: Annotated[Path | None, typer.Option(help="Quicklook PNG with legend.")] = None,
-    simplify: Annotated[float | None, typer.Option(help="Polygon simplification tolerance (map units).")] = None,
+    simplify: Annotated[
+        float | None, typer.Option(help="Polygon simplification tolerance (map units).")
+    ] = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -222,8 +269,14 @@ def export(
             raise InvalidParameterError(
                 "nothing to export: give --cog FILE, --polygons FILE and/or --quicklook FILE"
             )
-        doc = export_classmap(classmap, cog=cog, polygons=polygons, quicklook=quicklook,
-                              simplify=simplify, overwrite=overwrite)
+        doc = export_classmap(
+            classmap,
+            cog=cog,
+            polygons=polygons,
+            quicklook=quicklook,
+            simplify=simplify,
+            overwrite=overwrite,
+        )
         _report("export", doc, json_out)
 
     _guard(body)
@@ -232,8 +285,12 @@ def export(
 @app.command()
 def evaluate(
     classmap: Annotated[Path, typer.Argument(help="Class map store.")],
-    truth: Annotated[Path, typer.Option("--truth", help="Labels store, class-id GeoTIFF or vector.")],
-    class_field: Annotated[str, typer.Option(help="Class-id field when truth is a vector.")] = "class_id",
+    truth: Annotated[
+        Path, typer.Option("--truth", help="Labels store, class-id GeoTIFF or vector.")
+    ],
+    class_field: Annotated[
+        str, typer.Option(help="Class-id field when truth is a vector.")
+    ] = "class_id",
     json_out: JsonOpt = False,
 ) -> None:
     """Accuracy of a class map: overall accuracy, per-class precision/recall/F1/IoU, mIoU."""
@@ -254,7 +311,12 @@ def evaluate(
 @app.command()
 def query(
     classmap: Annotated[Path, typer.Argument(help="Class map store.")],
-    aoi: Annotated[str, typer.Option("--aoi", help="GeoJSON/GeoPackage polygon, or minx,miny,maxx,maxy in EPSG:4326.")],
+    aoi: Annotated[
+        str,
+        typer.Option(
+            "--aoi", help="GeoJSON/GeoPackage polygon, or minx,miny,maxx,maxy in EPSG:4326."
+        ),
+    ],
     json_out: JsonOpt = False,
 ) -> None:
     """Area of each class (km², on the ellipsoid) inside an area of interest."""
@@ -273,7 +335,9 @@ def query(
 
 @app.command()
 def demo(
-    workdir: Annotated[Path, typer.Option(help="Where everything is written, Prefect's home included.")] = Path("eoseg-demo"),
+    workdir: Annotated[
+        Path, typer.Option(help="Where everything is written, Prefect's home included.")
+    ] = Path("eoseg-demo"),
     scheduler: SchedulerOpt = None,
     quick: Annotated[
         bool, typer.Option(help="Tiny landscape, few training steps: a smoke test.")
@@ -306,11 +370,18 @@ def demo(
 
 def _confine_to(workdir: Path) -> None:
     """Keep Prefect's home, temp files and caches inside the work dir."""
-    for var, sub in (("PREFECT_HOME", "prefect"), ("MPLCONFIGDIR", "cache/matplotlib"),
-                     ("TMPDIR", "tmp"), ("XDG_CACHE_HOME", "cache")):
+    for var, sub in (
+        ("PREFECT_HOME", "prefect"),
+        ("MPLCONFIGDIR", "cache/matplotlib"),
+        ("TMPDIR", "tmp"),
+        ("XDG_CACHE_HOME", "cache"),
+    ):
         path = workdir / sub
         path.mkdir(parents=True, exist_ok=True)
         os.environ[var] = str(path)
+    # The temporary server's telemetry heartbeat races its own SQLite writes ("database is
+    # locked" tracebacks on stderr) and would try the network: off for offline demos.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     tempfile.tempdir = None  # re-read TMPDIR
 
 

@@ -64,7 +64,7 @@ def connect(
             n_workers=workers,
             threads_per_worker=1,
             processes=processes,
-            dashboard_address=None,
+            dashboard_address=":0",  # any free port: several clusters may share a host
             local_directory=str(local_directory) if local_directory else None,
         ) as cluster,
         Client(cluster) as client,

@@ -57,8 +57,9 @@ def train_progress() -> Iterator[Callable[[str, int, int, Mapping[str, Any]], No
         def update(stage: str, step: int, total: int, info: Mapping[str, Any]) -> None:
             if stage not in tasks:
                 tasks[stage] = bar.add_task(f"train: {stage}", total=total, info="")
-            text = "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                             for k, v in info.items())
+            text = "  ".join(
+                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()
+            )
             bar.update(tasks[stage], completed=step, total=total, info=text)
 
         yield update
@@ -114,16 +115,20 @@ def print_demo_summary(summary: Mapping[str, Any]) -> None:
         acc.add_column(col, justify="right" if col != "class" else "left")
     areas = {c["name"]: c["km2"] for c in summary["areas"]["classes"]}
     for row in metrics["classes"]:
-        acc.add_row(row["name"], *(_fmt_opt(row.get(k)) for k in ("precision", "recall", "f1",
-                                                                   "iou")),
-                    _fmt_opt(areas.get(row["name"])))
+        acc.add_row(
+            row["name"],
+            *(_fmt_opt(row.get(k)) for k in ("precision", "recall", "f1", "iou")),
+            _fmt_opt(areas.get(row["name"])),
+        )
     stdout.print(acc)
     stdout.print(
         f"[bold]mIoU {metrics['miou']:.3f}[/]   overall accuracy "
         f"{metrics['overall_accuracy']:.3f}   class areas sum "
         f"{summary['areas']['classes_sum_km2']:.3f} km² vs valid grid area "
         f"{summary['areas']['grid_valid_km2']:.3f} km² "
-        f"({summary['areas']['relative_difference']:.2e} relative)"
+        f"({summary['areas']['relative_difference']:.2e} relative); grid "
+        f"{summary['areas']['grid_km2']:.3f} km² by pixels vs "
+        f"{summary['areas']['grid_geodesic_km2']:.3f} km² geodesic"
     )
     stdout.print(key_value_table("timings (s)", summary["timings"]))
     stdout.print(key_value_table("outputs", summary["paths"]))

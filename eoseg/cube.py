@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from odc.geo.xr import xr_coords
 from eoseg.catalog import Scene, discover_scenes
 from eoseg.cluster import ProgressFn, run_tiles
 from eoseg.errors import BandMismatchError, NoOverlapError
-from eoseg.grid import Tile, describe_grid, iter_tiles, make_grid, parse_crs
+from eoseg.grid import Tile, crs_of, describe_grid, iter_tiles, make_grid, parse_crs
 from eoseg.store import (
     check_output,
     create_store,
@@ -82,14 +82,26 @@ class IngestResult:
     tiles: int
     valid_fraction: float
     seconds: float
-    skipped: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (what ``eoseg ingest --json`` prints)."""
+        return {
+            "cube": str(self.path),
+            "grid": self.grid,
+            "bands": list(self.bands),
+            "scenes": list(self.scenes),
+            "tiles": self.tiles,
+            "valid_fraction": self.valid_fraction,
+            "seconds": round(self.seconds, 2),
+        }
 
 
 def choose_encoding(scenes: Sequence[Scene]) -> CubeEncoding:
     """Keep the scenes' integer dtype and scaling when they agree; else float32."""
     first = scenes[0]
-    same = all((s.dtype, s.scale, s.offset) == (first.dtype, first.scale, first.offset)
-               for s in scenes)
+    same = all(
+        (s.dtype, s.scale, s.offset) == (first.dtype, first.scale, first.offset) for s in scenes
+    )
     kind = np.dtype(first.dtype).kind
     if not same or kind not in "ui":
         return CubeEncoding("float32", 1.0, 0.0, float("nan"))
@@ -185,14 +197,25 @@ def ingest(
     todo = [t for t in tiles if t.name not in done]
     log.info("ingest: %d scenes, %d tiles (%d already done)", len(scenes), len(tiles), len(done))
     run_tiles(
-        client, ingest_tile, todo, progress=progress,
-        scenes=scenes, grid=grid, encoding=encoding, staging=staging,
+        client,
+        ingest_tile,
+        todo,
+        progress=progress,
+        scenes=scenes,
+        grid=grid,
+        encoding=encoding,
+        staging=staging,
     )
     publish(out, overwrite=overwrite)
     valid = _valid_fraction(out)
     return IngestResult(
-        path=out, grid=describe_grid(grid), bands=bands, scenes=tuple(s.id for s in scenes),
-        tiles=len(tiles), valid_fraction=valid, seconds=time.perf_counter() - start,
+        path=out,
+        grid=describe_grid(grid),
+        bands=bands,
+        scenes=tuple(s.id for s in scenes),
+        tiles=len(tiles),
+        valid_fraction=valid,
+        seconds=time.perf_counter() - start,
     )
 
 
@@ -208,7 +231,7 @@ def ingest_tile(
     for scene in scenes:
         if not missing.any():
             break
-        if not scene.footprint.to_crs(grid.crs).intersects(tile_poly):
+        if not scene.footprint.to_crs(crs_of(grid)).intersects(tile_poly):
             continue
         values, ok = read_scene(scene, tile_box)
         take = missing & ok
@@ -232,10 +255,10 @@ def _template(
     ny, nx = grid.shape.y, grid.shape.x
     coords = xr_coords(grid, crs_coord_name="spatial_ref")
     times = [s.datetime for s in scenes if s.datetime]
-    when = np.array([np.datetime64(min(times)[:19]) if times else np.datetime64("NaT")],
-                    dtype="datetime64[ns]")
-    data = da.zeros((1, len(bands), ny, nx), chunks=(1, len(bands), tile, tile),
-                    dtype="float32")
+    when = np.array(
+        [np.datetime64(min(times)[:19]) if times else np.datetime64("NaT")], dtype="datetime64[ns]"
+    )
+    data = da.zeros((1, len(bands), ny, nx), chunks=(1, len(bands), tile, tile), dtype="float32")
     valid = da.zeros((1, ny, nx), chunks=(1, tile, tile), dtype="uint8")
     ds = xr.Dataset(
         {
@@ -246,8 +269,9 @@ def _template(
     )
     ds["data"].encoding.update(enc.xarray_encoding())
     ds["data"].attrs.update(long_name="band values", grid_mapping="spatial_ref")
-    ds["valid"].attrs.update(long_name="1 where every band is valid and cloud-free",
-                             grid_mapping="spatial_ref")
+    ds["valid"].attrs.update(
+        long_name="1 where every band is valid and cloud-free", grid_mapping="spatial_ref"
+    )
     return ds
 
 

@@ -11,6 +11,9 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import dask.array
+import numpy as np
+import xarray as xr
 from odc.geo import CRS
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import BoundingBox, Geometry
@@ -94,9 +97,7 @@ def parse_bbox(text: str) -> tuple[float, float, float, float]:
             f"expected a box 'minx,miny,maxx,maxy' of four numbers; found {text!r}"
         ) from None
     if minx >= maxx or miny >= maxy:
-        raise InvalidParameterError(
-            f"box {text!r} is empty: minx must be < maxx and miny < maxy"
-        )
+        raise InvalidParameterError(f"box {text!r} is empty: it needs minx < maxx and miny < maxy")
     return minx, miny, maxx, maxy
 
 
@@ -166,16 +167,60 @@ def iter_tiles(grid: GeoBox, tile_size: int) -> Iterator[Tile]:
     height, width = grid.shape.y, grid.shape.x
     for row, y0 in enumerate(range(0, height, tile_size)):
         for col, x0 in enumerate(range(0, width, tile_size)):
-            yield Tile(
-                row, col, y0, x0, min(tile_size, height - y0), min(tile_size, width - x0)
-            )
+            yield Tile(row, col, y0, x0, min(tile_size, height - y0), min(tile_size, width - x0))
+
+
+def crs_of(grid: GeoBox) -> CRS:
+    """The CRS of a grid.
+
+    Raises:
+        GeoreferenceError: The grid has none (a store written without georeferencing).
+    """
+    if grid.crs is None:
+        raise GeoreferenceError(
+            "the grid has no CRS: expected a georeferenced store (spatial_ref); re-create it"
+        )
+    return grid.crs
+
+
+def raster_tiles(
+    raster: xr.DataArray,
+) -> tuple[GeoBox, dask.array.Array, list[tuple[slice, slice]]]:
+    """A georeferenced ``(y, x)`` raster as its grid, its Dask blocks and their slices.
+
+    A numpy-backed raster becomes one block. Slices are in C order, the order of
+    ``data.to_delayed().ravel()``.
+
+    Raises:
+        GeoreferenceError: The raster has no CRS/transform.
+    """
+    import odc.geo.xr  # noqa: F401  (registers the .odc accessor)
+
+    geobox = raster.odc.geobox
+    if geobox is None:
+        raise GeoreferenceError(
+            "raster has no CRS/transform: open it with decode_coords='all' "
+            "or give it rioxarray-style x/y coordinates and a spatial_ref"
+        )
+    data = raster.data
+    if not isinstance(data, dask.array.Array):
+        data = dask.array.from_array(np.asarray(data), chunks=-1)
+    ys = np.cumsum((0, *data.chunks[0]))
+    xs = np.cumsum((0, *data.chunks[1]))
+    slices = [
+        (slice(int(ys[i]), int(ys[i + 1])), slice(int(xs[j]), int(xs[j + 1])))
+        for i in range(len(data.chunks[0]))
+        for j in range(len(data.chunks[1]))
+    ]
+    return geobox, data, slices
 
 
 def describe_grid(grid: GeoBox) -> dict[str, object]:
     """A JSON-friendly summary of a grid (CRS, resolution, shape, bounds)."""
     b = grid.boundingbox
+    crs = crs_of(grid)
     return {
-        "crs": f"EPSG:{grid.crs.epsg}" if grid.crs.epsg else grid.crs.to_wkt(),
+        "crs": f"EPSG:{crs.epsg}" if crs.epsg else crs.to_wkt(),
         "resolution": abs(grid.resolution.x),
         "shape": [grid.shape.y, grid.shape.x],
         "bounds": [b.left, b.bottom, b.right, b.top],

@@ -38,7 +38,7 @@ from eoseg.errors import (
     UnreadableRasterError,
     UnreadableVectorError,
 )
-from eoseg.grid import Tile, iter_tiles
+from eoseg.grid import Tile, crs_of, iter_tiles
 from eoseg.store import (
     check_output,
     create_store,
@@ -73,6 +73,15 @@ class LabelsResult:
     class_counts: dict[int, int]
     seconds: float
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (what ``eoseg rasterize --json`` prints)."""
+        return {
+            "labels": str(self.path),
+            "labelled_fraction": self.labelled_fraction,
+            "class_pixels": self.class_counts,
+            "seconds": round(self.seconds, 2),
+        }
+
 
 def check_label_source(path: Path, class_field: str, grid: GeoBox) -> LabelSource:
     """Open a label file's metadata and check it overlaps the grid.
@@ -87,11 +96,10 @@ def check_label_source(path: Path, class_field: str, grid: GeoBox) -> LabelSourc
         raise InputNotFoundError(f"label file {path} does not exist: check the path")
     if path.suffix.lower() in VECTOR_SUFFIXES:
         source = _check_vector(path, class_field)
-        bounds = source_bounds = _vector_bounds(path)
+        source_bounds = _vector_bounds(path)
     else:
         source, source_bounds = _check_raster(path, class_field)
-        bounds = source_bounds
-    footprint = BoundingBox(*bounds, crs=source.crs).polygon.to_crs(grid.crs)
+    footprint = BoundingBox(*source_bounds, crs=source.crs).polygon.to_crs(crs_of(grid))
     if not footprint.intersects(grid.extent):
         b = grid.extent.to_crs("EPSG:4326").boundingbox
         raise NoOverlapError(
@@ -126,7 +134,9 @@ def _vector_bounds(path: Path) -> tuple[float, float, float, float]:
     return tuple(float(v) for v in info["total_bounds"])  # type: ignore[return-value]
 
 
-def _check_raster(path: Path, class_field: str) -> tuple[LabelSource, tuple[float, ...]]:
+def _check_raster(
+    path: Path, class_field: str
+) -> tuple[LabelSource, tuple[float, float, float, float]]:
     try:
         with rasterio.open(path) as src:
             if src.crs is None:
@@ -137,7 +147,11 @@ def _check_raster(path: Path, class_field: str) -> tuple[LabelSource, tuple[floa
                 )
             b = src.bounds
             return LabelSource(str(path), "raster", src.crs.to_wkt(), class_field), (
-                b.left, b.bottom, b.right, b.top)
+                b.left,
+                b.bottom,
+                b.right,
+                b.top,
+            )
     except rasterio.errors.RasterioIOError as exc:
         raise UnreadableRasterError(
             f"{path} is neither a known vector format nor a readable raster ({exc})"
@@ -174,21 +188,35 @@ def rasterize_labels(
     tile_size = int(cube.attrs["tile_size"])
     source = check_label_source(source_path, class_field, grid)
     tiles = list(iter_tiles(grid, tile_size))
-    signature = hashlib.sha256(json.dumps([
-        source.path, Path(source.path).stat().st_mtime, class_field,
-        cube.attrs["eoseg_signature"], tile_size]).encode()).hexdigest()[:16]
+    signature = hashlib.sha256(
+        json.dumps(
+            [
+                source.path,
+                Path(source.path).stat().st_mtime,
+                class_field,
+                cube.attrs["eoseg_signature"],
+                tile_size,
+            ]
+        ).encode()
+    ).hexdigest()[:16]
     coords = xr_coords(grid, crs_coord_name="spatial_ref")
     template = xr.Dataset(
         {"labels": (("y", "x"), da.zeros(grid.shape.yx, chunks=tile_size, dtype="uint8"))},
         coords=coords,
     )
     template["labels"].attrs.update(long_name="class id, 255 = ignore", grid_mapping="spatial_ref")
-    attrs = {"run_id": run_id, "tile_size": tile_size, "source": source.path,
-             "class_field": class_field, "grid_store": str(grid_path)}
+    attrs = {
+        "run_id": run_id,
+        "tile_size": tile_size,
+        "source": source.path,
+        "class_field": class_field,
+        "grid_store": str(grid_path),
+    }
     staging = create_store(out, template, product="labels", signature=signature, attrs=attrs)
     todo = [t for t in tiles if t.name not in done_tiles(staging)]
-    counts_per_tile = run_tiles(client, rasterize_tile, todo, progress=progress,
-                                source=source, grid=grid, staging=staging)
+    counts_per_tile = run_tiles(
+        client, rasterize_tile, todo, progress=progress, source=source, grid=grid, staging=staging
+    )
     publish(out, overwrite=overwrite)
     counts = np.zeros(256, dtype="int64")
     for c in counts_per_tile:
@@ -206,10 +234,7 @@ def rasterize_labels(
 def rasterize_tile(tile: Tile, *, source: LabelSource, grid: GeoBox, staging: Path) -> list[int]:
     """Burn the labels of one tile and write it; returns the tile's class histogram."""
     box = tile.geobox(grid)
-    if source.kind == "vector":
-        out = _burn_vector(source, box)
-    else:
-        out = _resample_raster(source, box)
+    out = _burn_vector(source, box) if source.kind == "vector" else _resample_raster(source, box)
     write_tile(staging, tile, {"labels": out}, {"source": source.path})
     return np.bincount(out.ravel(), minlength=256).tolist()
 
@@ -220,7 +245,7 @@ def _burn_vector(source: LabelSource, box: GeoBox) -> np.ndarray:
     out = np.full(box.shape.yx, IGNORE_ID, dtype="uint8")
     if frame.empty:
         return out
-    frame = frame.to_crs(box.crs.wkt)
+    frame = frame.to_crs(crs_of(box).wkt)
     values = frame[source.class_field]
     ok = values.notna() & frame.geometry.notna() & ~frame.geometry.is_empty
     ids = values[ok].astype("int64")
@@ -231,8 +256,9 @@ def _burn_vector(source: LabelSource, box: GeoBox) -> np.ndarray:
             f"found {sorted(set(bad.tolist()))[:5]}: map them to class ids first"
         )
     shapes = zip(frame.geometry[ok], ids, strict=True)
-    return rasterize(shapes, out_shape=box.shape.yx, transform=box.affine, fill=IGNORE_ID,
-                     dtype="uint8")
+    return rasterize(
+        shapes, out_shape=box.shape.yx, transform=box.affine, fill=IGNORE_ID, dtype="uint8"
+    )
 
 
 def _read_vector(path: Path, bbox: tuple[float, ...]) -> gpd.GeoDataFrame:
@@ -247,10 +273,15 @@ def _read_vector(path: Path, bbox: tuple[float, ...]) -> gpd.GeoDataFrame:
 def _resample_raster(source: LabelSource, box: GeoBox) -> np.ndarray:
     out = np.full(box.shape.yx, IGNORE_ID, dtype="uint8")
     with rasterio.open(source.path) as src:
-        reproject(source=rasterio.band(src, 1), destination=out,
-                  src_nodata=src.nodata if src.nodata is not None else IGNORE_ID,
-                  dst_transform=box.affine, dst_crs=box.crs.wkt, dst_nodata=IGNORE_ID,
-                  resampling=Resampling.nearest)
+        reproject(
+            source=rasterio.band(src, 1),
+            destination=out,
+            src_nodata=src.nodata if src.nodata is not None else IGNORE_ID,
+            dst_transform=box.affine,
+            dst_crs=crs_of(box).wkt,
+            dst_nodata=IGNORE_ID,
+            resampling=Resampling.nearest,
+        )
     return out
 
 
@@ -262,17 +293,14 @@ def open_labels(path: Path | str) -> xr.DataArray:
     return labels
 
 
-def label_summary(result: LabelsResult) -> dict[str, Any]:
-    """JSON-friendly summary of a rasterize run."""
-    return {"labels": str(result.path), "labelled_fraction": result.labelled_fraction,
-            "class_pixels": result.class_counts, "seconds": round(result.seconds, 2)}
-
-
 def open_truth(
     source: Path, grid_path: Path, *, class_field: str = "class_id", workdir: Path
 ) -> xr.DataArray:
-    """Reference labels on the grid of ``grid_path``, from a labels store, a class-id
-    GeoTIFF or a vector file (rasterized into ``workdir``)."""
+    """Reference labels on the grid of ``grid_path``.
+
+    ``source`` may be a labels store, a class-id GeoTIFF or a vector file; the latter two
+    are rasterized into a store inside ``workdir``.
+    """
     if (source / "zarr.json").exists():
         return open_labels(source)
     out = workdir / f"truth-{hashlib.sha1(str(source).encode()).hexdigest()[:8]}.zarr"

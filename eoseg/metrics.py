@@ -150,7 +150,15 @@ def evaluate(pred: ArrayLike, truth: ArrayLike, schema: ClassSchema) -> Accuracy
         NoOverlapError: No pixel is valid in both rasters.
         InvalidParameterError: Shapes differ or ids fall outside the schema.
     """
-    cm = confusion_matrix(pred, truth, len(schema))
+    return report_from_confusion(confusion_matrix(pred, truth, len(schema)), schema.names)
+
+
+def report_from_confusion(cm: np.ndarray, class_names: tuple[str, ...]) -> AccuracyReport:
+    """Scores of a confusion matrix (rows truth, columns prediction).
+
+    Raises:
+        NoOverlapError: The matrix is empty (no pixel valid in both rasters).
+    """
     n = int(cm.sum())
     if n == 0:
         raise NoOverlapError(
@@ -164,7 +172,7 @@ def evaluate(pred: ArrayLike, truth: ArrayLike, schema: ClassSchema) -> Accuracy
     f1 = _ratio(2 * tp, 2 * tp + fp + fn)
     present = ~np.isnan(iou)  # in truth or prediction
     return AccuracyReport(
-        class_names=schema.names,
+        class_names=tuple(class_names),
         confusion=tuple(tuple(int(v) for v in row) for row in cm),
         overall_accuracy=float(tp.sum() / n),
         precision=_floats(_ratio(tp, tp + fp)),

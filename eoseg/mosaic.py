@@ -20,7 +20,7 @@ from odc.geo.geobox import GeoBox
 from rasterio.windows import Window
 
 from eoseg.classes import IGNORE_ID, ClassSchema
-from eoseg.grid import iter_tiles
+from eoseg.grid import crs_of, iter_tiles
 from eoseg.predict import open_classmap
 from eoseg.store import check_output
 
@@ -47,10 +47,19 @@ def write_cog(classmap_path: Path, out: Path, *, overwrite: bool = False) -> Pat
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".cog-") as tmp:
         staged = Path(tmp) / "tiled.tif"
         profile = {
-            "driver": "GTiff", "dtype": "uint8", "count": 1, "nodata": IGNORE_ID,
-            "width": grid.shape.x, "height": grid.shape.y, "crs": grid.crs.wkt,
-            "transform": grid.affine, "tiled": True, "blockxsize": 512, "blockysize": 512,
-            "compress": "deflate", "BIGTIFF": "IF_SAFER",
+            "driver": "GTiff",
+            "dtype": "uint8",
+            "count": 1,
+            "nodata": IGNORE_ID,
+            "width": grid.shape.x,
+            "height": grid.shape.y,
+            "crs": crs_of(grid).wkt,
+            "transform": grid.affine,
+            "tiled": True,
+            "blockxsize": 512,
+            "blockysize": 512,
+            "compress": "deflate",
+            "BIGTIFF": "IF_SAFER",
         }
         with rasterio.open(staged, "w", **profile) as dst:
             for tile in iter_tiles(grid, tile_size):
@@ -58,11 +67,19 @@ def write_cog(classmap_path: Path, out: Path, *, overwrite: bool = False) -> Pat
                 dst.write(block, 1, window=Window(tile.x0, tile.y0, tile.width, tile.height))
             dst.write_colormap(1, {c.id: (*c.rgb(), 255) for c in schema})
             dst.update_tags(1, **{f"class_{c.id}": c.name for c in schema})
-            dst.update_tags(model=ds.attrs.get("model_version", ""),
-                            run_id=ds.attrs.get("run_id", ""))
+            dst.update_tags(
+                model=ds.attrs.get("model_version", ""), run_id=ds.attrs.get("run_id", "")
+            )
         final_tmp = Path(tmp) / "cog.tif"
-        rasterio.shutil.copy(staged, final_tmp, driver="COG", COMPRESS="DEFLATE",
-                             BLOCKSIZE=512, OVERVIEW_RESAMPLING="MODE", BIGTIFF="IF_SAFER")
+        rasterio.shutil.copy(
+            staged,
+            final_tmp,
+            driver="COG",
+            COMPRESS="DEFLATE",
+            BLOCKSIZE=512,
+            OVERVIEW_RESAMPLING="MODE",
+            BIGTIFF="IF_SAFER",
+        )
         os.replace(final_tmp, out)
     log.info("wrote COG %s", out)
     return out
@@ -94,8 +111,13 @@ def write_quicklook(
     ax.set_axis_off()
     ax.set_title(title or f"class map ({ds.attrs.get('model_version', '')})")
     handles = [Patch(color=c.color, label=c.name) for c in schema]
-    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, -0.12),
-              ncol=min(len(schema), 6), frameon=False)
+    ax.legend(
+        handles=handles,
+        loc="lower center",
+        bbox_to_anchor=(0.5, -0.12),
+        ncol=min(len(schema), 6),
+        frameon=False,
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100, bbox_inches="tight")
     plt.close(fig)

@@ -53,6 +53,16 @@ class PredictResult:
     megapixels: float
     seconds: float
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (what ``eoseg predict --json`` prints)."""
+        return {
+            "classmap": str(self.path),
+            "model": self.model,
+            "tiles": self.tiles,
+            "megapixels": self.megapixels,
+            "seconds": round(self.seconds, 2),
+        }
+
 
 class ModelPlugin(WorkerPlugin):
     """Loads the model once on every worker (and sets torch's thread count)."""
@@ -104,8 +114,11 @@ def predict_window(
     x = normalize(window, card)
     x_t = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
     _, height, width = x.shape
-    starts = [(r, c) for r in range(0, height - chip + 1, stride)
-              for c in range(0, width - chip + 1, stride)]
+    starts = [
+        (r, c)
+        for r in range(0, height - chip + 1, stride)
+        for c in range(0, width - chip + 1, stride)
+    ]
     acc = np.zeros((len(card.classes), height, width), dtype="float32")
     weight = torch.as_tensor(blend_window(chip))
     device = next(model.parameters()).device
@@ -153,8 +166,12 @@ def predict_tile(tile: Tile, *, cube_path: str, model_dir: str, staging: Path) -
     conf = np.clip(np.rint(probs.max(axis=0) * 255), 0, 255).astype("uint8")
     cls[~valid] = IGNORE_ID
     conf[~valid] = 0
-    write_tile(staging, tile, {"class": cls, "confidence": conf},
-               {"model": card.version, "cube": cube.attrs.get("eoseg_signature")})
+    write_tile(
+        staging,
+        tile,
+        {"class": cls, "confidence": conf},
+        {"model": card.version, "cube": cube.attrs.get("eoseg_signature")},
+    )
     return tile.height * tile.width
 
 
@@ -182,29 +199,49 @@ def predict(
     grid: GeoBox = cube.odc.geobox
     tile_size = int(cube.attrs["tile_size"])
     tiles = list(iter_tiles(grid, tile_size))
-    signature = hashlib.sha256(json.dumps(
-        [cube.attrs["eoseg_signature"], card.version, tile_size]).encode()).hexdigest()[:16]
+    signature = hashlib.sha256(
+        json.dumps([cube.attrs["eoseg_signature"], card.version, tile_size]).encode()
+    ).hexdigest()[:16]
     coords = xr_coords(grid, crs_coord_name="spatial_ref")
     zeros = da.zeros(grid.shape.yx, chunks=tile_size, dtype="uint8")
-    template = xr.Dataset({"class": (("y", "x"), zeros), "confidence": (("y", "x"), zeros)},
-                          coords=coords)
+    template = xr.Dataset(
+        {"class": (("y", "x"), zeros), "confidence": (("y", "x"), zeros)}, coords=coords
+    )
     template["class"].attrs.update(long_name="class id, 255 = nodata", grid_mapping="spatial_ref")
-    template["confidence"].attrs.update(long_name="top-class probability x 255",
-                                        grid_mapping="spatial_ref")
-    attrs = {"run_id": run_id, "tile_size": tile_size, "classes": card.classes.to_dict(),
-             "model": card.name, "model_version": card.version, "cube": str(cube_path),
-             "cube_signature": cube.attrs["eoseg_signature"]}
+    template["confidence"].attrs.update(
+        long_name="top-class probability x 255", grid_mapping="spatial_ref"
+    )
+    attrs = {
+        "run_id": run_id,
+        "tile_size": tile_size,
+        "classes": card.classes.to_dict(),
+        "model": card.name,
+        "model_version": card.version,
+        "cube": str(cube_path),
+        "cube_signature": cube.attrs["eoseg_signature"],
+    }
     staging = create_store(out, template, product="classmap", signature=signature, attrs=attrs)
     todo = [t for t in tiles if t.name not in done_tiles(staging)]
     model_key = str(Path(model_dir).resolve())
     if client is not None:
         client.register_plugin(ModelPlugin(model_key))
-    run_tiles(client, predict_tile, todo, progress=progress,
-              cube_path=str(cube_path), model_dir=model_key, staging=staging)
+    run_tiles(
+        client,
+        predict_tile,
+        todo,
+        progress=progress,
+        cube_path=str(cube_path),
+        model_dir=model_key,
+        staging=staging,
+    )
     publish(out, overwrite=overwrite)
-    return PredictResult(path=out, model=f"{card.name}@{card.version}", tiles=len(tiles),
-                         megapixels=grid.shape.y * grid.shape.x / 1e6,
-                         seconds=time.perf_counter() - start)
+    return PredictResult(
+        path=out,
+        model=f"{card.name}@{card.version}",
+        tiles=len(tiles),
+        megapixels=grid.shape.y * grid.shape.x / 1e6,
+        seconds=time.perf_counter() - start,
+    )
 
 
 def open_classmap(path: Path | str) -> xr.Dataset:

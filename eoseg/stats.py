@@ -36,6 +36,7 @@ from eoseg.errors import (
     NoOverlapError,
     UnreadableVectorError,
 )
+from eoseg.grid import parse_bbox, raster_tiles
 
 log = logging.getLogger(__name__)
 
@@ -153,20 +154,12 @@ def class_areas(
         NoOverlapError: The AOI covers no pixel centre of the map.
         InvalidParameterError: The map holds class ids outside ``schema``.
     """
-    geobox = classmap.odc.geobox
-    if geobox is None:
-        raise GeoreferenceError(
-            "class map has no CRS/transform: open it with decode_coords='all' "
-            "or give it rioxarray-style x/y coordinates and a spatial_ref"
-        )
-    data = classmap.data
-    if not isinstance(data, dask.array.Array):
-        data = dask.array.from_array(np.asarray(data), chunks=-1)
+    geobox, data, slices = raster_tiles(classmap)
     aoi_map, aoi_km2 = _aoi_in_map_crs(aoi, geobox)
 
     tasks = []
     blocks = data.to_delayed()
-    for (ys, xs), block in zip(_block_slices(data.chunks), blocks.ravel(), strict=True):
+    for (ys, xs), block in zip(slices, blocks.ravel(), strict=True):
         tile = geobox[ys, xs]
         shape = None
         if aoi_map is not None:
@@ -223,12 +216,7 @@ def read_aoi(spec: str) -> shapely.Geometry:
             f"AOI {spec!r} is neither an existing file nor a box: give a GeoJSON/GeoPackage "
             "path or 'minx,miny,maxx,maxy' in EPSG:4326 degrees"
         )
-    try:
-        minx, miny, maxx, maxy = (float(p) for p in parts)
-    except ValueError:
-        raise InvalidParameterError(
-            f"AOI box {spec!r} must be four numbers 'minx,miny,maxx,maxy' in EPSG:4326 degrees"
-        ) from None
+    minx, miny, maxx, maxy = parse_bbox(spec)
     if not (-180 <= minx < maxx <= 180 and -90 <= miny < maxy <= 90):
         raise InvalidParameterError(
             f"AOI box {spec!r} needs -180 <= minx < maxx <= 180 and -90 <= miny < maxy <= 90 "
@@ -370,14 +358,3 @@ def _crs(geobox: GeoBox) -> pyproj.CRS:
     if geobox.crs is None:
         raise GeoreferenceError("grid has no CRS: give the class map a spatial_ref")
     return geobox.crs.proj
-
-
-def _block_slices(chunks: tuple[tuple[int, ...], ...]) -> list[tuple[slice, slice]]:
-    """``(y, x)`` slices of each block, in C order (the order of ``to_delayed().ravel()``)."""
-    ys = np.cumsum((0, *chunks[0]))
-    xs = np.cumsum((0, *chunks[1]))
-    return [
-        (slice(int(ys[i]), int(ys[i + 1])), slice(int(xs[j]), int(xs[j + 1])))
-        for i in range(len(chunks[0]))
-        for j in range(len(chunks[1]))
-    ]

@@ -161,9 +161,11 @@ def open_product(path: Path | str, product: str) -> xr.Dataset:
     """
     path = Path(path)
     if not path.exists():
-        hint = " (an unfinished run left it at .partial; re-run to finish)" if staging_path(
-            path
-        ).exists() else ""
+        hint = (
+            " (an unfinished run left it at .partial; re-run to finish)"
+            if staging_path(path).exists()
+            else ""
+        )
         raise InputNotFoundError(f"no {product} store at {path}{hint}: check the path")
     try:
         ds = xr.open_zarr(str(path), decode_coords="all", consolidated=False, zarr_format=3)

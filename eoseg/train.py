@@ -26,6 +26,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from eoseg.classes import IGNORE_ID, ClassSchema, LandClass
 from eoseg.errors import InvalidParameterError
+from eoseg.metrics import confusion_matrix, report_from_confusion
 from eoseg.models import ModelCard, UNet, count_flops_per_pixel, count_parameters, save_model
 from eoseg.models import normalize as normalize_chip
 from eoseg.sampling import ChipSet, sample_chips, split_blocks
@@ -120,24 +121,6 @@ def soft_jaccard_loss(
     return 1.0 - ((inter + smooth) / (union + smooth)).mean()
 
 
-def confusion_matrix(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> np.ndarray:
-    """``(n, n)`` counts of truth (rows) vs prediction (columns); 255 in truth ignored."""
-    keep = truth != IGNORE_ID
-    idx = truth[keep].astype(np.int64) * n_classes + pred[keep].astype(np.int64)
-    return np.bincount(idx, minlength=n_classes**2).reshape(n_classes, n_classes)
-
-
-def iou_scores(cm: np.ndarray) -> tuple[float, list[float | None], float]:
-    """``(mIoU, per-class IoU or None when absent, pixel accuracy)`` of a confusion matrix."""
-    tp = np.diag(cm).astype(np.float64)
-    denom = cm.sum(axis=0) + cm.sum(axis=1) - tp
-    per = [float(t / d) if d > 0 else None for t, d in zip(tp, denom, strict=True)]
-    seen = [v for v in per if v is not None]
-    miou = float(np.mean(seen)) if seen else 0.0
-    acc = float(tp.sum() / cm.sum()) if cm.sum() else 0.0
-    return miou, per, acc
-
-
 def _augment(x: torch.Tensor, y: torch.Tensor, jitter: float, gen: torch.Generator) -> tuple:
     k = int(torch.randint(0, 4, (1,), generator=gen))
     x, y = torch.rot90(x, k, dims=(-2, -1)), torch.rot90(y, k, dims=(-2, -1))
@@ -161,11 +144,20 @@ def evaluate(
             x = normalize_chip(torch.from_numpy(chips.x[i : i + batch_size]), card)
             pred = model(x).argmax(dim=1).numpy()
             cm += confusion_matrix(pred, chips.y[i : i + batch_size], n)
-    miou, per, acc = iou_scores(cm)
+    if cm.sum() == 0:
+        return {
+            "val_miou": None,
+            "val_accuracy": None,
+            "val_iou": dict.fromkeys(card.classes.names),
+        }
+    report = report_from_confusion(cm, card.classes.names)
     return {
-        "val_miou": miou,
-        "val_accuracy": acc,
-        "val_iou": dict(zip(card.classes.names, per, strict=True)),
+        "val_miou": report.miou,
+        "val_accuracy": report.overall_accuracy,
+        "val_iou": {
+            name: None if np.isnan(v) else v
+            for name, v in zip(card.classes.names, report.iou, strict=True)
+        },
     }
 
 
@@ -437,11 +429,26 @@ def train_from_stores(
             f"{(cube.sizes['y'], cube.sizes['x'])}: rasterize them onto this cube"
         )
     schema = _read_schema(classes) if classes else _schema_from_labels(labels, clean)
-    overrides = {k: v for k, v in (("epochs", epochs), ("finetune_epochs", finetune_epochs),
-                                   ("chip_size", chip_size), ("seed", seed)) if v is not None}
-    config = replace(config or TrainConfig(), **overrides)
-    return train_model(cube, labels, out_dir, schema=schema, config=config,
-                       finetune_labels=clean, progress=progress)
+    overrides = {
+        k: v
+        for k, v in (
+            ("epochs", epochs),
+            ("finetune_epochs", finetune_epochs),
+            ("chip_size", chip_size),
+            ("seed", seed),
+        )
+        if v is not None
+    }
+    config = replace(config or TrainConfig(), **overrides)  # type: ignore[arg-type]
+    return train_model(
+        cube,
+        labels,
+        out_dir,
+        schema=schema,
+        config=config,
+        finetune_labels=clean,
+        progress=progress,
+    )
 
 
 def _read_schema(path: Path) -> ClassSchema:
@@ -457,9 +464,23 @@ def _read_schema(path: Path) -> ClassSchema:
 def _schema_from_labels(*stores: xr.DataArray | None) -> ClassSchema:
     import dask.array as da
 
-    top = max(int(da.max(da.where(s.data == IGNORE_ID, 0, s.data)).compute())
-              for s in stores if s is not None)
-    palette = ("#1f78b4", "#1b7837", "#a6dba0", "#fee08b", "#d73027", "#404040", "#762a83",
-               "#e08214", "#8c510a", "#01665e")
-    return ClassSchema(tuple(LandClass(i, f"class_{i}", palette[i % len(palette)])
-                             for i in range(top + 1)))
+    top = max(
+        int(da.max(da.where(s.data == IGNORE_ID, 0, s.data)).compute())
+        for s in stores
+        if s is not None
+    )
+    palette = (
+        "#1f78b4",
+        "#1b7837",
+        "#a6dba0",
+        "#fee08b",
+        "#d73027",
+        "#404040",
+        "#762a83",
+        "#e08214",
+        "#8c510a",
+        "#01665e",
+    )
+    return ClassSchema(
+        tuple(LandClass(i, f"class_{i}", palette[i % len(palette)]) for i in range(top + 1))
+    )

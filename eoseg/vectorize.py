@@ -32,7 +32,8 @@ import xarray as xr
 from rasterio.transform import Affine
 
 from eoseg.classes import IGNORE_ID, ClassSchema
-from eoseg.errors import GeoreferenceError, InvalidParameterError
+from eoseg.errors import InvalidParameterError
+from eoseg.grid import raster_tiles
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +67,7 @@ def vectorize(
     """
     if simplify_tolerance is not None and simplify_tolerance < 0:
         raise InvalidParameterError(f"simplify_tolerance must be >= 0; found {simplify_tolerance}")
-    geobox = classmap.odc.geobox
-    if geobox is None:
-        raise GeoreferenceError(
-            "class map has no CRS/transform: open it with decode_coords='all' "
-            "or give it rioxarray-style x/y coordinates and a spatial_ref"
-        )
-    data = classmap.data
-    if not isinstance(data, dask.array.Array):
-        data = dask.array.from_array(np.asarray(data), chunks=-1)
-    slices = _block_slices(data.chunks)
+    geobox, data, slices = raster_tiles(classmap)
     ny, nx = geobox.shape
     tasks = [
         dask.delayed(_vectorize_tile)(block, ys.start, xs.start, (ny, nx))
@@ -185,9 +177,7 @@ def _vectorize_tile(
     with warnings.catch_warnings():
         # Pixel coordinates are intended here: the map transform is applied once at the end.
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        shapes = list(
-            rasterio.features.shapes(block, mask=mask, connectivity=4, transform=offset)
-        )
+        shapes = list(rasterio.features.shapes(block, mask=mask, connectivity=4, transform=offset))
     for geojson, value in shapes:
         geom = shapely.make_valid(shapely.geometry.shape(geojson))
         b = geom.bounds  # (minx, miny, maxx, maxy): (col, row, col, row)
@@ -223,14 +213,3 @@ def _names(ids: list[int], schema: ClassSchema) -> list[str]:
     if unknown:
         log.warning("class ids %s are not in the schema; naming them class_<id>", unknown)
     return [names[i] if i < len(names) else f"class_{i}" for i in ids]
-
-
-def _block_slices(chunks: tuple[tuple[int, ...], ...]) -> list[tuple[slice, slice]]:
-    """``(y, x)`` slices of each block, in C order (the order of ``to_delayed().ravel()``)."""
-    ys = np.cumsum((0, *chunks[0]))
-    xs = np.cumsum((0, *chunks[1]))
-    return [
-        (slice(int(ys[i]), int(ys[i + 1])), slice(int(xs[j]), int(xs[j + 1])))
-        for i in range(len(chunks[0]))
-        for j in range(len(chunks[1]))
-    ]

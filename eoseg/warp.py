@@ -20,6 +20,7 @@ from rasterio.warp import reproject, transform_bounds
 
 from eoseg.catalog import BandSource, Scene
 from eoseg.errors import UnreadableRasterError
+from eoseg.grid import crs_of
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def _read_band(scene: Scene, band: BandSource, box: GeoBox) -> np.ndarray:
                 destination=dst,
                 src_nodata=scene.nodata,
                 dst_transform=box.affine,
-                dst_crs=box.crs.wkt,
+                dst_crs=crs_of(box).wkt,
                 dst_nodata=np.nan,
                 resampling=resampling,
             )
@@ -82,7 +83,7 @@ def _source_window(src: rasterio.DatasetReader, box: GeoBox) -> windows.Window:
     full = windows.Window(0, 0, src.width, src.height)
     if not src.transform.is_rectilinear:
         return full  # a rotated source has no axis-aligned window: read it whole
-    bounds = transform_bounds(box.crs.wkt, src.crs, *box.boundingbox, densify_pts=21)
+    bounds = transform_bounds(crs_of(box).wkt, src.crs, *box.boundingbox, densify_pts=21)
     win = windows.from_bounds(*bounds, transform=src.transform)
     # Two pixels of margin keep the resampling kernel whole at the window edge.
     col0, row0 = math.floor(win.col_off) - 2, math.floor(win.row_off) - 2
@@ -112,7 +113,7 @@ def _read_complex_db(
         src_crs=src.crs,
         src_nodata=np.nan,
         dst_transform=box.affine,
-        dst_crs=box.crs.wkt,
+        dst_crs=crs_of(box).wkt,
         dst_nodata=np.nan,
         resampling=resampling,
     )
@@ -134,7 +135,7 @@ def _read_mask(scene: Scene, box: GeoBox) -> np.ndarray:
             source=rasterio.band(src, mask.index),
             destination=dst,
             dst_transform=box.affine,
-            dst_crs=box.crs.wkt,
+            dst_crs=crs_of(box).wkt,
             dst_nodata=np.nan,
             resampling=Resampling.nearest,
         )
@@ -145,5 +146,3 @@ def _read_mask(scene: Scene, box: GeoBox) -> np.ndarray:
     else:
         bad = np.isin(codes, np.asarray(scene.mask_invalid))
     return covered & ~bad
-
-

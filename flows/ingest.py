@@ -26,11 +26,18 @@ def ingest_task(
 ) -> dict[str, Any]:
     """Ingest ``sources`` into the cube ``out``; resumes an interrupted run (retries)."""
     with connect(scheduler) as client:
-        result = ingest(sources, Path(out), crs=crs, resolution=resolution, bbox=bbox,
-                        tile_size=tile_size, client=client, overwrite=overwrite, run_id=run_id)
-    return {"cube": str(result.path), "grid": result.grid, "bands": list(result.bands),
-            "scenes": list(result.scenes), "tiles": result.tiles,
-            "valid_fraction": result.valid_fraction, "seconds": result.seconds}
+        result = ingest(
+            sources,
+            Path(out),
+            crs=crs,
+            resolution=resolution,
+            bbox=bbox,
+            tile_size=tile_size,
+            client=client,
+            overwrite=overwrite,
+            run_id=run_id,
+        )
+    return result.to_dict()
 
 
 @flow(name="eoseg-ingest")
@@ -44,5 +51,12 @@ def ingest_flow(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Ingest scenes into a cube (on a local cluster unless ``scheduler`` is given)."""
-    return ingest_task(sources, out, scheduler=scheduler, tile_size=tile_size, crs=crs,
-                       resolution=resolution, overwrite=overwrite)
+    return ingest_task(
+        sources,
+        out,
+        scheduler=scheduler,
+        tile_size=tile_size,
+        crs=crs,
+        resolution=resolution,
+        overwrite=overwrite,
+    )

@@ -15,24 +15,33 @@ from eoseg.publish import evaluate_classmap, export_classmap, query_areas
 
 @task(name="predict", retries=1)
 def predict_task(
-    cube: str, model: str, out: str, *, scheduler: str | None, overwrite: bool = False,
+    cube: str,
+    model: str,
+    out: str,
+    *,
+    scheduler: str | None,
+    overwrite: bool = False,
     run_id: str = "",
 ) -> dict[str, Any]:
     """Tiled inference on the cluster; an interrupted run resumes its missing tiles."""
     with connect(scheduler) as client:
-        result = predict(Path(cube), Path(model), Path(out), client=client,
-                         overwrite=overwrite, run_id=run_id)
-    return {"classmap": str(result.path), "model": result.model, "tiles": result.tiles,
-            "megapixels": result.megapixels, "seconds": result.seconds}
+        result = predict(
+            Path(cube), Path(model), Path(out), client=client, overwrite=overwrite, run_id=run_id
+        )
+    return result.to_dict()
 
 
 @task(name="export")
 def export_task(classmap: str, outdir: str, *, overwrite: bool = False) -> dict[str, Any]:
     """COG, polygons (GeoParquet) and a quicklook PNG of the class map."""
     out = Path(outdir)
-    doc = export_classmap(Path(classmap), cog=out / "classmap.tif",
-                          polygons=out / "polygons.parquet", quicklook=out / "quicklook.png",
-                          overwrite=overwrite)
+    doc = export_classmap(
+        Path(classmap),
+        cog=out / "classmap.tif",
+        polygons=out / "polygons.parquet",
+        quicklook=out / "quicklook.png",
+        overwrite=overwrite,
+    )
     return {k: str(v) if isinstance(v, Path) else v for k, v in doc.items()}
 
 
@@ -40,8 +49,9 @@ def export_task(classmap: str, outdir: str, *, overwrite: bool = False) -> dict[
 def evaluate_task(classmap: str, truth: str, *, class_field: str = "class_id") -> dict[str, Any]:
     """Accuracy report against reference labels."""
     with tempfile.TemporaryDirectory(dir=Path(classmap).parent, prefix=".truth-") as tmp:
-        report = evaluate_classmap(Path(classmap), Path(truth), class_field=class_field,
-                                   workdir=Path(tmp))
+        report = evaluate_classmap(
+            Path(classmap), Path(truth), class_field=class_field, workdir=Path(tmp)
+        )
     return report.to_dict()
 
 
@@ -53,7 +63,11 @@ def areas_task(classmap: str, aoi: str | None = None) -> dict[str, Any]:
 
 @flow(name="eoseg-mapping")
 def mapping_flow(
-    cube: str, model: str, out: str, truth: str | None = None, scheduler: str | None = None,
+    cube: str,
+    model: str,
+    out: str,
+    truth: str | None = None,
+    scheduler: str | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Predict, export, evaluate (if ``truth``) and compute areas for one cube."""

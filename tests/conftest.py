@@ -24,8 +24,9 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unty
     """A small two-zone landscape (2.56 km x 1.28 km at 10 m) with labels."""
     from eoseg.synthetic import DemoSpec, make_demo_data
 
-    return make_demo_data(tmp_path_factory.mktemp("demo"), DemoSpec(seed=1, width_m=2560.0,
-                                                                    height_m=1280.0))
+    return make_demo_data(
+        tmp_path_factory.mktemp("demo"), DemoSpec(seed=1, width_m=2560.0, height_m=1280.0)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -48,28 +49,36 @@ def labels_path(demo_data, cube_path: Path) -> Path:  # type: ignore[no-untyped-
     return out
 
 
-@pytest.fixture(scope="session")
-def model_dir(cube_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained (seeded) U-Net saved as a model folder for the cube's bands."""
+def save_untrained_model(out: Path, bands: tuple[str, ...], name: str = "test-unet") -> Path:
+    """A seeded, untrained U-Net (base width 8, depth 2, 32 px chips) saved as a model folder."""
     import torch
 
     from eoseg.classes import DEMO_CLASSES
-    from eoseg.cube import open_cube
     from eoseg.models.card import ModelCard, save_model
     from eoseg.models.unet import UNet
 
     torch.manual_seed(0)
-    bands = tuple(str(b) for b in open_cube(cube_path)["band"].values)
     model = UNet(len(bands), len(DEMO_CLASSES), base_width=8, depth=2)
     card = ModelCard(
-        name="test-unet", version="", bands=bands, mean=(0.1,) * len(bands),
-        std=(0.1,) * len(bands), classes=DEMO_CLASSES, chip_size=32,
-        architecture={"name": "unet", "base_width": 8, "depth": 2}, parameters=0,
-        flops_per_pixel=0.0, metrics={}, parent=None, fingerprint="test", created="",
+        name=name,
+        bands=bands,
+        mean=(0.1,) * len(bands),
+        std=(0.1,) * len(bands),
+        classes=DEMO_CLASSES,
+        chip_size=32,
+        architecture={"name": "unet", "base_width": 8, "depth": 2},
     )
-    out = tmp_path_factory.mktemp("model") / "model"
     save_model(model, card, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def model_dir(cube_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained model folder for the cube's bands."""
+    from eoseg.cube import open_cube
+
+    bands = tuple(str(b) for b in open_cube(cube_path)["band"].values)
+    return save_untrained_model(tmp_path_factory.mktemp("model") / "model", bands)
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,18 @@ from eoseg.errors import GeoreferenceError, InputNotFoundError, UnreadableRaster
 
 def _write(path: Path, count: int = 1, crs: str | None = "EPSG:32632") -> Path:
     data = np.arange(count * 20 * 30, dtype="uint16").reshape(count, 20, 30)
-    with rasterio.open(path, "w", driver="GTiff", width=30, height=20, count=count,
-                       dtype="uint16", crs=crs, transform=from_origin(500000, 5300000, 10, 10),
-                       nodata=0) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=30,
+        height=20,
+        count=count,
+        dtype="uint16",
+        crs=crs,
+        transform=from_origin(500000, 5300000, 10, 10),
+        nodata=0,
+    ) as dst:
         dst.write(data)
     return path
 
@@ -64,8 +73,7 @@ def test_truncated_file(tmp_path: Path) -> None:
 
 def test_no_crs(tmp_path: Path) -> None:
     path = tmp_path / "nocrs.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=4, height=4, count=1,
-                       dtype="uint8") as dst:
+    with rasterio.open(path, "w", driver="GTiff", width=4, height=4, count=1, dtype="uint8") as dst:
         dst.write(np.ones((1, 4, 4), dtype="uint8"))
     with pytest.raises(GeoreferenceError, match="no CRS"):
         discover_scenes([path])

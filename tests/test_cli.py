@@ -19,15 +19,28 @@ runner = CliRunner()
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     """The real ``eoseg`` entry point in a subprocess (what users meet)."""
-    return subprocess.run([sys.executable, "-m", "eoseg", *args], capture_output=True,
-                          text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "eoseg", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_help_teaches_every_command() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("ingest", "rasterize", "train", "predict", "export", "evaluate", "query",
-                    "demo"):
+    for command in (
+        "ingest",
+        "rasterize",
+        "train",
+        "predict",
+        "export",
+        "evaluate",
+        "query",
+        "demo",
+    ):
         assert command in result.stdout
 
 
@@ -40,10 +53,15 @@ def test_help_teaches_every_command() -> None:
     ],
     ids=["missing-source", "missing-cube", "missing-map"],
 )
-def test_bad_input_exits_2_without_traceback(tmp_path: Path, args: list[str],
-                                             message: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "eoseg", *args], capture_output=True,
-                            text=True, cwd=tmp_path, timeout=120, check=False)
+def test_bad_input_exits_2_without_traceback(tmp_path: Path, args: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "eoseg", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -59,9 +77,20 @@ def test_unreadable_raster_exits_2(tmp_path: Path) -> None:
 
 def test_ingest_json_is_one_document(demo_data, client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "cube.zarr"
-    result = runner.invoke(app, ["ingest", str(demo_data.catalog), "--out", str(out),
-                                 "--tile-size", "128", "--scheduler",
-                                 client.scheduler.address, "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "ingest",
+            str(demo_data.catalog),
+            "--out",
+            str(out),
+            "--tile-size",
+            "128",
+            "--scheduler",
+            client.scheduler.address,
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["cube"] == str(out) and doc["bands"] == ["B02", "B03", "B04", "B08"]
@@ -71,49 +100,81 @@ def test_ingest_json_is_one_document(demo_data, client, tmp_path: Path) -> None:
 def test_rasterize_outside_cube_exits_2(cube_path: Path, tmp_path: Path) -> None:
     far = tmp_path / "far.gpkg"
     gpd.GeoDataFrame({"class_id": [1]}, geometry=[box(100, 10, 101, 11)], crs=4326).to_file(far)
-    result = runner.invoke(app, ["rasterize", str(far), "--cube", str(cube_path), "--out",
-                                 str(tmp_path / "l.zarr")])
+    result = runner.invoke(
+        app, ["rasterize", str(far), "--cube", str(cube_path), "--out", str(tmp_path / "l.zarr")]
+    )
     assert result.exit_code == 2
     assert "do not overlap the cube" in result.stderr
 
 
 def test_predict_band_mismatch_exits_2(cube_path: Path, tmp_path: Path) -> None:
-    import torch
+    from conftest import save_untrained_model
 
-    from eoseg.classes import DEMO_CLASSES
-    from eoseg.models.card import ModelCard, save_model
-    from eoseg.models.unet import UNet
-
-    card = ModelCard(name="s1", bands=("VV", "VH"), mean=(0.0, 0.0), std=(1.0, 1.0),
-                     classes=DEMO_CLASSES, chip_size=32,
-                     architecture={"name": "unet", "base_width": 8, "depth": 2})
-    torch.manual_seed(0)
-    save_model(UNet(2, 6, base_width=8, depth=2), card, tmp_path / "m")
-    result = runner.invoke(app, ["predict", "--cube", str(cube_path), "--model",
-                                 str(tmp_path / "m"), "--out", str(tmp_path / "x.zarr")])
+    save_untrained_model(tmp_path / "m", ("VV", "VH"), name="s1")
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            "--cube",
+            str(cube_path),
+            "--model",
+            str(tmp_path / "m"),
+            "--out",
+            str(tmp_path / "x.zarr"),
+        ],
+    )
     assert result.exit_code == 2
     assert "VV" in result.stderr and "B02" in result.stderr
 
 
-def test_export_evaluate_query(cube_path: Path, model_dir: Path, demo_data, client,  # type: ignore[no-untyped-def]
-                               tmp_path: Path) -> None:
+def test_export_evaluate_query(
+    cube_path: Path,
+    model_dir: Path,
+    demo_data,
+    client,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
     cmap = tmp_path / "map.zarr"
     address = client.scheduler.address
-    result = runner.invoke(app, ["predict", "--cube", str(cube_path), "--model",
-                                 str(model_dir), "--out", str(cmap), "--scheduler", address,
-                                 "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            "--cube",
+            str(cube_path),
+            "--model",
+            str(model_dir),
+            "--out",
+            str(cmap),
+            "--scheduler",
+            address,
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["export", str(cmap), "--cog", str(tmp_path / "m.tif"),
-                                 "--polygons", str(tmp_path / "p.gpkg"), "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "export",
+            str(cmap),
+            "--cog",
+            str(tmp_path / "m.tif"),
+            "--polygons",
+            str(tmp_path / "p.gpkg"),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["polygon_count"] > 0
-    result = runner.invoke(app, ["evaluate", str(cmap), "--truth",
-                                 str(demo_data.holdout_truth), "--json"])
+    result = runner.invoke(
+        app, ["evaluate", str(cmap), "--truth", str(demo_data.holdout_truth), "--json"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert 0 <= report["overall_accuracy"] <= 1 and len(report["classes"]) == 6
-    result = runner.invoke(app, ["query", str(cmap), "--aoi",
-                                 ",".join(map(str, demo_data.holdout_bbox)), "--json"])
+    result = runner.invoke(
+        app, ["query", str(cmap), "--aoi", ",".join(map(str, demo_data.holdout_bbox)), "--json"]
+    )
     assert result.exit_code == 0, result.output
     areas = json.loads(result.stdout)
     total = sum(c["km2"] for c in areas["classes"]) + areas["nodata_km2"]

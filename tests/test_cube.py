@@ -90,9 +90,17 @@ def test_scenes_with_different_bands_are_refused(tmp_path: Path) -> None:
     paths = []
     for name, count in (("a", 3), ("b", 4)):
         path = tmp_path / f"{name}.tif"
-        with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=count,
-                           dtype="uint8", crs="EPSG:32632",
-                           transform=from_origin(500000, 5300000, 10, 10)) as dst:
+        with rasterio.open(
+            path,
+            "w",
+            driver="GTiff",
+            width=8,
+            height=8,
+            count=count,
+            dtype="uint8",
+            crs="EPSG:32632",
+            transform=from_origin(500000, 5300000, 10, 10),
+        ) as dst:
             dst.write(np.ones((count, 8, 8), dtype="uint8"))
         paths.append(path)
     with pytest.raises(BandMismatchError, match="same bands"):

@@ -23,14 +23,24 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
 
 
-def test_mapping_flow_run(prefect_server, cube_path: Path, model_dir: Path, demo_data,  # type: ignore[no-untyped-def]
-                          client, tmp_path: Path) -> None:
+def test_mapping_flow_run(
+    prefect_server,
+    cube_path: Path,
+    model_dir: Path,
+    demo_data,  # type: ignore[no-untyped-def]
+    client,
+    tmp_path: Path,
+) -> None:
     from flows.mapping import mapping_flow
 
     out = tmp_path / "classmap.zarr"
-    result = mapping_flow(str(cube_path), str(model_dir), str(out),
-                          truth=str(demo_data.holdout_truth),
-                          scheduler=client.scheduler.address)
+    result = mapping_flow(
+        str(cube_path),
+        str(model_dir),
+        str(out),
+        truth=str(demo_data.holdout_truth),
+        scheduler=client.scheduler.address,
+    )
     assert Path(result["export"]["cog"]).exists()
     assert Path(result["export"]["polygons"]).exists()
     assert 0 <= result["evaluate"]["overall_accuracy"] <= 1
@@ -49,12 +59,19 @@ def test_demo_quick_writes_only_inside_workdir(tmp_path: Path) -> None:
     work = tmp_path / "work"
     result = subprocess.run(
         [sys.executable, "-m", "eoseg", "demo", "--quick", "--workdir", str(work), "--json"],
-        capture_output=True, text=True, cwd=cwd, env=env, timeout=600, check=False,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
     for key in ("cube", "labels", "model", "classmap", "cog", "polygons", "quicklook"):
         assert Path(summary["paths"][key]).exists(), key
-    assert summary["areas"]["relative_difference"] < 0.005
+    areas = summary["areas"]
+    assert areas["relative_difference"] < 0.005
+    assert areas["grid_km2"] == pytest.approx(areas["grid_geodesic_km2"], rel=1e-3)
     assert list(home.iterdir()) == [] and list(cwd.iterdir()) == []
     assert (work / "prefect").is_dir()

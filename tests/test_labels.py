@@ -58,5 +58,6 @@ def test_vector_outside_cube_is_refused(cube_path: Path, tmp_path: Path) -> None
 
 def test_missing_class_field_is_refused(demo_data, cube_path: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(UnreadableVectorError, match="--class-field"):
-        rasterize_labels(demo_data.noisy_labels, cube_path, tmp_path / "x.zarr",
-                         class_field="landuse")
+        rasterize_labels(
+            demo_data.noisy_labels, cube_path, tmp_path / "x.zarr", class_field="landuse"
+        )

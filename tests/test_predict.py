@@ -38,8 +38,9 @@ def test_classmap_is_valid_where_cube_is(classmap_path: Path, cube_path: Path) -
     assert cmap.attrs["model_version"]
 
 
-def test_tiling_leaves_no_seams(cube_path: Path, model_dir: Path, classmap_path: Path,
-                                tmp_path: Path) -> None:
+def test_tiling_leaves_no_seams(
+    cube_path: Path, model_dir: Path, classmap_path: Path, tmp_path: Path
+) -> None:
     """Probabilities come from one global chip lattice: tiles of 96 px and one whole-grid
     tile give the same class map, pixel for pixel."""
     import shutil
@@ -60,17 +61,9 @@ def test_tiling_leaves_no_seams(cube_path: Path, model_dir: Path, classmap_path:
 
 
 def test_band_mismatch_is_refused(cube_path: Path, tmp_path: Path) -> None:
-    import torch
+    from conftest import save_untrained_model
 
-    from eoseg.classes import DEMO_CLASSES
-    from eoseg.models.card import ModelCard, save_model
-    from eoseg.models.unet import UNet
-
-    card = ModelCard(name="other", bands=("B02", "B03", "B04", "B11"), mean=(0.0,) * 4,
-                     std=(1.0,) * 4, classes=DEMO_CLASSES, chip_size=32,
-                     architecture={"name": "unet", "base_width": 8, "depth": 2})
-    torch.manual_seed(0)
-    save_model(UNet(4, 6, base_width=8, depth=2), card, tmp_path / "m")
+    save_untrained_model(tmp_path / "m", ("B02", "B03", "B04", "B11"))
     with pytest.raises(BandMismatchError, match="B11"):
         predict(cube_path, tmp_path / "m", tmp_path / "out.zarr")
     assert not (tmp_path / "out.zarr").exists()

@@ -18,16 +18,29 @@ CASES = [
     ("naip", "naip/m_4709963_se_14_1_20200831.tif", 4, "band_4", 0.0),
     ("sentinel2_l1c", "sentinel2_l1c/s2_B05.jp2", 1, "B05", 0.0),
     ("sentinel2_l1c", "sentinel2_l1c/s2_B01.jp2", 1, "B01", 0.1),  # 60 m resampled to 20 m
-    ("spacenet_atlanta/sample_geotiff.tif", "spacenet_atlanta/sample_geotiff.tif", 1, "band_1",
-     0.0),
+    (
+        "spacenet_atlanta/sample_geotiff.tif",
+        "spacenet_atlanta/sample_geotiff.tif",
+        1,
+        "band_1",
+        0.0,
+    ),
     ("alexandria/hag.tif", "alexandria/hag.tif", 1, "band_1", 0.0),
 ]
 
 
-@pytest.mark.parametrize(("source", "reference", "band", "cube_band", "tolerance"), CASES,
-                         ids=[Path(c[1]).stem for c in CASES])
+@pytest.mark.parametrize(
+    ("source", "reference", "band", "cube_band", "tolerance"),
+    CASES,
+    ids=[Path(c[1]).stem for c in CASES],
+)
 def test_sample_ingests_with_same_ground_values(
-    real_data: Path, tmp_path: Path, source: str, reference: str, band: int, cube_band: str,
+    real_data: Path,
+    tmp_path: Path,
+    source: str,
+    reference: str,
+    band: int,
+    cube_band: str,
     tolerance: float,
 ) -> None:
     """The same ground coordinate reads the same value in the source and the cube."""

@@ -15,8 +15,6 @@ from eoseg.errors import InvalidParameterError
 from eoseg.models import load_model
 from eoseg.train import (
     TrainConfig,
-    confusion_matrix,
-    iou_scores,
     soft_jaccard_loss,
     train_model,
 )
@@ -79,15 +77,6 @@ def test_soft_jaccard_loss() -> None:
     assert soft_jaccard_loss(perfect.float(), target).item() == pytest.approx(0.0, abs=1e-3)
     wrong = perfect.roll(1, dims=1)
     assert soft_jaccard_loss(wrong.float(), target).item() > 0.5
-
-
-def test_iou_scores() -> None:
-    truth = np.array([0, 0, 1, 1, 255])
-    pred = np.array([0, 1, 1, 1, 0])
-    miou, per, acc = iou_scores(confusion_matrix(pred, truth, 3))
-    assert per == [0.5, pytest.approx(2 / 3), None]
-    assert miou == pytest.approx((0.5 + 2 / 3) / 2)
-    assert acc == 0.75
 
 
 def test_config_validation() -> None:
