@@ -34,7 +34,7 @@ from eoseg.classes import IGNORE_ID
 from eoseg.cluster import ProgressFn, run_tiles
 from eoseg.cube import open_cube
 from eoseg.grid import Tile, iter_tiles
-from eoseg.models.card import ModelCard, check_bands, load_model, normalize
+from eoseg.models.card import ModelCard, check_bands, load_model, normalize, read_card
 from eoseg.store import check_output, create_store, done_tiles, open_product, publish, write_tile
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,12 @@ def get_model(model_dir: str) -> tuple[torch.nn.Module, ModelCard]:
     """The model of ``model_dir``, loaded at most once per process."""
     with _MODELS_LOCK:
         if model_dir not in _MODELS:
-            _MODELS[model_dir] = load_model(Path(model_dir))
+            # On a dask-cuda worker CUDA_VISIBLE_DEVICES names its one GPU, so "cuda" is it.
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            model, card = load_model(Path(model_dir), device=device)
+            if device == "cuda":
+                model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            _MODELS[model_dir] = (model, card)
         return _MODELS[model_dir]
 
 
@@ -122,11 +127,17 @@ def predict_window(
     acc = np.zeros((len(card.classes), height, width), dtype="float32")
     weight = torch.as_tensor(blend_window(chip))
     device = next(model.parameters()).device
-    with torch.inference_mode():
+    on_gpu = device.type == "cuda"
+    with (
+        torch.inference_mode(),
+        torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu),
+    ):
         for i in range(0, len(starts), batch_size):
             batch = starts[i : i + batch_size]
             chips = torch.stack([x_t[:, r : r + chip, c : c + chip] for r, c in batch])
-            probs = torch.softmax(model(chips.to(device)).float(), dim=1).cpu() * weight
+            if on_gpu:
+                chips = chips.to(device, non_blocking=True, memory_format=torch.channels_last)
+            probs = torch.softmax(model(chips).float(), dim=1).cpu() * weight
             for (r, c), p in zip(batch, probs.numpy(), strict=True):
                 acc[:, r : r + chip, c : c + chip] += p
     half = chip // 2
@@ -194,7 +205,7 @@ def predict(
     start = time.perf_counter()
     check_output(out, overwrite)
     cube = open_cube(cube_path)
-    _, card = load_model(model_dir)
+    card = read_card(model_dir)  # the card only: the client never touches CUDA
     check_bands(card, tuple(str(b) for b in cube["band"].values))
     grid: GeoBox = cube.odc.geobox
     tile_size = int(cube.attrs["tile_size"])

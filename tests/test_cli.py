@@ -180,3 +180,54 @@ def test_export_evaluate_query(
     total = sum(c["km2"] for c in areas["classes"]) + areas["nodata_km2"]
     assert total == pytest.approx(areas["total_km2"], rel=1e-9)
     assert areas["total_km2"] == pytest.approx(areas["aoi_km2"], rel=0.01)
+
+
+def test_train_json(cube_path: Path, labels_path: Path, tmp_path: Path) -> None:
+    classes = tmp_path / "classes.json"
+    from eoseg.classes import DEMO_CLASSES
+
+    classes.write_text(json.dumps(DEMO_CLASSES.to_dict()))
+    out = tmp_path / "model"
+    args = [
+        "train",
+        "--cube",
+        str(cube_path),
+        "--labels",
+        str(labels_path),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--finetune-epochs",
+        "0",
+        "--chip-size",
+        "32",
+        "--classes",
+        str(classes),
+        "--json",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["bands"] == ["B02", "B03", "B04", "B08"] and len(doc["version"]) == 12
+    assert (out / "weights.safetensors").exists() and (out / "model.json").exists()
+
+
+def test_train_bad_classes_file_exits_2(cube_path: Path, labels_path: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "classes.json"
+    bad.write_text("{not json")
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--cube",
+            str(cube_path),
+            "--labels",
+            str(labels_path),
+            "--out",
+            str(tmp_path / "m"),
+            "--classes",
+            str(bad),
+        ],
+    )
+    assert result.exit_code == 2 and "class schema" in result.stderr

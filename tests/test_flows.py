@@ -70,6 +70,15 @@ def test_demo_quick_writes_only_inside_workdir(tmp_path: Path) -> None:
     summary = json.loads(result.stdout)
     for key in ("cube", "labels", "model", "classmap", "cog", "polygons", "quicklook"):
         assert Path(summary["paths"][key]).exists(), key
+    import geopandas as gpd
+    import rasterio
+
+    with rasterio.open(summary["paths"]["cog"]) as src:
+        assert src.crs.to_epsg() == 32632
+        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+    polygons = gpd.read_parquet(summary["paths"]["polygons"])
+    assert len(polygons) > 0 and polygons.crs.to_epsg() == 32632
+    assert polygons.geometry.is_valid.all()
     areas = summary["areas"]
     assert areas["relative_difference"] < 0.005
     assert areas["grid_km2"] == pytest.approx(areas["grid_geodesic_km2"], rel=1e-3)
