@@ -107,15 +107,29 @@ def ingest(
     bbox: Annotated[
         str | None, typer.Option(help="Clip to minx,miny,maxx,maxy (EPSG:4326).")
     ] = None,
-    tile_size: Annotated[int, typer.Option(help="Tile and chunk size in pixels.")] = 2048,
+    tile_size: Annotated[
+        int, typer.Option(help="Tile size in pixels: the unit of parallel work and resuming.")
+    ] = 2048,
+    chunk_size: Annotated[
+        int | None,
+        typer.Option(help="Inner Zarr chunk size; smaller than the tile makes tiles shards."),
+    ] = None,
+    composite: Annotated[
+        str, typer.Option(help="Where scenes overlap: 'first' valid value, or 'median'.")
+    ] = "first",
+    by_date: Annotated[
+        bool, typer.Option("--by-date", help="One time step per acquisition date.")
+    ] = False,
     scheduler: SchedulerOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Ingest scenes into a cube: one grid, chunked by tile, in a Zarr v3 store.
 
-    Scenes in other CRSs (other UTM zones) are reprojected onto the grid; where scenes
-    overlap the first valid, cloud-free value wins, in the order given.
+    Scenes in other CRSs (other UTM zones, MODIS sinusoidal) are reprojected onto the
+    grid; clouds and nodata are masked; where scenes overlap, the first valid value (in
+    the order given) or the median of valid values is kept. A killed run, re-run, writes
+    only the missing tiles. The report lists scenes that contributed nothing, and why.
     """
     from eoseg.cube import ingest as run
     from eoseg.grid import parse_bbox
@@ -130,6 +144,9 @@ def ingest(
                 resolution=resolution,
                 bbox=box,
                 tile_size=tile_size,
+                chunk_size=chunk_size,
+                composite=composite,  # type: ignore[arg-type]  # validated by ingest
+                by_date=by_date,
                 client=client,
                 overwrite=overwrite,
                 run_id=_run_id(),

@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 from distributed import Client, LocalCluster, as_completed
 
 from eoseg.errors import EosegError, InvalidParameterError
-from eoseg.grid import Tile
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +75,12 @@ def connect(
 def run_tiles(
     client: Client | None,
     fn: Callable[..., T],
-    tiles: Sequence[Tile],
+    tiles: Sequence[Any],
     *,
     progress: ProgressFn | None = None,
     **kwargs: Any,
 ) -> list[T]:
-    """Run ``fn(tile, **kwargs)`` for every tile and return the results in tile order.
+    """Run ``fn(tile, **kwargs)`` for every tile (or tile job) and return the results in order.
 
     With ``client=None`` the tiles run one after another in this process (handy for
     debugging and tiny inputs). An `EosegError` raised in a task reaches the caller as

@@ -1,10 +1,12 @@
 """Cubes: scenes from any CRS composited onto one grid in a chunked Zarr store.
 
-`ingest` plans the grid, creates the store, and runs `ingest_tile` for each tile on the
-cluster. `ingest_tile` is a pure per-tile function: it reprojects every scene that touches
-the tile (bilinear for reflectance, average when the scene is much finer than the grid,
-nearest for masks), masks nodata and clouds, composites first-valid in source order, and
-writes the tile. Peak memory per task is one tile, whatever the area.
+`ingest` plans the grid and which scenes touch which tile, creates the store, and runs
+`eoseg.composite.ingest_tile` for each tile on the cluster: every scene touching the tile
+is reprojected onto it (bilinear for reflectance, average when the scene is much finer
+than the grid, nearest for masks), nodata and clouds are masked, and the scenes are
+composited (first valid, or median) per time step. A task carries only its own scenes,
+so peak memory per task is one tile's worth, whatever the area or the number of scenes.
+A tile with no valid data is written as nodata with ``valid = 0``, never as zeros.
 """
 
 from __future__ import annotations
@@ -20,14 +22,16 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+import shapely
 import xarray as xr
 from distributed import Client
 from odc.geo.geobox import GeoBox
 from odc.geo.xr import xr_coords
 
-from eoseg.catalog import Scene, discover_scenes
+from eoseg.catalog import Scene, scan_sources
 from eoseg.cluster import ProgressFn, run_tiles
-from eoseg.errors import BandMismatchError, NoOverlapError
+from eoseg.composite import COMPOSITES, Composite, TileJob, ingest_tile
+from eoseg.errors import BandMismatchError, InvalidParameterError
 from eoseg.grid import Tile, crs_of, describe_grid, iter_tiles, make_grid, parse_crs
 from eoseg.store import (
     check_output,
@@ -35,9 +39,8 @@ from eoseg.store import (
     done_tiles,
     open_product,
     publish,
-    write_tile,
+    tile_provenance,
 )
-from eoseg.warp import read_scene
 
 log = logging.getLogger(__name__)
 
@@ -73,25 +76,33 @@ class CubeEncoding:
 
 @dataclass(frozen=True, slots=True)
 class IngestResult:
-    """What an ingest wrote."""
+    """The run report of an ingest: what was written, what was skipped and why."""
 
     path: Path
     grid: dict[str, Any]
     bands: tuple[str, ...]
+    times: tuple[str, ...]
     scenes: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...]
     tiles: int
+    tiles_written: int
     valid_fraction: float
+    bytes: int
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (what ``eoseg ingest --json`` prints)."""
+        """JSON-ready report (what ``eoseg ingest --json`` prints)."""
         return {
             "cube": str(self.path),
             "grid": self.grid,
             "bands": list(self.bands),
+            "times": list(self.times),
             "scenes": list(self.scenes),
+            "skipped": [{"scene": s, "reason": r} for s, r in self.skipped],
             "tiles": self.tiles,
+            "tiles_written": self.tiles_written,
             "valid_fraction": self.valid_fraction,
+            "bytes": self.bytes,
             "seconds": round(self.seconds, 2),
         }
 
@@ -124,13 +135,61 @@ def plan_grid(
     grid_crs = parse_crs(crs) if crs else scenes[0].crs
     res = resolution or scenes[0].resolution
     if crs and not resolution and grid_crs.units != scenes[0].crs.units:
-        raise NoOverlapError(
+        raise InvalidParameterError(
             f"--crs {crs} has units {grid_crs.units} but the sources are in "
             f"{scenes[0].crs.units}: give --resolution in the grid's units"
         )
     first = scenes[0]
     origin = (first.bounds[0], first.bounds[3]) if grid_crs == first.crs else (0.0, 0.0)
     return make_grid([s.footprint for s in scenes], grid_crs, float(res), bbox, origin)
+
+
+def plan_jobs(
+    scenes: Sequence[Scene],
+    steps: Sequence[tuple[str, Sequence[Scene]]],
+    grid: GeoBox,
+    tiles: Sequence[Tile],
+) -> tuple[list[TileJob], list[Scene]]:
+    """Which scenes touch which tile, per time step; and the scenes touching no tile.
+
+    Footprints go through a spatial index once, so planning costs O(scenes + tiles).
+    """
+    grid_crs = crs_of(grid)
+    index = shapely.STRtree([s.footprint.to_crs(grid_crs).geom for s in scenes])
+    position = {s.id: i for i, s in enumerate(scenes)}
+    touching = {
+        t.name: {int(h) for h in index.query(t.geobox(grid).extent.geom, predicate="intersects")}
+        for t in tiles
+    }
+    jobs = [
+        TileJob(
+            tile,
+            tuple(
+                tuple(s for s in members if position[s.id] in touching[tile.name])
+                for _, members in steps
+            ),
+        )
+        for tile in tiles
+    ]
+    hit = set().union(*touching.values())
+    return jobs, [s for i, s in enumerate(scenes) if i not in hit]
+
+
+def time_steps(scenes: Sequence[Scene], by_date: bool) -> list[tuple[str, list[Scene]]]:
+    """``(date, scenes)`` per time step: one composite (first date), or one per date."""
+    if not by_date:
+        dates = sorted(s.datetime[:10] for s in scenes if s.datetime)
+        return [(dates[0] if dates else "", list(scenes))]
+    undated = [s.id for s in scenes if not s.datetime]
+    if undated:
+        raise InvalidParameterError(
+            f"--by-date needs acquisition dates; scenes {undated[:3]} have none: give STAC "
+            "items with datetime, or ingest one composite without --by-date"
+        )
+    steps: dict[str, list[Scene]] = {}
+    for s in scenes:
+        steps.setdefault(str(s.datetime)[:10], []).append(s)
+    return sorted(steps.items())
 
 
 def _check_bands(scenes: Sequence[Scene]) -> tuple[str, ...]:
@@ -145,6 +204,16 @@ def _check_bands(scenes: Sequence[Scene]) -> tuple[str, ...]:
     return bands
 
 
+def _check_options(tile_size: int, chunk_size: int | None, composite: str) -> None:
+    if composite not in COMPOSITES:
+        raise InvalidParameterError(f"composite must be one of {COMPOSITES}; found {composite!r}")
+    if chunk_size is not None and (chunk_size <= 0 or tile_size % chunk_size):
+        raise InvalidParameterError(
+            f"chunk size {chunk_size} must divide the tile size {tile_size}: tiles are "
+            "shards made of whole chunks"
+        )
+
+
 def ingest(
     sources: Sequence[str | Path],
     out: Path,
@@ -153,6 +222,9 @@ def ingest(
     resolution: float | None = None,
     bbox: tuple[float, float, float, float] | None = None,
     tile_size: int = 2048,
+    chunk_size: int | None = None,
+    composite: Composite = "first",
+    by_date: bool = False,
     client: Client | None = None,
     overwrite: bool = False,
     run_id: str = "",
@@ -166,108 +238,129 @@ def ingest(
         crs: Grid CRS (default: the first scene's).
         resolution: Grid pixel size in grid CRS units (default: the first scene's).
         bbox: ``minx,miny,maxx,maxy`` in EPSG:4326 to clip the grid to.
-        tile_size: Tile (and chunk) size in pixels.
+        tile_size: Tile size in pixels: the unit of parallel work, and the Zarr shard when
+            ``chunk_size`` is smaller (else the chunk).
+        chunk_size: Inner Zarr chunk size; smaller than ``tile_size`` makes a sharded store.
+        composite: ``"first"`` valid value in source order, or ``"median"`` of valid values.
+        by_date: One time step per acquisition date instead of one composite.
         client: Dask client; ``None`` runs the tiles in this process.
         overwrite: Replace an existing cube at ``out``.
         run_id: Run id recorded in the store.
         progress: Called after each tile.
 
+    Returns:
+        The run report; scenes that contributed nothing are listed in ``skipped``.
+
     Raises:
-        EosegError: Unreadable or mismatched sources (see `eoseg.errors`).
+        EosegError: No usable scene, or options that cannot work (see `eoseg.errors`).
     """
     start = time.perf_counter()
     check_output(out, overwrite)
-    scenes = discover_scenes(sources)
+    _check_options(tile_size, chunk_size, composite)
+    scan = scan_sources(sources)
+    if not scan.scenes:
+        raise scan.skipped[0].error  # nothing usable: the first problem says what to fix
+    scenes = list(scan.scenes)
     bands = _check_bands(scenes)
     grid = plan_grid(scenes, crs, resolution, bbox)
     tiles = list(iter_tiles(grid, tile_size))
+    steps = time_steps(scenes, by_date)
+    jobs, outside = plan_jobs(scenes, steps, grid, tiles)
     encoding = choose_encoding(scenes)
-    signature = _signature(scenes, grid, tile_size, encoding)
-    template = _template(grid, bands, tile_size, encoding, scenes)
+    signature = _signature(scenes, grid, tile_size, chunk_size, encoding, composite, by_date)
+    template = _template(grid, bands, tile_size, chunk_size, encoding, [d for d, _ in steps])
     attrs = {
         "run_id": run_id,
         "tile_size": tile_size,
         "bands": list(bands),
         "scenes": [s.id for s in scenes],
         "sensor": scenes[0].sensor,
+        "composite": composite,
         "grid": describe_grid(grid),
+        **geozarr_attrs(grid),
     }
     staging = create_store(out, template, product="cube", signature=signature, attrs=attrs)
     done = done_tiles(staging)
-    todo = [t for t in tiles if t.name not in done]
+    todo = [j for j in jobs if j.tile.name not in done]
     log.info("ingest: %d scenes, %d tiles (%d already done)", len(scenes), len(tiles), len(done))
     run_tiles(
         client,
         ingest_tile,
         todo,
         progress=progress,
-        scenes=scenes,
         grid=grid,
-        encoding=encoding,
+        n_bands=len(bands),
+        encode=encoding.encode,
         staging=staging,
+        method=composite,
     )
+    records = tile_provenance(staging)
+    used = {i for r in records for i in r["scenes"]}
+    skipped = [(k.id or k.source, k.reason) for k in scan.skipped]
+    skipped += [(s.id, "outside the grid") for s in outside] + [
+        (s.id, "no valid pixel on the grid (all nodata or clouded)")
+        for s in scenes
+        if s.id not in used and s not in outside
+    ]
+    for scene_id, reason in skipped:
+        log.warning("scene %s contributed nothing: %s", scene_id, reason)
     publish(out, overwrite=overwrite)
-    valid = _valid_fraction(out)
+    pixels = sum(r["pixels"] for r in records) * len(steps)
     return IngestResult(
         path=out,
         grid=describe_grid(grid),
         bands=bands,
-        scenes=tuple(s.id for s in scenes),
+        times=tuple(d for d, _ in steps),
+        scenes=tuple(s.id for s in scenes if s.id in used),
+        skipped=tuple(skipped),
         tiles=len(tiles),
-        valid_fraction=valid,
+        tiles_written=len(todo),
+        valid_fraction=sum(r["valid_fraction"] * r["pixels"] for r in records)
+        * len(steps)
+        / pixels,
+        bytes=sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
         seconds=time.perf_counter() - start,
     )
 
 
-def ingest_tile(
-    tile: Tile, *, scenes: Sequence[Scene], grid: GeoBox, encoding: CubeEncoding, staging: Path
-) -> float:
-    """Composite all scenes touching one tile and write it; returns its valid fraction."""
-    tile_box = tile.geobox(grid)
-    out = np.full((len(scenes[0].bands), tile.height, tile.width), np.nan, dtype="float32")
-    missing = np.ones((tile.height, tile.width), dtype=bool)
-    used = []
-    tile_poly = tile_box.extent
-    for scene in scenes:
-        if not missing.any():
-            break
-        if not scene.footprint.to_crs(crs_of(grid)).intersects(tile_poly):
-            continue
-        values, ok = read_scene(scene, tile_box)
-        take = missing & ok
-        if take.any():
-            out[:, take] = values[:, take]
-            missing &= ~take
-            used.append(scene.id)
-    valid = ~missing
-    write_tile(
-        staging,
-        tile,
-        {"data": encoding.encode(out)[None], "valid": valid.astype("uint8")[None]},
-        {"scenes": used, "valid_fraction": float(valid.mean())},
-    )
-    return float(valid.mean())
+def geozarr_attrs(grid: GeoBox) -> dict[str, Any]:
+    """Georeferencing for readers that do not speak CF: CRS, transform, shape, bbox."""
+    crs = crs_of(grid)
+    b = grid.boundingbox
+    return {
+        "proj:code": f"EPSG:{crs.epsg}" if crs.epsg else None,
+        "proj:wkt2": crs.to_wkt(),
+        "spatial:dimensions": ["y", "x"],
+        "spatial:transform": list(grid.affine)[:6],
+        "spatial:shape": [grid.shape.y, grid.shape.x],
+        "spatial:bbox": [b.left, b.bottom, b.right, b.top],
+    }
 
 
 def _template(
-    grid: GeoBox, bands: tuple[str, ...], tile: int, enc: CubeEncoding, scenes: Sequence[Scene]
+    grid: GeoBox,
+    bands: tuple[str, ...],
+    tile: int,
+    chunk: int | None,
+    enc: CubeEncoding,
+    times: Sequence[str],
 ) -> xr.Dataset:
-    ny, nx = grid.shape.y, grid.shape.x
+    ny, nx, nt, nb = grid.shape.y, grid.shape.x, len(times), len(bands)
     coords = xr_coords(grid, crs_coord_name="spatial_ref")
-    times = [s.datetime for s in scenes if s.datetime]
     when = np.array(
-        [np.datetime64(min(times)[:19]) if times else np.datetime64("NaT")], dtype="datetime64[ns]"
+        [np.datetime64(t) if t else np.datetime64("NaT") for t in times], dtype="datetime64[ns]"
     )
-    data = da.zeros((1, len(bands), ny, nx), chunks=(1, len(bands), tile, tile), dtype="float32")
-    valid = da.zeros((1, ny, nx), chunks=(1, tile, tile), dtype="uint8")
+    data = da.zeros((nt, nb, ny, nx), chunks=(1, nb, tile, tile), dtype="float32")
+    valid = da.zeros((nt, ny, nx), chunks=(1, tile, tile), dtype="uint8")
     ds = xr.Dataset(
-        {
-            "data": (("time", "band", "y", "x"), data),
-            "valid": (("time", "y", "x"), valid),
-        },
+        {"data": (("time", "band", "y", "x"), data), "valid": (("time", "y", "x"), valid)},
         coords={**coords, "band": np.array(bands, dtype=object), "time": when},
     )
     ds["data"].encoding.update(enc.xarray_encoding())
+    if chunk and chunk < tile:
+        # Tiles are shards: each task writes whole shards, so parallel writes never race.
+        ds["data"].encoding.update(chunks=(1, nb, chunk, chunk), shards=(1, nb, tile, tile))
+        ds["valid"].encoding.update(chunks=(1, chunk, chunk), shards=(1, tile, tile))
     ds["data"].attrs.update(long_name="band values", grid_mapping="spatial_ref")
     ds["valid"].attrs.update(
         long_name="1 where every band is valid and cloud-free", grid_mapping="spatial_ref"
@@ -275,23 +368,28 @@ def _template(
     return ds
 
 
-def _signature(scenes: Sequence[Scene], grid: GeoBox, tile: int, enc: CubeEncoding) -> str:
+def _signature(
+    scenes: Sequence[Scene],
+    grid: GeoBox,
+    tile: int,
+    chunk: int | None,
+    enc: CubeEncoding,
+    composite: str,
+    by_date: bool,
+) -> str:
     parts = {
         "scenes": [(s.id, [b.href for b in s.bands], _mtime(s)) for s in scenes],
         "grid": describe_grid(grid),
-        "tile": tile,
+        "tiling": [tile, chunk, composite, by_date],
         "encoding": [enc.dtype, enc.scale, enc.offset, str(enc.fill)],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _mtime(scene: Scene) -> float:
-    return max(Path(b.href).stat().st_mtime for b in scene.bands)
-
-
-def _valid_fraction(path: Path) -> float:
-    ds = open_product(path, "cube")
-    return float(ds["valid"].mean().compute())
+    """Newest modification time of a scene's local files (remote assets count as 0)."""
+    local = [Path(b.href) for b in scene.bands if "://" not in b.href]
+    return max((p.stat().st_mtime for p in local if p.exists()), default=0.0)
 
 
 def open_cube(path: Path | str) -> xr.Dataset:

@@ -2,7 +2,10 @@
 
 Only the source pixels under the window are read, so a task's memory is one tile's worth
 whatever the scene size. Band values come back as float32 physical values (scale and
-offset applied), NaN where the scene has no data.
+offset applied), NaN where the scene has no data. The sensor profile decides the rest:
+categorical bands and masks resample with nearest, reflectance/backscatter bilinear (average
+when the source is much finer); linear backscatter becomes dB after resampling; the mask
+marks pixels invalid by values or by bit tests.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from rasterio.warp import reproject, transform_bounds
 from eoseg.catalog import BandSource, Scene
 from eoseg.errors import UnreadableRasterError
 from eoseg.grid import crs_of
+from eoseg.sensors import invalid_by_mask
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +61,14 @@ def _read_band(scene: Scene, band: BandSource, box: GeoBox) -> np.ndarray:
     try:
         with rasterio.open(band.href) as src:
             src_res = abs(src.transform.a)
-            resampling = choose_resampling(src_res, target_res)
+            if band.kind == "categorical":
+                resampling = Resampling.nearest  # class codes must not be blended
+            else:
+                resampling = choose_resampling(src_res, target_res)
             if np.dtype(src.dtypes[band.index - 1]).kind == "c":
                 return _read_complex_db(src, band, box, resampling)
+            if scene.conversion == "linear_to_db":
+                return _read_linear_db(scene, src, band, box, resampling)
             reproject(
                 source=rasterio.band(src, band.index),
                 destination=dst,
@@ -77,6 +86,29 @@ def _read_band(scene: Scene, band: BandSource, box: GeoBox) -> np.ndarray:
     if (scene.scale, scene.offset) != (1.0, 0.0):
         dst = dst * np.float32(scene.scale) + np.float32(scene.offset)
     return dst
+
+
+def _read_linear_db(
+    scene: Scene,
+    src: rasterio.DatasetReader,
+    band: BandSource,
+    box: GeoBox,
+    resampling: Resampling,
+) -> np.ndarray:
+    """Linear backscatter to dB: resample in linear power (physical averaging), then
+    ``10*log10``; values <= 0 (GRD border noise, no data) become NaN."""
+    dst = np.full((box.shape.y, box.shape.x), np.nan, dtype="float32")
+    try:
+        win = _source_window(src, box)
+    except rasterio.errors.WindowError:
+        return dst
+    raw = src.read(band.index, window=win).astype("float32")
+    power = raw * np.float32(scene.scale) + np.float32(scene.offset)
+    bad = raw <= 0
+    if scene.nodata is not None:
+        bad |= raw == np.float32(scene.nodata)
+    power[bad | ~np.isfinite(power)] = np.nan
+    return _power_to_db(power, src, win, box, resampling)
 
 
 def _source_window(src: rasterio.DatasetReader, box: GeoBox) -> windows.Window:
@@ -106,6 +138,18 @@ def _read_complex_db(
     scale = float(match.group(1)) if match else 1.0
     power = (np.abs(z.astype("complex64") * scale) ** 2).astype("float32")
     power[z == 0] = np.nan  # zero samples are outside the SAR swath
+    return _power_to_db(power, src, win, box, resampling)
+
+
+def _power_to_db(
+    power: np.ndarray,
+    src: rasterio.DatasetReader,
+    win: windows.Window,
+    box: GeoBox,
+    resampling: Resampling,
+) -> np.ndarray:
+    """Resample linear power (NaN = invalid) onto ``box``, then convert to dB."""
+    dst = np.full((box.shape.y, box.shape.x), np.nan, dtype="float32")
     reproject(
         source=power,
         destination=dst,
@@ -129,20 +173,22 @@ def _read_mask(scene: Scene, box: GeoBox) -> np.ndarray:
     if mask is None:
         return np.ones((box.shape.y, box.shape.x), dtype=bool)
     dst = np.full((box.shape.y, box.shape.x), np.nan, dtype="float32")
-    with rasterio.open(mask.href) as src:
-        # Nearest keeps mask classes intact; 'max' would over-mask at coarse grids.
-        reproject(
-            source=rasterio.band(src, mask.index),
-            destination=dst,
-            dst_transform=box.affine,
-            dst_crs=crs_of(box).wkt,
-            dst_nodata=np.nan,
-            resampling=Resampling.nearest,
-        )
+    try:
+        with rasterio.open(mask.href) as src:
+            # Nearest keeps mask classes and QA bits intact; 'max' would over-mask.
+            reproject(
+                source=rasterio.band(src, mask.index),
+                destination=dst,
+                dst_transform=box.affine,
+                dst_crs=crs_of(box).wkt,
+                dst_nodata=np.nan,
+                resampling=Resampling.nearest,
+            )
+    except rasterio.errors.RasterioIOError as exc:
+        raise UnreadableRasterError(
+            f"could not read the quality mask of scene {scene.id} from {mask.href} ({exc}): "
+            "check that the file is complete and not corrupt"
+        ) from exc
     covered = ~np.isnan(dst)
     codes = np.nan_to_num(dst, nan=0).astype("int64")
-    if scene.mask_invalid is None:
-        bad = codes != 0
-    else:
-        bad = np.isin(codes, np.asarray(scene.mask_invalid))
-    return covered & ~bad
+    return covered & ~invalid_by_mask(codes, scene.mask_invalid, scene.mask_bits)

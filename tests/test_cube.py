@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import rioxarray  # noqa: F401  (registers the .rio accessor)
 import zarr
 
 from eoseg.cube import ingest, open_cube
@@ -14,8 +15,6 @@ from eoseg.store import staging_path, tile_provenance
 
 
 def test_cube_layout_and_georeferencing(cube_path: Path) -> None:
-    import rioxarray  # noqa: F401
-
     cube = open_cube(cube_path)
     assert cube["data"].dims == ("time", "band", "y", "x")
     assert cube["data"].dtype == np.float32
@@ -115,3 +114,108 @@ def test_cube_records_provenance(cube_path: Path) -> None:
     assert len(recs) == -(-ny // 96) * -(-nx // 96)
     assert all({"tile", "scenes", "valid_fraction"} <= set(r) for r in recs)
     json.dumps(recs)
+
+
+def _write_scene(path: Path, bounds: tuple[float, float], value: int, nodata: int = 0) -> Path:
+    """A 4-band uint16 GeoTIFF in EPSG:32632 named like the demo bands."""
+    from rasterio.transform import from_origin
+
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=40,
+        height=30,
+        count=4,
+        dtype="uint16",
+        crs="EPSG:32632",
+        transform=from_origin(*bounds, 10, 10),
+        nodata=nodata,
+    ) as dst:
+        dst.write(np.full((4, 30, 40), value, dtype="uint16"))
+        dst.descriptions = ("B02", "B03", "B04", "B08")
+    return path
+
+
+def test_report_lists_scenes_that_contributed_nothing(cube_path: Path, tmp_path: Path) -> None:
+    grid = open_cube(cube_path).odc.geobox
+    x0, y0 = grid.affine.c + 500, grid.affine.f - 300
+    empty = _write_scene(tmp_path / "empty.tif", (x0, y0), value=0)  # all nodata
+    good = _write_scene(tmp_path / "good.tif", (x0 + 1000, y0), value=1200)
+    result = ingest([good, empty], tmp_path / "c.zarr", tile_size=64)
+    assert result.scenes == ("good",)
+    assert dict(result.skipped) == {"empty": "no valid pixel on the grid (all nodata or clouded)"}
+    cube = open_cube(tmp_path / "c.zarr")
+    valid = cube["valid"].isel(time=0).values.astype(bool)
+    assert valid.sum() == 30 * 40  # the empty scene's area is invalid, not zero-filled
+    assert np.isnan(cube["data"].isel(time=0).values[:, ~valid]).all()
+
+
+def test_scene_outside_the_bbox_is_reported(demo_data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    far = _write_scene(tmp_path / "far.tif", (300000.0, 5100000.0), value=1000)
+    west, south, east, north = demo_data.holdout_bbox
+    result = ingest(
+        [demo_data.catalog, far],
+        tmp_path / "c.zarr",
+        tile_size=128,
+        bbox=(west, south, east, north),
+    )
+    assert ("far", "outside the grid") in result.skipped
+    assert len(result.scenes) >= 1
+
+
+def test_median_composite_and_time_steps(demo_data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from eoseg.catalog import discover_scenes
+    from eoseg.warp import read_scene
+
+    by_date = ingest([demo_data.catalog], tmp_path / "t.zarr", tile_size=96, by_date=True)
+    assert by_date.times == ("2024-06-12", "2024-06-14")
+    steps = open_cube(tmp_path / "t.zarr")
+    assert steps.sizes["time"] == 2
+    median = ingest([demo_data.catalog], tmp_path / "m.zarr", tile_size=96, composite="median")
+    cube = open_cube(median.path)
+    grid = cube.odc.geobox
+    (a, ok_a), (b, ok_b) = (read_scene(s, grid) for s in discover_scenes([demo_data.catalog]))
+    both = ok_a & ok_b
+    assert both.sum() > 100  # the zones overlap
+    got = cube["data"].isel(time=0).values[:, both]
+    low = np.minimum(a[:, both], b[:, both])
+    high = np.maximum(a[:, both], b[:, both])
+    # The median of two scenes lies between them (GDAL's warper gives slightly different
+    # resampled values per tile window than for the whole grid, hence the margin) ...
+    assert ((got >= low - 0.003) & (got <= high + 0.003)).mean() > 0.99
+    # ... and is not the first-valid value where the scenes differ.
+    differ = np.abs(a[:, both] - b[:, both]) > 0.002
+    assert (np.abs(got - a[:, both])[differ] > 0.0005).mean() > 0.8
+    # Per date, each step holds only its own scene.
+    for t, ok in enumerate((ok_a, ok_b)):
+        np.testing.assert_array_equal(steps["valid"].isel(time=t).values.astype(bool), ok)
+
+
+def test_sharded_cube_equals_chunked_cube(demo_data, cube_path: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "sharded.zarr"
+    ingest([demo_data.catalog], out, tile_size=96, chunk_size=32)
+    arr = zarr.open_group(str(out), mode="r")["data"]
+    assert arr.shards == (1, 4, 96, 96) and arr.chunks == (1, 4, 32, 32)
+    ref = zarr.open_group(str(cube_path), mode="r")["data"]
+    np.testing.assert_array_equal(arr[:], ref[:])
+
+
+def test_georeferencing_readable_without_xarray(cube_path: Path) -> None:
+    attrs = json.loads((cube_path / "zarr.json").read_text())["attributes"]
+    cube = open_cube(cube_path)
+    assert attrs["proj:code"] == "EPSG:32632"
+    assert attrs["spatial:transform"] == list(cube.rio.transform())[:6]
+    assert attrs["spatial:shape"] == [cube.sizes["y"], cube.sizes["x"]]
+
+
+def test_bad_scene_is_skipped_and_the_run_goes_on(cube_path: Path, tmp_path: Path) -> None:
+    grid = open_cube(cube_path).odc.geobox
+    good = _write_scene(tmp_path / "good.tif", (grid.affine.c + 500, grid.affine.f - 300), 900)
+    corrupt = tmp_path / "corrupt.tif"
+    corrupt.write_bytes(b"II*\x00" + b"\x00" * 64)
+    result = ingest([corrupt, good], tmp_path / "c.zarr", tile_size=64)
+    assert result.scenes == ("good",)
+    (reason,) = [r for s, r in result.skipped if "corrupt" in s]
+    assert "GDAL" in reason
+    assert result.to_dict()["skipped"][0]["reason"] == reason

@@ -1,0 +1,135 @@
+"""Compositing the scenes that cover one tile, and writing the tile.
+
+A `TileJob` names a tile and, for each time step of the cube, the scenes that touch it —
+only those, so a task's size and memory do not grow with the number of scenes in the run.
+`ingest_tile` is the pure per-tile function the cluster runs.
+
+Methods: ``first`` takes, per pixel, the first valid (clear, not nodata) value in source
+order — scenes are read only until every pixel is filled; ``median`` takes the per-band
+median of all valid values (robust to residual clouds and shadows).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from odc.geo.geobox import GeoBox
+
+from eoseg.catalog import Scene
+from eoseg.grid import Tile
+from eoseg.store import write_tile
+from eoseg.warp import read_scene
+
+log = logging.getLogger(__name__)
+
+Composite = Literal["first", "median"]
+COMPOSITES: tuple[Composite, ...] = ("first", "median")
+
+
+@dataclass(frozen=True, slots=True)
+class TileJob:
+    """One tile and the scenes touching it, per time step of the cube."""
+
+    tile: Tile
+    steps: tuple[tuple[Scene, ...], ...]
+
+
+def composite_first(
+    scenes: Sequence[Scene], box: GeoBox, n_bands: int
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """First valid value per pixel, in scene order; stops reading once the tile is full.
+
+    Returns:
+        ``(values (band, y, x) NaN = invalid, valid (y, x), ids of scenes used)``.
+    """
+    ny, nx = box.shape.y, box.shape.x
+    out = np.full((n_bands, ny, nx), np.nan, dtype="float32")
+    missing = np.ones((ny, nx), dtype=bool)
+    used = []
+    for scene in scenes:
+        if not missing.any():
+            break
+        values, ok = read_scene(scene, box)
+        take = missing & ok
+        if take.any():
+            out[:, take] = values[:, take]
+            missing &= ~take
+            used.append(scene.id)
+    return out, ~missing, used
+
+
+def composite_median(
+    scenes: Sequence[Scene], box: GeoBox, n_bands: int
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Per-band median of the valid values of all scenes (NaN where none is valid)."""
+    ny, nx = box.shape.y, box.shape.x
+    stack = []
+    used = []
+    for scene in scenes:
+        values, ok = read_scene(scene, box)
+        if ok.any():
+            values[:, ~ok] = np.nan
+            stack.append(values)
+            used.append(scene.id)
+    if not stack:
+        return (
+            np.full((n_bands, ny, nx), np.nan, dtype="float32"),
+            np.zeros((ny, nx), dtype=bool),
+            used,
+        )
+    cube = np.stack(stack)
+    valid = ~np.isnan(cube).any(axis=1).all(axis=0)
+    with warnings.catch_warnings():
+        # All-NaN pixels warn and give NaN, which is what invalid pixels should hold.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        median = np.nanmedian(cube, axis=0).astype("float32")
+    median[:, ~valid] = np.nan
+    return median, valid, used
+
+
+_METHODS = {"first": composite_first, "median": composite_median}
+
+
+def ingest_tile(
+    job: TileJob,
+    *,
+    grid: GeoBox,
+    n_bands: int,
+    encode: Any,
+    staging: Path,
+    method: Composite = "first",
+) -> dict[str, Any]:
+    """Composite every time step of one tile and write it; returns its provenance record.
+
+    Args:
+        job: The tile and its scenes per time step.
+        grid: The cube's grid.
+        n_bands: Bands per scene.
+        encode: Callable turning physical float values (NaN = nodata) into stored values.
+        staging: The staging store to write into.
+        method: ``"first"`` or ``"median"``.
+    """
+    tile = job.tile
+    box = tile.geobox(grid)
+    steps = len(job.steps)
+    data = np.full((steps, n_bands, tile.height, tile.width), np.nan, dtype="float32")
+    valid = np.zeros((steps, tile.height, tile.width), dtype="uint8")
+    used: list[list[str]] = []
+    for t, scenes in enumerate(job.steps):
+        values, ok, ids = _METHODS[method](scenes, box, n_bands)
+        data[t], valid[t] = values, ok
+        used.append(ids)
+    record = {
+        "scenes": sorted({i for ids in used for i in ids}),
+        "scenes_per_step": used,
+        "valid_fraction": float(valid.mean()),
+        "pixels": tile.height * tile.width,
+    }
+    write_tile(staging, tile, {"data": encode(data), "valid": valid}, record)
+    return record
