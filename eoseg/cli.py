@@ -120,6 +120,10 @@ def ingest(
     by_date: Annotated[
         bool, typer.Option("--by-date", help="One time step per acquisition date.")
     ] = False,
+    sensor: Annotated[
+        list[str] | None,
+        typer.Option(help="Keep only scenes of this sensor profile (repeatable)."),
+    ] = None,
     scheduler: SchedulerOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
@@ -147,6 +151,7 @@ def ingest(
                 chunk_size=chunk_size,
                 composite=composite,  # type: ignore[arg-type]  # validated by ingest
                 by_date=by_date,
+                sensors=sensor,
                 client=client,
                 overwrite=overwrite,
                 run_id=_run_id(),

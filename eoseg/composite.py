@@ -125,9 +125,11 @@ def ingest_tile(
         values, ok, ids = _METHODS[method](scenes, box, n_bands)
         data[t], valid[t] = values, ok
         used.append(ids)
+    dates = {s.id: s.datetime for scenes in job.steps for s in scenes}
     record = {
         "scenes": sorted({i for ids in used for i in ids}),
         "scenes_per_step": used,
+        "dates": {i: dates[i] for ids in used for i in ids},
         "valid_fraction": float(valid.mean()),
         "pixels": tile.height * tile.width,
     }

@@ -225,6 +225,7 @@ def ingest(
     chunk_size: int | None = None,
     composite: Composite = "first",
     by_date: bool = False,
+    sensors: Sequence[str] | None = None,
     client: Client | None = None,
     overwrite: bool = False,
     run_id: str = "",
@@ -243,6 +244,7 @@ def ingest(
         chunk_size: Inner Zarr chunk size; smaller than ``tile_size`` makes a sharded store.
         composite: ``"first"`` valid value in source order, or ``"median"`` of valid values.
         by_date: One time step per acquisition date instead of one composite.
+        sensors: Keep only scenes of these sensor profiles (others are reported skipped).
         client: Dask client; ``None`` runs the tiles in this process.
         overwrite: Replace an existing cube at ``out``.
         run_id: Run id recorded in the store.
@@ -260,7 +262,17 @@ def ingest(
     scan = scan_sources(sources)
     if not scan.scenes:
         raise scan.skipped[0].error  # nothing usable: the first problem says what to fix
-    scenes = list(scan.scenes)
+    scenes = [s for s in scan.scenes if not sensors or s.sensor in sensors]
+    unwanted = [
+        (s.id, f"sensor {s.sensor} not among {list(sensors or [])}")
+        for s in scan.scenes
+        if s not in scenes
+    ]
+    if not scenes:
+        raise InvalidParameterError(
+            f"no scene of sensors {list(sensors or [])}; found "
+            f"{sorted({s.sensor for s in scan.scenes})}: choose among those"
+        )
     bands = _check_bands(scenes)
     grid = plan_grid(scenes, crs, resolution, bbox)
     tiles = list(iter_tiles(grid, tile_size))
@@ -296,7 +308,7 @@ def ingest(
     )
     records = tile_provenance(staging)
     used = {i for r in records for i in r["scenes"]}
-    skipped = [(k.id or k.source, k.reason) for k in scan.skipped]
+    skipped = [(k.id or k.source, k.reason) for k in scan.skipped] + unwanted
     skipped += [(s.id, "outside the grid") for s in outside] + [
         (s.id, "no valid pixel on the grid (all nodata or clouded)")
         for s in scenes

@@ -73,6 +73,7 @@ def ingest_task(
     bbox: tuple[float, float, float, float] | None = None,
     composite: str = "first",
     by_date: bool = False,
+    sensors: list[str] | None = None,
     overwrite: bool = False,
     run_id: str = "",
 ) -> dict[str, Any]:
@@ -88,6 +89,7 @@ def ingest_task(
             chunk_size=chunk_size,
             composite=composite,  # type: ignore[arg-type]  # validated by ingest
             by_date=by_date,
+            sensors=sensors,
             client=client,
             overwrite=overwrite,
             run_id=run_id,
@@ -134,6 +136,7 @@ def ingest_flow(
     chunk_size: int | None = None,
     composite: str = "first",
     by_date: bool = False,
+    sensors: list[str] | None = None,
     scheduler: str | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -147,6 +150,7 @@ def ingest_flow(
         crs: Grid CRS; resolution: pixel size in its units (default: first scene's).
         tile_size: Tile (unit of work) size; chunk_size: inner chunks (sharded store).
         composite: ``first`` or ``median``; by_date: one time step per date.
+        sensors: Keep only scenes of these sensor profiles, e.g. ``["sentinel-2-l2a"]``.
         scheduler: Dask scheduler address (default: a local cluster per task).
         overwrite: Replace an existing cube.
     """
@@ -173,6 +177,7 @@ def ingest_flow(
         bbox=bbox,
         composite=composite,
         by_date=by_date,
+        sensors=sensors,
         overwrite=overwrite,
     )
     create_markdown_artifact(

@@ -231,3 +231,43 @@ def test_train_bad_classes_file_exits_2(cube_path: Path, labels_path: Path, tmp_
         ],
     )
     assert result.exit_code == 2 and "class schema" in result.stderr
+
+
+def test_ingest_options_reach_the_cube(demo_data, client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "cube.zarr"
+    result = runner.invoke(
+        app,
+        [
+            "ingest",
+            str(demo_data.catalog),
+            "--out",
+            str(out),
+            "--tile-size",
+            "128",
+            "--chunk-size",
+            "64",
+            "--composite",
+            "median",
+            "--by-date",
+            "--sensor",
+            "generic",
+            "--scheduler",
+            client.scheduler.address,
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["times"] == ["2024-06-12", "2024-06-14"] and doc["skipped"] == []
+    result = runner.invoke(
+        app,
+        [
+            "ingest",
+            str(demo_data.catalog),
+            "--out",
+            str(tmp_path / "x.zarr"),
+            "--composite",
+            "mean",
+        ],
+    )
+    assert result.exit_code == 2 and "composite must be one of" in result.stderr

@@ -219,3 +219,29 @@ def test_bad_scene_is_skipped_and_the_run_goes_on(cube_path: Path, tmp_path: Pat
     (reason,) = [r for s, r in result.skipped if "corrupt" in s]
     assert "GDAL" in reason
     assert result.to_dict()["skipped"][0]["reason"] == reason
+
+
+@pytest.mark.parametrize(
+    ("crs", "resolution"),
+    [("EPSG:3035", 10.0), ("EPSG:4326", 0.0001)],
+    ids=["equal-area-3035", "lonlat-4326"],
+)
+def test_any_grid_crs(demo_data, tmp_path: Path, crs: str, resolution: float) -> None:  # type: ignore[no-untyped-def]
+    """Both UTM zones land on a grid in an equal-area or geographic CRS, seamlessly valid."""
+    result = ingest(
+        [demo_data.catalog], tmp_path / "c.zarr", crs=crs, resolution=resolution, tile_size=128
+    )
+    cube = open_cube(result.path)
+    assert cube.rio.crs.to_string() == crs
+    assert len(result.scenes) == 2 and result.valid_fraction > 0.5
+    recs = tile_provenance(result.path)
+    assert all(set(r["dates"]) == set(r["scenes"]) for r in recs)
+
+
+def test_sensor_filter_reports_the_rest(demo_data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from eoseg.errors import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match="no scene of sensors"):
+        ingest([demo_data.catalog], tmp_path / "c.zarr", sensors=["sentinel-1-grd"])
+    result = ingest([demo_data.catalog], tmp_path / "c.zarr", sensors=["generic"], tile_size=128)
+    assert len(result.scenes) == 2 and not result.skipped

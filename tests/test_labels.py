@@ -61,3 +61,16 @@ def test_missing_class_field_is_refused(demo_data, cube_path: Path, tmp_path: Pa
         rasterize_labels(
             demo_data.noisy_labels, cube_path, tmp_path / "x.zarr", class_field="landuse"
         )
+
+
+def test_labels_with_a_wrong_crs_are_refused(cube_path: Path, tmp_path: Path) -> None:
+    """UTM coordinates declared as EPSG:4326 (a classic sidecar mistake) do not overlap."""
+    grid = open_cube(cube_path).odc.geobox
+    x0, y0 = grid.affine.c, grid.affine.f
+    frame = gpd.GeoDataFrame(
+        {"class_id": [1]}, geometry=[box(x0, y0 - 100, x0 + 100, y0)], crs=grid.crs.wkt
+    )
+    path = tmp_path / "mislabelled.gpkg"
+    frame.set_crs(4326, allow_override=True).to_file(path)
+    with pytest.raises(NoOverlapError, match="check the labels' CRS"):
+        rasterize_labels(path, cube_path, tmp_path / "x.zarr")
