@@ -245,3 +245,43 @@ def test_sensor_filter_reports_the_rest(demo_data, tmp_path: Path) -> None:  # t
         ingest([demo_data.catalog], tmp_path / "c.zarr", sensors=["sentinel-1-grd"])
     result = ingest([demo_data.catalog], tmp_path / "c.zarr", sensors=["generic"], tile_size=128)
     assert len(result.scenes) == 2 and not result.skipped
+
+
+@pytest.mark.slow
+def test_sigkilled_ingest_resumes_to_identical_result(demo_data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`eoseg ingest` killed with SIGKILL mid-run, then re-run, equals an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ref = ingest([demo_data.catalog], tmp_path / "ref.zarr", tile_size=32)
+    out = tmp_path / "cube.zarr"
+    cmd = [
+        sys.executable,
+        "-m",
+        "eoseg",
+        "ingest",
+        str(demo_data.catalog),
+        "--out",
+        str(out),
+        "--tile-size",
+        "32",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    marks = staging_path(out) / "_eoseg_tiles"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(marks.glob("r*.json"))) < 10:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the client and its local workers, at once
+    proc.wait()
+    done_before = len(list(marks.glob("r*.json")))
+    assert 10 <= done_before < ref.tiles and not out.exists()
+    resumed = ingest([demo_data.catalog], out, tile_size=32)
+    assert resumed.tiles_written <= ref.tiles - done_before
+    a, b = zarr.open_group(str(out), mode="r"), zarr.open_group(str(ref.path), mode="r")
+    np.testing.assert_array_equal(a["data"][:], b["data"][:])
+    np.testing.assert_array_equal(a["valid"][:], b["valid"][:])
