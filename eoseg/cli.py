@@ -32,6 +32,17 @@ app = typer.Typer(
         "Start with [bold]eoseg demo[/]: it runs the whole pipeline on a generated "
         "landscape, offline, in a few minutes."
     ),
+    epilog=(
+        "Examples:\n\n"
+        "  eoseg demo --workdir eoseg-demo\n\n"
+        "  eoseg ingest scenes/catalog.json --out cube.zarr --crs EPSG:32632 --resolution 10\n\n"
+        "  eoseg rasterize osm.gpkg --cube cube.zarr --out osm.zarr\n\n"
+        "  eoseg train --cube cube.zarr --labels osm.zarr --finetune-labels clean.zarr "
+        "--out model\n\n"
+        "  eoseg predict --cube cube.zarr --model model --out map.zarr\n\n"
+        "  eoseg export map.zarr --cog map.tif --polygons map.parquet\n\n"
+        "  eoseg query map.zarr --aoi 11.9,47.95,12.05,48.02 --json"
+    ),
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
