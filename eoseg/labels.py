@@ -111,27 +111,40 @@ def check_label_source(path: Path, class_field: str, grid: GeoBox) -> LabelSourc
 
 
 def _check_vector(path: Path, class_field: str) -> LabelSource:
-    try:
-        info = pyogrio.read_info(path)
-    except Exception as exc:
-        raise UnreadableVectorError(
-            f"{path} is not a vector file GDAL/OGR can read ({exc}): expected GeoJSON, "
-            "GeoPackage, GeoParquet or Shapefile"
-        ) from exc
-    if info.get("crs") is None:
+    crs, fields, _ = _vector_info(path)
+    if crs is None:
         raise UnreadableVectorError(f"{path} has no CRS: assign one (e.g. with ogr2ogr -a_srs)")
-    fields = list(info.get("fields", []))
     if class_field not in fields:
         raise UnreadableVectorError(
             f"{path} has no field {class_field!r}; its fields are {fields}: "
             "pass --class-field with the field holding integer class ids"
         )
-    return LabelSource(str(path), "vector", str(info["crs"]), class_field)
+    return LabelSource(str(path), "vector", crs, class_field)
 
 
 def _vector_bounds(path: Path) -> tuple[float, float, float, float]:
-    info = pyogrio.read_info(path, force_total_bounds=True)
-    return tuple(float(v) for v in info["total_bounds"])  # type: ignore[return-value]
+    return _vector_info(path)[2]
+
+
+def _vector_info(path: Path) -> tuple[str | None, list[str], tuple[float, float, float, float]]:
+    """CRS (WKT), fields and bounds of a vector file."""
+    try:
+        if path.suffix.lower() in {".parquet", ".geoparquet"}:
+            # GeoParquet through geopandas/pyarrow: GDAL's Parquet driver is optional and
+            # missing from some builds (the wheels here lack it).
+            frame = gpd.read_parquet(path)
+            crs = frame.crs.to_wkt() if frame.crs is not None else None
+            fields = [c for c in frame.columns if c != frame.geometry.name]
+            return crs, fields, tuple(float(v) for v in frame.total_bounds)  # type: ignore[return-value]
+        info = pyogrio.read_info(path, force_total_bounds=True)
+    except Exception as exc:
+        raise UnreadableVectorError(
+            f"{path} is not a vector file GDAL/OGR can read ({exc}): expected GeoJSON, "
+            "GeoPackage, GeoParquet or Shapefile"
+        ) from exc
+    crs = str(info["crs"]) if info.get("crs") is not None else None
+    bounds = tuple(float(v) for v in info["total_bounds"])
+    return crs, list(info.get("fields", [])), bounds  # type: ignore[return-value]
 
 
 def _check_raster(
@@ -264,7 +277,13 @@ def _burn_vector(source: LabelSource, box: GeoBox) -> np.ndarray:
 def _read_vector(path: Path, bbox: tuple[float, ...]) -> gpd.GeoDataFrame:
     try:
         if path.suffix.lower() in {".parquet", ".geoparquet"}:
-            return gpd.read_parquet(path, bbox=bbox)
+            try:
+                return gpd.read_parquet(path, bbox=bbox)
+            except ValueError:
+                # No bbox covering column (GeoParquet < 1.1): read all, then filter. Writers
+                # of large label files should add one (to_parquet(write_covering_bbox=True)).
+                minx, miny, maxx, maxy = bbox
+                return gpd.read_parquet(path).cx[minx:maxx, miny:maxy]
         return gpd.read_file(path, bbox=bbox, engine="pyogrio")
     except Exception as exc:
         raise UnreadableVectorError(f"could not read {path} ({exc})") from exc

@@ -2,8 +2,10 @@
 
 The model input is the per-pixel temporal median of valid observations
 (`eoseg.sampling.composite`), normalised with per-band statistics of the training chips
-(`eoseg.models.normalize`). Loss is cross-entropy (255 ignored) plus a soft Jaccard loss.
-Runs are deterministic for a given seed, data and thread count.
+(`eoseg.models.normalize`). Pretraining uses ``noisy_loss`` (cross-entropy, generalized
+cross-entropy or bootstrapping), fine-tuning cross-entropy; both add a soft Jaccard loss
+and ignore 255 (`eoseg.models.losses`). CPU runs are deterministic for a given seed, data
+and thread count, and resume bit for bit from the checkpoint written after each epoch.
 """
 
 from __future__ import annotations
@@ -16,20 +18,40 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import xarray as xr
-from torch import nn
-from torch.nn import functional as F  # noqa: N812
 
 from eoseg.classes import IGNORE_ID, ClassSchema, LandClass
 from eoseg.errors import InvalidParameterError
-from eoseg.metrics import confusion_matrix, report_from_confusion
 from eoseg.models import ModelCard, UNet, count_flops_per_pixel, count_parameters, save_model
-from eoseg.models import normalize as normalize_chip
+from eoseg.models.checkpoint import (
+    checkpoint_dir,
+    load_checkpoint,
+    remove_checkpoint,
+    save_checkpoint,
+)
+from eoseg.models.fit import History, StageSpec, evaluate, fit_stage
+from eoseg.models.losses import (
+    BootstrapMode,
+    LossKind,
+    SegmentationLoss,
+    balanced_class_weights,
+    soft_jaccard_loss,
+)
+from eoseg.models.unet import Context
 from eoseg.sampling import ChipSet, sample_chips, split_blocks
+
+__all__ = [
+    "Progress",
+    "TrainConfig",
+    "evaluate",
+    "soft_jaccard_loss",
+    "train_from_stores",
+    "train_model",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +90,16 @@ class TrainConfig:
         bands: Bands to train on, in order; default all cube bands.
         seed: Seed of sampling, initialisation and augmentation.
         num_threads: Torch intra-op threads; default all cores.
+        context: ``"aspp"`` adds an ASPP context module at the U-Net bottleneck.
+        class_weights: Cross-entropy class weights (one per class id), ``"balanced"``
+            (from the label frequencies of each stage's training chips) or None.
+        noisy_loss: Pixel loss of pretraining: ``"ce"``, ``"gce"`` (generalized
+            cross-entropy) or ``"bootstrap"``. Fine-tuning always uses cross-entropy.
+        gce_q: Exponent of generalized cross-entropy.
+        bootstrap_beta: Trust in the labels of bootstrapping.
+        bootstrap_mode: ``"soft"`` or ``"hard"`` bootstrapping.
+        device: Torch device; default CUDA when available, else the CPU. CUDA trains in
+            bf16 autocast with channels-last tensors.
     """
 
     epochs: int = 10
@@ -91,6 +123,13 @@ class TrainConfig:
     bands: tuple[str, ...] | None = None
     seed: int = 0
     num_threads: int | None = None
+    context: Context = "none"
+    class_weights: tuple[float, ...] | Literal["balanced"] | None = None
+    noisy_loss: LossKind = "ce"
+    gce_q: float = 0.7
+    bootstrap_beta: float = 0.95
+    bootstrap_mode: BootstrapMode = "soft"
+    device: str | None = None
 
     def __post_init__(self) -> None:
         factor = 2**self.depth
@@ -105,124 +144,24 @@ class TrainConfig:
         for name in ("train_chips", "batch_size", "base_width", "depth"):
             if getattr(self, name) < 1:
                 raise InvalidParameterError(f"{name} must be >= 1; got {getattr(self, name)}")
-
-
-def soft_jaccard_loss(
-    logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0
-) -> torch.Tensor:
-    """Soft Jaccard (IoU) loss averaged over classes; pixels labelled 255 are ignored."""
-    n_classes = logits.shape[1]
-    mask = (target != IGNORE_ID).unsqueeze(1).float()
-    probs = logits.softmax(dim=1) * mask
-    onehot = F.one_hot(target.clamp(max=n_classes - 1).long(), n_classes).permute(0, 3, 1, 2)
-    onehot = onehot.float() * mask
-    inter = (probs * onehot).sum(dim=(0, 2, 3))
-    union = (probs + onehot).sum(dim=(0, 2, 3)) - inter
-    return 1.0 - ((inter + smooth) / (union + smooth)).mean()
-
-
-def _augment(x: torch.Tensor, y: torch.Tensor, jitter: float, gen: torch.Generator) -> tuple:
-    k = int(torch.randint(0, 4, (1,), generator=gen))
-    x, y = torch.rot90(x, k, dims=(-2, -1)), torch.rot90(y, k, dims=(-2, -1))
-    if bool(torch.randint(0, 2, (1,), generator=gen)):
-        x, y = torch.flip(x, dims=(-1,)), torch.flip(y, dims=(-1,))
-    if jitter > 0:
-        gain = 1.0 + (torch.rand(x.shape[0], x.shape[1], 1, 1, generator=gen) * 2 - 1) * jitter
-        x = x * gain
-    return x, y
-
-
-def evaluate(
-    model: nn.Module, chips: ChipSet, card: ModelCard, batch_size: int = 16
-) -> dict[str, Any]:
-    """Validation metrics of ``model`` on ``chips``: ``val_miou``, ``val_accuracy``, IoUs."""
-    n = len(card.classes)
-    cm = np.zeros((n, n), dtype=np.int64)
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(chips), batch_size):
-            x = normalize_chip(torch.from_numpy(chips.x[i : i + batch_size]), card)
-            pred = model(x).argmax(dim=1).numpy()
-            cm += confusion_matrix(pred, chips.y[i : i + batch_size], n)
-    if cm.sum() == 0:
-        return {
-            "val_miou": None,
-            "val_accuracy": None,
-            "val_iou": dict.fromkeys(card.classes.names),
-        }
-    report = report_from_confusion(cm, card.classes.names)
-    return {
-        "val_miou": report.miou,
-        "val_accuracy": report.overall_accuracy,
-        "val_iou": {
-            name: None if np.isnan(v) else v
-            for name, v in zip(card.classes.names, report.iou, strict=True)
-        },
-    }
-
-
-def _fit(
-    model: UNet,
-    chips: ChipSet,
-    val: ChipSet,
-    card: ModelCard,
-    *,
-    stage: str,
-    epochs: int,
-    lr: float,
-    freeze_epochs: int,
-    config: TrainConfig,
-    gen: torch.Generator,
-    progress: Progress | None,
-) -> dict[str, list[float | None]]:
-    history: dict[str, list[float | None]] = {"train_loss": [], "val_miou": []}
-    if epochs == 0 or len(chips) == 0:
-        return history
-    x_all, y_all = torch.from_numpy(chips.x), torch.from_numpy(chips.y).long()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
-    batches = -(-len(chips) // config.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * batches)
-    encoder = model.encoder_parameters()
-    step = 0
-    for epoch in range(epochs):
-        frozen = epoch < freeze_epochs
-        for p in encoder:
-            p.requires_grad_(not frozen)
-        model.train()
-        if frozen:  # keep the frozen encoder's batch-norm statistics too
-            model.encoder.eval()
-            model.bottleneck.eval()
-        perm = torch.randperm(len(chips), generator=gen)
-        total_loss = 0.0
-        for b in range(batches):
-            idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
-            x, y = _augment(x_all[idx], y_all[idx], config.jitter, gen)
-            logits = model(normalize_chip(x, card))
-            loss = F.cross_entropy(logits, y, ignore_index=IGNORE_ID)
-            if config.jaccard_weight > 0:
-                loss = loss + config.jaccard_weight * soft_jaccard_loss(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total_loss += loss.item()
-            step += 1
-            if progress is not None:
-                progress(stage, step, epochs * batches, {"epoch": epoch + 1, "loss": loss.item()})
-        metrics = evaluate(model, val, card) if len(val) else {"val_miou": None}
-        history["train_loss"].append(total_loss / batches)
-        history["val_miou"].append(metrics["val_miou"])
-        logger.info(
-            "%s epoch %d/%d loss %.4f val mIoU %s%s",
-            stage, epoch + 1, epochs, total_loss / batches, metrics["val_miou"],
-            " (encoder frozen)" if frozen else "",
-        )  # fmt: skip
-        if progress is not None:
-            info = {"epoch": epoch + 1, "loss": total_loss / batches, **metrics}
-            progress(stage, step, epochs * batches, info)
-    for p in encoder:
-        p.requires_grad_(True)
-    return history
+        for name, value, allowed in (
+            ("noisy_loss", self.noisy_loss, ("ce", "gce", "bootstrap")),
+            ("bootstrap_mode", self.bootstrap_mode, ("soft", "hard")),
+            ("context", self.context, ("none", "aspp")),
+        ):
+            if value not in allowed:
+                raise InvalidParameterError(f"{name} must be one of {allowed}; got {value!r}")
+        if not 0.0 < self.gce_q <= 1.0:
+            raise InvalidParameterError(f"gce_q must be in (0, 1]; got {self.gce_q}")
+        if not 0.0 <= self.bootstrap_beta <= 1.0:
+            raise InvalidParameterError(
+                f"bootstrap_beta must be in [0, 1]; got {self.bootstrap_beta}"
+            )
+        w = self.class_weights
+        if w is not None and w != "balanced" and (isinstance(w, str) or min(w, default=-1) < 0):
+            raise InvalidParameterError(
+                f"class_weights must be 'balanced', None or non-negative numbers; got {w!r}"
+            )
 
 
 def _band_stats(chips: ChipSet) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -268,6 +207,7 @@ def train_model(
     finetune_labels: xr.DataArray | None = None,
     progress: Progress | None = None,
     name: str = "eoseg-unet",
+    resume: bool = True,
 ) -> ModelCard:
     """Train a U-Net on a cube and save it as a model folder.
 
@@ -285,6 +225,9 @@ def train_model(
         finetune_labels: Optional clean ``(y, x)`` labels for fine-tuning.
         progress: Optional ``(stage, step, total, info)`` callback.
         name: Model name written in the card.
+        resume: Continue from the checkpoint ``<out_dir>.ckpt`` (written after every
+            epoch, deleted once the model is saved) when its fingerprint of configuration
+            and sampled chips matches; on the CPU the result equals an uninterrupted run.
 
     Returns:
         The saved model card; ``metrics`` holds per-epoch losses and validation mIoU
@@ -301,7 +244,9 @@ def train_model(
     torch.set_num_threads(max(1, threads))
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _train(cube, labels, out_dir, schema, config, finetune_labels, progress, name)
+        return _train(
+            cube, labels, out_dir, schema, config, finetune_labels, progress, name, resume
+        )
     finally:
         torch.set_num_threads(prev_threads)
         torch.use_deterministic_algorithms(prev_det)
@@ -316,6 +261,7 @@ def _train(
     finetune_labels: xr.DataArray | None,
     progress: Progress | None,
     name: str,
+    resume: bool,
 ) -> ModelCard:
     shape = (int(cube["data"].sizes["y"]), int(cube["data"].sizes["x"]))
     split = split_blocks(
@@ -358,7 +304,9 @@ def _train(
     mean, std = _band_stats(pre_train)
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    model = UNet(len(pre_train.bands), len(schema), config.base_width, config.depth)
+    model = UNet(
+        len(pre_train.bands), len(schema), config.base_width, config.depth, context=config.context
+    )
     card = ModelCard(
         name=name,
         bands=pre_train.bands,
@@ -366,28 +314,91 @@ def _train(
         std=std,
         classes=schema,
         chip_size=config.chip_size,
-        architecture={"name": "unet", "base_width": config.base_width, "depth": config.depth},
+        architecture=model.architecture,
         parameters=count_parameters(model),
         flops_per_pixel=count_flops_per_pixel(model, len(pre_train.bands), config.chip_size),
         fingerprint=_fingerprint(config, schema, [c for pair in sets.values() for c in pair]),
     )
-    fit: dict[str, Any] = {"card": card, "config": config, "gen": gen, "progress": progress}
-    metrics: dict[str, Any] = {
-        "pretrain": _fit(model, pre_train, pre_val, stage="pretrain", epochs=config.epochs,
-                         lr=config.lr, freeze_epochs=0, **fit),
-    }  # fmt: skip
+    ckpt = checkpoint_dir(out_dir)
+    saved = load_checkpoint(ckpt) if resume else None
+    if saved is not None and saved.get("fingerprint") != card.fingerprint:
+        logger.info("checkpoint %s is of other inputs or options: starting afresh", ckpt)
+        saved = None
+    histories: dict[str, History] = {}
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        gen.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        histories = saved["history"]
+        logger.info("resuming %s after %s epoch %d", ckpt, saved["stage"], saved["epoch"])
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        model = model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+    metrics: dict[str, Any] = {}
     val = pre_val
-    if "finetune" in sets:
-        ft_train, val = sets["finetune"]
-        metrics["finetune"] = _fit(
-            model, ft_train, val, stage="finetune", epochs=config.finetune_epochs,
-            lr=config.finetune_lr, freeze_epochs=config.freeze_encoder_epochs, **fit,
-        )  # fmt: skip
+    order = [s for s in ("pretrain", "finetune") if s in sets]
+    for stage in order:
+        train, val = sets[stage]
+        spec = _stage_spec(config, stage, train, len(schema))
+        start = None
+        if saved is not None and order.index(saved["stage"]) > order.index(stage):
+            metrics[stage] = histories[stage]  # stage finished before the interruption
+            continue
+        if saved is not None and saved["stage"] == stage:
+            start = {k: saved[k] for k in ("epoch", "optimizer", "scheduler")}
+            start["history"] = histories[stage]
+
+        def on_epoch(
+            epoch: int, opt: Any, sched: Any, history: History, stage: str = stage
+        ) -> None:
+            histories[stage] = history
+            state = {"fingerprint": card.fingerprint, "stage": stage, "epoch": epoch,
+                     "model": model.state_dict(), "optimizer": opt, "scheduler": sched,
+                     "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                     "history": histories}  # fmt: skip
+            save_checkpoint(ckpt, state)
+
+        metrics[stage] = fit_stage(
+            model, train, val, card, spec, gen, progress=progress, start=start, on_epoch=on_epoch
+        )
     if len(val):
         metrics.update(evaluate(model, val, card))
     metrics["chips"] = {k: [len(t), len(v)] for k, (t, v) in sets.items()}
     card = dataclasses.replace(card, metrics=metrics)
-    return save_model(model, card, out_dir)
+    out = save_model(model, card, out_dir)
+    remove_checkpoint(ckpt)
+    return out
+
+
+def _stage_spec(config: TrainConfig, stage: str, chips: ChipSet, n_classes: int) -> StageSpec:
+    weights = config.class_weights
+    if weights == "balanced":
+        weights = balanced_class_weights(chips.y, n_classes)
+        logger.info("%s class weights %s", stage, [round(w, 3) for w in weights])
+    elif weights is not None and len(weights) != n_classes:
+        raise InvalidParameterError(
+            f"class_weights has {len(weights)} entries but the schema has {n_classes} "
+            "classes: give one weight per class id, or 'balanced'"
+        )
+    pre = stage == "pretrain"
+    loss = SegmentationLoss(
+        kind=config.noisy_loss if pre else "ce",
+        weight=None if weights is None else tuple(float(w) for w in weights),
+        q=config.gce_q,
+        beta=config.bootstrap_beta,
+        mode=config.bootstrap_mode,
+        jaccard_weight=config.jaccard_weight,
+    )
+    return StageSpec(
+        stage=stage,
+        epochs=config.epochs if pre else config.finetune_epochs,
+        lr=config.lr if pre else config.finetune_lr,
+        freeze_epochs=0 if pre else config.freeze_encoder_epochs,
+        loss=loss,
+        batch_size=config.batch_size,
+        weight_decay=config.weight_decay,
+        jitter=config.jitter,
+    )
 
 
 def train_from_stores(

@@ -141,7 +141,7 @@ def write_polygons(gdf: gpd.GeoDataFrame, path: str | os.PathLike[str]) -> Path:
     try:
         driver = _DRIVERS[suffix]
         if driver is None:
-            gdf.to_parquet(tmp)
+            gdf.to_parquet(tmp, write_covering_bbox=True)  # readers can filter by bbox
         else:
             layer = "polygons" if driver == "GPKG" else None
             gdf.to_file(tmp, driver=driver, layer=layer)

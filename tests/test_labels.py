@@ -74,3 +74,15 @@ def test_labels_with_a_wrong_crs_are_refused(cube_path: Path, tmp_path: Path) ->
     frame.set_crs(4326, allow_override=True).to_file(path)
     with pytest.raises(NoOverlapError, match="check the labels' CRS"):
         rasterize_labels(path, cube_path, tmp_path / "x.zarr")
+
+
+def test_geoparquet_labels(demo_data, cube_path: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """GeoParquet is read through pyarrow (GDAL's Parquet driver is optional)."""
+    frame = gpd.read_file(demo_data.clean_labels)
+    path = tmp_path / "clean.parquet"
+    frame.to_parquet(path)
+    rasterize_labels(path, cube_path, tmp_path / "p.zarr")
+    rasterize_labels(demo_data.clean_labels, cube_path, tmp_path / "g.zarr")
+    np.testing.assert_array_equal(
+        open_labels(tmp_path / "p.zarr").values, open_labels(tmp_path / "g.zarr").values
+    )

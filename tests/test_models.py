@@ -14,12 +14,19 @@ from eoseg.errors import BandMismatchError, InputNotFoundError, InvalidParameter
 from eoseg.models import (
     ModelCard,
     UNet,
+    build_model,
     check_bands,
     count_flops_per_pixel,
     count_parameters,
     load_model,
     normalize,
     save_model,
+)
+from eoseg.models.losses import (
+    SegmentationLoss,
+    balanced_class_weights,
+    bootstrap_loss,
+    generalized_cross_entropy,
 )
 
 SCHEMA = ClassSchema(
@@ -162,3 +169,81 @@ def test_normalize_numpy_and_torch() -> None:
 def test_card_dict_round_trip() -> None:
     card = make_card()
     assert ModelCard.from_dict(json.loads(json.dumps(card.to_dict()))) == card
+
+
+def test_default_unet_is_32_wide_4_deep_about_370_gflop_per_mpx() -> None:
+    model = UNet(4, 6)
+    assert (model.base_width, model.depth) == (32, 4)
+    flops = count_flops_per_pixel(model, 4, size=64)
+    assert flops * 1e6 / 1e9 == pytest.approx(369.3, rel=0.01)  # GFLOP per megapixel
+
+
+def test_aspp_unet_shape_flops_and_round_trip(tmp_path) -> None:
+    torch.manual_seed(2)
+    model = UNet(4, 3, base_width=8, depth=2, context="aspp", rates=(1, 2, 3))
+    assert model(torch.zeros(2, 4, 32, 32)).shape == (2, 3, 32, 32)
+    w, b, size = 32, 8, 32  # bottleneck width, branch width, test side
+    extra = (3 * 9 * w * b + 4 * b * w) / 4**2 + w * b / size**2  # branches, projection, pool
+    expected = 2 * (hand_macs_per_pixel(4, 3, 8, 2) + extra)
+    assert count_flops_per_pixel(model, 4, size=size) == pytest.approx(expected, rel=0.01)
+    card = dataclasses.replace(make_card(), architecture=model.architecture)
+    assert card.architecture == {
+        "name": "unet-aspp",
+        "base_width": 8,
+        "depth": 2,
+        "rates": [1, 2, 3],
+    }
+    assert isinstance(build_model(card), UNet)
+    model.eval()
+    saved = save_model(model, card, tmp_path / "m")
+    loaded, loaded_card = load_model(tmp_path / "m")
+    assert loaded_card == saved
+    for (k, v), (k2, v2) in zip(
+        model.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
+        assert k == k2 and torch.equal(v, v2)
+    x = torch.randn(1, 4, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    with pytest.raises(InvalidParameterError, match="context"):
+        UNet(4, 3, context="dilated")  # type: ignore[arg-type]
+
+
+# logits (0, ln 3): p = (0.25, 0.75); the second pixel is ignored
+LOGITS = torch.tensor([[0.0, float(np.log(3.0))], [5.0, -5.0]]).T.reshape(1, 2, 1, 2)
+TARGET = torch.tensor([[[0, 255]]])
+
+
+def test_generalized_cross_entropy_by_hand() -> None:
+    assert generalized_cross_entropy(LOGITS, TARGET, q=1.0).item() == pytest.approx(0.75)
+    assert generalized_cross_entropy(LOGITS, TARGET, q=0.5).item() == pytest.approx(1.0)
+    ce = torch.nn.functional.cross_entropy(LOGITS, TARGET, ignore_index=255).item()
+    assert ce == pytest.approx(np.log(4.0))
+    assert generalized_cross_entropy(LOGITS, TARGET, q=1e-3).item() == pytest.approx(ce, rel=2e-3)
+    none = torch.full_like(TARGET, 255)
+    assert generalized_cross_entropy(LOGITS, none).item() == 0.0
+    with pytest.raises(InvalidParameterError, match="q must be"):
+        generalized_cross_entropy(LOGITS, TARGET, q=0.0)
+
+
+def test_bootstrap_loss_by_hand() -> None:
+    ent = -(0.25 * np.log(0.25) + 0.75 * np.log(0.75))
+    soft = bootstrap_loss(LOGITS, TARGET, beta=0.9).item()
+    assert soft == pytest.approx(0.9 * np.log(4.0) + 0.1 * ent, rel=1e-5)
+    hard = bootstrap_loss(LOGITS, TARGET, beta=0.8, mode="hard").item()
+    assert hard == pytest.approx(0.8 * np.log(4.0) - 0.2 * np.log(0.75), rel=1e-5)
+    assert bootstrap_loss(LOGITS, TARGET, beta=1.0).item() == pytest.approx(np.log(4.0))
+
+
+def test_class_weights_change_the_loss() -> None:
+    logits = torch.zeros(1, 2, 1, 3)
+    logits[0, 1] = float(np.log(3.0))  # p(class 1) = 0.75 everywhere
+    target = torch.tensor([[[0, 1, 255]]])
+    plain = SegmentationLoss()(logits, target).item()
+    assert plain == pytest.approx((np.log(4.0) - np.log(0.75)) / 2)
+    weighted = SegmentationLoss(weight=(3.0, 1.0))(logits, target).item()
+    assert weighted == pytest.approx((3 * np.log(4.0) - np.log(0.75)) / 4)
+    gce = SegmentationLoss(kind="gce", q=1.0, weight=(3.0, 1.0))(logits, target).item()
+    assert gce == pytest.approx((3 * 0.75 + 0.25) / 4)
+    labels = np.array([0, 0, 0, 1, 255, 255])
+    assert balanced_class_weights(labels, 3) == pytest.approx((4 / 6, 2.0, 1.0))

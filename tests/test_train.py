@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,6 +14,7 @@ from scipy import ndimage
 from eoseg.classes import ClassSchema, LandClass
 from eoseg.errors import InvalidParameterError
 from eoseg.models import load_model
+from eoseg.models.checkpoint import checkpoint_dir, save_checkpoint
 from eoseg.train import (
     TrainConfig,
     soft_jaccard_loss,
@@ -36,6 +38,18 @@ FAST = TrainConfig(
     chip_size=64,
     train_chips=48,
     val_chips=16,
+    device="cpu",
+)
+TINY = TrainConfig(
+    epochs=2,
+    finetune_epochs=2,
+    freeze_encoder_epochs=1,
+    chip_size=64,
+    train_chips=16,
+    val_chips=8,
+    base_width=4,
+    depth=2,
+    device="cpu",
 )
 
 
@@ -119,3 +133,73 @@ def test_train_refuses_labels_outside_schema(scene, tmp_path) -> None:
     with pytest.raises(InvalidParameterError, match=r"class ids \[2\]"):
         train_model(cube, clean, tmp_path / "m", schema=two, config=FAST)
     assert not (tmp_path / "m").exists()
+
+
+class InterruptError(Exception):
+    pass
+
+
+def stop_after(stage: str, epoch: int):  # type: ignore[no-untyped-def]
+    def progress(s: str, step: int, total: int, info: dict) -> None:
+        if s == stage and "val_miou" in info and info["epoch"] == epoch:
+            raise InterruptError
+
+    return progress
+
+
+@pytest.fixture(scope="module")
+def tiny_reference(scene, tmp_path_factory):  # type: ignore[no-untyped-def]
+    cube, noisy, clean = scene
+    out = tmp_path_factory.mktemp("ref") / "m"
+    return train_model(cube, noisy, out, schema=SCHEMA, config=TINY, finetune_labels=clean)
+
+
+@pytest.mark.parametrize(("stage", "epoch"), [("pretrain", 1), ("finetune", 1)], ids=str)
+def test_resume_equals_uninterrupted_run(scene, tiny_reference, tmp_path, stage, epoch) -> None:
+    cube, noisy, clean = scene
+    out = tmp_path / "m"
+    kw = {"schema": SCHEMA, "config": TINY, "finetune_labels": clean}
+    with pytest.raises(InterruptError):
+        train_model(cube, noisy, out, progress=stop_after(stage, epoch), **kw)
+    assert (checkpoint_dir(out) / "state.json").is_file() and not out.exists()
+    events: list[tuple] = []
+    card = train_model(cube, noisy, out, progress=lambda *e: events.append(e), **kw)
+    assert card.version == tiny_reference.version
+    assert card.metrics == tiny_reference.metrics
+    assert not checkpoint_dir(out).exists()
+    # the resumed run did not repeat the epochs before the interruption
+    assert min(e[3]["epoch"] for e in events if e[0] == stage) == epoch + 1
+
+
+def test_resume_ignores_checkpoint_of_other_config(scene, tiny_reference, tmp_path) -> None:
+    cube, noisy, clean = scene
+    out = tmp_path / "m"
+    save_checkpoint(checkpoint_dir(out), {"fingerprint": "other", "stage": "finetune"})
+    card = train_model(cube, noisy, out, schema=SCHEMA, config=TINY, finetune_labels=clean)
+    assert card.version == tiny_reference.version
+    assert not checkpoint_dir(out).exists()
+
+
+def test_class_weights_noisy_loss_and_aspp_train(scene, tmp_path) -> None:
+    cube, noisy, clean = scene
+    config = dataclasses.replace(
+        TINY, epochs=1, finetune_epochs=1, class_weights="balanced", noisy_loss="gce",
+        context="aspp", train_chips=8, val_chips=4,
+    )  # fmt: skip
+    card = train_model(cube, noisy, tmp_path / "m", schema=SCHEMA, config=config,
+                       finetune_labels=clean, resume=False)  # fmt: skip
+    assert card.architecture["name"] == "unet-aspp"
+    _, loaded = load_model(tmp_path / "m")
+    assert loaded.version == card.version
+    with pytest.raises(InvalidParameterError, match="3 classes"):
+        train_model(cube, noisy, tmp_path / "w", schema=SCHEMA,
+                    config=dataclasses.replace(config, class_weights=(1.0, 2.0)))  # fmt: skip
+
+
+def test_config_validates_loss_options() -> None:
+    with pytest.raises(InvalidParameterError, match="noisy_loss"):
+        TrainConfig(noisy_loss="mae")  # type: ignore[arg-type]
+    with pytest.raises(InvalidParameterError, match="gce_q"):
+        TrainConfig(gce_q=0.0)
+    with pytest.raises(InvalidParameterError, match="class_weights"):
+        TrainConfig(class_weights=(1.0, -1.0))

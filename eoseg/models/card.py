@@ -28,7 +28,7 @@ from torch import nn
 
 from eoseg.classes import ClassSchema
 from eoseg.errors import BandMismatchError, InputNotFoundError, InvalidStoreError
-from eoseg.models.unet import UNet
+from eoseg.models.unet import DEFAULT_RATES, UNet
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ class ModelCard:
         std: Per-band standard deviation used for normalisation.
         classes: Class schema of the output channels.
         chip_size: Side in pixels of the chips the model was trained on.
-        architecture: ``{"name": "unet", "base_width": ..., "depth": ...}``.
+        architecture: ``{"name": "unet", "base_width": ..., "depth": ...}``, or name
+            ``"unet-aspp"`` with ``"rates"`` (`UNet.architecture`).
         parameters: Number of trainable parameters.
         flops_per_pixel: Forward FLOPs per output pixel.
         metrics: Training metrics (e.g. per-epoch validation mIoU).
@@ -110,16 +111,19 @@ def build_model(card: ModelCard) -> nn.Module:
         InvalidStoreError: If the architecture name is unknown.
     """
     arch = card.architecture
-    if arch.get("name") != "unet":
+    name = arch.get("name")
+    if name not in ("unet", "unet-aspp"):
         raise InvalidStoreError(
-            f"model {card.name!r} has architecture {arch.get('name')!r}; this eoseg knows "
-            "only 'unet': upgrade eoseg or retrain the model"
+            f"model {card.name!r} has architecture {name!r}; this eoseg knows "
+            "'unet' and 'unet-aspp': upgrade eoseg or retrain the model"
         )
     return UNet(
         len(card.bands),
         len(card.classes),
         base_width=int(arch.get("base_width", 32)),
         depth=int(arch.get("depth", 4)),
+        context="aspp" if name == "unet-aspp" else "none",
+        rates=tuple(int(r) for r in arch.get("rates", DEFAULT_RATES)),
     )
 
 

@@ -1,0 +1,207 @@
+"""The epoch loop of one training stage, its validation, and device handling.
+
+On CUDA the network runs in bf16 autocast with channels-last tensors; on the CPU
+everything stays float32 and contiguous, so CPU runs are bit-reproducible. The loop can
+start from a saved epoch (optimiser and scheduler state restored) and reports each
+finished epoch to a checkpoint callback before the progress callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from eoseg.metrics import confusion_matrix, report_from_confusion
+from eoseg.models.card import ModelCard, normalize
+from eoseg.models.losses import SegmentationLoss
+from eoseg.models.unet import UNet
+from eoseg.sampling import ChipSet
+
+if TYPE_CHECKING:
+    from eoseg.train import Progress
+
+logger = logging.getLogger(__name__)
+
+History = dict[str, list[float | None]]
+OnEpoch = Callable[[int, dict[str, Any], dict[str, Any], History], None]
+"""``(epochs_done, optimizer_state, scheduler_state, history)``, called after each epoch."""
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device) -> Iterator[None]:
+    """bf16 autocast on CUDA; nothing elsewhere."""
+    if device.type == "cuda":
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            yield
+    else:
+        yield
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a batch to ``device``: channels-last on CUDA, unchanged on the CPU."""
+    if device.type == "cuda":
+        return x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    return x.to(device)
+
+
+def augment(
+    x: torch.Tensor, y: torch.Tensor, jitter: float, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random rotation by 90°, horizontal flip and per-chip, per-band gain ``1 ± jitter``."""
+    k = int(torch.randint(0, 4, (1,), generator=gen))
+    x, y = torch.rot90(x, k, dims=(-2, -1)), torch.rot90(y, k, dims=(-2, -1))
+    if bool(torch.randint(0, 2, (1,), generator=gen)):
+        x, y = torch.flip(x, dims=(-1,)), torch.flip(y, dims=(-1,))
+    if jitter > 0:
+        gain = 1.0 + (torch.rand(x.shape[0], x.shape[1], 1, 1, generator=gen) * 2 - 1) * jitter
+        x = x * gain
+    return x, y
+
+
+def evaluate(
+    model: torch.nn.Module, chips: ChipSet, card: ModelCard, batch_size: int = 16
+) -> dict[str, Any]:
+    """Validation metrics of ``model`` on ``chips``: ``val_miou``, ``val_accuracy``, IoUs."""
+    n = len(card.classes)
+    cm = np.zeros((n, n), dtype=np.int64)
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    model.eval()
+    with torch.no_grad(), autocast(device):
+        for i in range(0, len(chips), batch_size):
+            x = normalize(torch.from_numpy(chips.x[i : i + batch_size]), card)
+            pred = model(to_device(x, device)).argmax(dim=1).cpu().numpy()
+            cm += confusion_matrix(pred, chips.y[i : i + batch_size], n)
+    if cm.sum() == 0:
+        return {
+            "val_miou": None,
+            "val_accuracy": None,
+            "val_iou": dict.fromkeys(card.classes.names),
+        }
+    report = report_from_confusion(cm, card.classes.names)
+    return {
+        "val_miou": report.miou,
+        "val_accuracy": report.overall_accuracy,
+        "val_iou": {
+            name: None if np.isnan(v) else v
+            for name, v in zip(card.classes.names, report.iou, strict=True)
+        },
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class StageSpec:
+    """What one training stage does.
+
+    Attributes:
+        stage: ``"pretrain"`` or ``"finetune"`` (progress and log label).
+        epochs: Number of epochs.
+        lr: Peak (one-cycle) AdamW learning rate.
+        freeze_epochs: First epochs with the encoder frozen.
+        loss: The loss of this stage.
+        batch_size: Chips per optimiser step.
+        weight_decay: AdamW weight decay.
+        jitter: Radiometric jitter of `augment`.
+    """
+
+    stage: str
+    epochs: int
+    lr: float
+    freeze_epochs: int
+    loss: SegmentationLoss
+    batch_size: int
+    weight_decay: float
+    jitter: float
+
+
+def fit_stage(
+    model: UNet,
+    chips: ChipSet,
+    val: ChipSet,
+    card: ModelCard,
+    spec: StageSpec,
+    gen: torch.Generator,
+    *,
+    progress: Progress | None = None,
+    start: dict[str, Any] | None = None,
+    on_epoch: OnEpoch | None = None,
+) -> History:
+    """Train ``model`` in place for one stage and return its per-epoch history.
+
+    Args:
+        model: The network, already on its device.
+        chips: Training chips.
+        val: Validation chips (may be empty).
+        card: Card with the normalisation statistics.
+        spec: Stage options.
+        gen: CPU generator of shuffling and augmentation.
+        progress: Optional ``(stage, step, total, info)`` callback.
+        start: Saved ``{"epoch", "optimizer", "scheduler", "history"}`` to resume from.
+        on_epoch: Called after each epoch (before ``progress``), e.g. to checkpoint.
+
+    Returns:
+        ``{"train_loss": [...], "val_miou": [...]}``, one entry per epoch.
+    """
+    history: History = {"train_loss": [], "val_miou": []}
+    if spec.epochs == 0 or len(chips) == 0:
+        return history
+    device = next(model.parameters()).device
+    x_all, y_all = torch.from_numpy(chips.x), torch.from_numpy(chips.y).long()
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    batches = -(-len(chips) // spec.batch_size)
+    total = spec.epochs * batches
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=total)
+    first = 0
+    if start is not None:
+        opt.load_state_dict(start["optimizer"])
+        sched.load_state_dict(start["scheduler"])
+        history = {k: list(v) for k, v in start["history"].items()}
+        first = int(start["epoch"])
+    encoder = model.encoder_parameters()
+    step = first * batches
+    for epoch in range(first, spec.epochs):
+        frozen = epoch < spec.freeze_epochs
+        for p in encoder:
+            p.requires_grad_(not frozen)
+        model.train()
+        if frozen:  # keep the frozen encoder's batch-norm statistics too
+            model.encoder.eval()
+            model.bottleneck.eval()
+        perm = torch.randperm(len(chips), generator=gen)
+        total_loss = 0.0
+        for b in range(batches):
+            idx = perm[b * spec.batch_size : (b + 1) * spec.batch_size]
+            x, y = augment(x_all[idx], y_all[idx], spec.jitter, gen)
+            with autocast(device):
+                logits = model(to_device(normalize(x, card), device))
+            loss = spec.loss(logits, y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total_loss += loss.item()
+            step += 1
+            if progress is not None:
+                progress(spec.stage, step, total, {"epoch": epoch + 1, "loss": loss.item()})
+        metrics = evaluate(model, val, card) if len(val) else {"val_miou": None}
+        history["train_loss"].append(total_loss / batches)
+        history["val_miou"].append(metrics["val_miou"])
+        logger.info(
+            "%s epoch %d/%d loss %.4f val mIoU %s%s",
+            spec.stage, epoch + 1, spec.epochs, total_loss / batches, metrics["val_miou"],
+            " (encoder frozen)" if frozen else "",
+        )  # fmt: skip
+        if on_epoch is not None:
+            on_epoch(epoch + 1, opt.state_dict(), sched.state_dict(), history)
+        if progress is not None:
+            info = {"epoch": epoch + 1, "loss": total_loss / batches, **metrics}
+            progress(spec.stage, step, total, info)
+    for p in encoder:
+        p.requires_grad_(True)
+    return history
