@@ -14,6 +14,7 @@ from pathlib import Path
 
 from eoseg.errors import InputNotFoundError
 from eoseg.models.card import CARD_FILE, WEIGHTS_FILE, ModelCard, read_card
+from eoseg.store import staged_folder
 
 logger = logging.getLogger(__name__)
 
@@ -45,14 +46,8 @@ def register(model_dir: str | os.PathLike[str], registry_dir: str | os.PathLike[
     if (dest / CARD_FILE).is_file():
         logger.info("model %s %s already registered", card.name, card.version)
         return card
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{card.version}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        shutil.copytree(src, tmp)
-        tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with staged_folder(dest) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
     logger.info("registered model %s %s at %s", card.name, card.version, dest)
     return card
 

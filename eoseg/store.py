@@ -20,7 +20,8 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -141,15 +142,41 @@ def publish(path: Path, *, overwrite: bool) -> Path:
     check_output(path, overwrite)
     group = zarr.open_group(str(staging), mode="r+")
     group.attrs["eoseg_complete"] = True
-    old = None
-    if path.exists():
-        old = path.with_name(f"{path.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(path, old)
-    os.replace(staging, path)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    swap_into_place(staging, path)
     log.info("published %s", path)
     return path
+
+
+def swap_into_place(src: Path, out: Path) -> None:
+    """Move the finished folder ``src`` to ``out``, replacing what was there.
+
+    The old ``out`` is moved aside first and deleted only once the new one is in place, so
+    a crash leaves either the old or the new product at ``out``, never a half one.
+    """
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(out, old)
+    os.replace(src, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+
+
+@contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """Yield an empty folder beside ``out``; on success it replaces ``out`` atomically.
+
+    On error the staged folder is removed and ``out`` is left as it was.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    swap_into_place(tmp, out)
 
 
 def open_product(path: Path | str, product: str) -> xr.Dataset:

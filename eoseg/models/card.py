@@ -13,8 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +27,7 @@ from torch import nn
 from eoseg.classes import ClassSchema
 from eoseg.errors import BandMismatchError, InputNotFoundError, InvalidStoreError
 from eoseg.models.unet import DEFAULT_RATES, UNet
+from eoseg.store import staged_folder
 
 logger = logging.getLogger(__name__)
 
@@ -159,22 +158,9 @@ def save_model(model: nn.Module, card: ModelCard, out_dir: str | os.PathLike[str
     version = _content_version(state, card)
     created = datetime.now(UTC).isoformat(timespec="seconds")
     saved = dataclasses.replace(card, version=version, created=created)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with staged_folder(out) as tmp:
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"version": version})
         (tmp / CARD_FILE).write_text(json.dumps(saved.to_dict(), indent=2) + "\n")
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("saved model %s version %s to %s", saved.name, version, out)
     return saved
 

@@ -12,12 +12,13 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from eoseg.store import staged_folder
 
 logger = logging.getLogger(__name__)
 
@@ -73,22 +74,9 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None
     out = Path(path)
     tensors: dict[str, torch.Tensor] = {}
     encoded = _encode(state, tensors)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with staged_folder(out) as tmp:
         save_file(tensors, str(tmp / TENSORS_FILE))
         (tmp / STATE_FILE).write_text(json.dumps(encoded))
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any] | None:
