@@ -31,9 +31,17 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/eoseg-bench-noisy"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--small", action="store_true", help="a 5 km x 5 km landscape")
+    parser.add_argument(
+        "--clean-fraction",
+        type=float,
+        default=DemoSpec.clean_fraction,
+        help="share of the area with clean labels",
+    )
+    parser.add_argument("--finetune-epochs", type=int, default=DEMO_TRAINING.finetune_epochs)
+    parser.add_argument("--noisy-loss", choices=["ce", "gce", "bootstrap"], default="ce")
     args = parser.parse_args()
     root = args.workdir
-    spec = DemoSpec(seed=args.seed)
+    spec = DemoSpec(seed=args.seed, clean_fraction=args.clean_fraction)
     if args.small:
         spec = replace(spec, width_m=5120.0, height_m=5120.0)
     data = make_demo_data(root / "data", spec)
@@ -48,12 +56,21 @@ def main() -> None:
         stores[kind] = root / f"labels-{kind}.zarr"
         rasterize_labels(source, cube_path, stores[kind], overwrite=True)
     cube = open_cube(cube_path)
-    base = replace(DEMO_TRAINING, seed=args.seed)
+    base = replace(
+        DEMO_TRAINING,
+        seed=args.seed,
+        finetune_epochs=args.finetune_epochs,
+        noisy_loss=args.noisy_loss,
+    )
     total = base.epochs + base.finetune_epochs
     runs = {
         # Same number of epochs for all three, so the comparison is about labels, not budget.
         "noisy-only": (stores["noisy"], None, replace(base, epochs=total, finetune_epochs=0)),
-        "clean-only": (stores["clean"], None, replace(base, epochs=total, finetune_epochs=0)),
+        "clean-only": (
+            stores["clean"],
+            None,
+            replace(base, epochs=total, finetune_epochs=0, noisy_loss="ce"),
+        ),
         "pretrain+finetune": (stores["noisy"], stores["clean"], base),
     }
     rows = []

@@ -244,11 +244,33 @@ def _toml_str(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+_PALETTE = (
+    "#1f78b4",
+    "#1b7837",
+    "#a6dba0",
+    "#fee08b",
+    "#d73027",
+    "#404040",
+    "#762a83",
+    "#e08214",
+    "#8c510a",
+    "#01665e",
+)
+
+
+def generic_schema(num_classes: int) -> ClassSchema:
+    """Classes ``class_0 .. class_{n-1}`` with distinct colours, for labels without a schema."""
+    return ClassSchema(
+        tuple(LandClass(i, f"class_{i}", _PALETTE[i % len(_PALETTE)]) for i in range(num_classes))
+    )
+
+
 def load_schema(path: Path | str) -> ClassSchema:
-    """Read a class schema from a TOML file (see the module docstring for the format).
+    """Read a class schema from a TOML file (see the module docstring for the format), or
+    from JSON as written by `ClassSchema.to_dict` (a list of ``{"id", "name", "color"}``).
 
     Args:
-        path: The TOML file.
+        path: The TOML or JSON file.
 
     Returns:
         The schema, classes in file order.
@@ -261,6 +283,8 @@ def load_schema(path: Path | str) -> ClassSchema:
     path = Path(path)
     if not path.is_file():
         raise InputNotFoundError(f"class schema {path} does not exist: check the path")
+    if path.suffix.lower() == ".json":
+        return _load_json_schema(path)
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -271,6 +295,16 @@ def load_schema(path: Path | str) -> ClassSchema:
         return _parse_schema(doc)
     except InvalidParameterError as exc:
         raise InvalidParameterError(f"class schema {path}: {exc}") from exc
+
+
+def _load_json_schema(path: Path) -> ClassSchema:
+    try:
+        return ClassSchema.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidParameterError(
+            f"could not read the class schema {path} ({exc}): expected a JSON list of "
+            '{"id": 0, "name": "water", "color": "#1f78b4"} entries with ids 0..n-1'
+        ) from exc
 
 
 def _parse_schema(doc: Mapping[str, Any]) -> ClassSchema:

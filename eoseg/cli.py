@@ -219,21 +219,50 @@ def train(
     chip_size: Annotated[int | None, typer.Option(help="Chip size in pixels.")] = None,
     classes: Annotated[
         Path | None,
-        typer.Option(help="Class schema JSON [{id,name,color}]. Default: from label ids."),
+        typer.Option(
+            help="Class schema: TOML (with OSM tag rules) or JSON [{id,name,color}]. "
+            "Default: generic names for the label ids."
+        ),
     ] = None,
+    train_chips: Annotated[int | None, typer.Option(help="Chips sampled per stage.")] = None,
+    noisy_loss: Annotated[
+        str | None,
+        typer.Option(help="Pretraining loss for noisy labels: ce, gce or bootstrap."),
+    ] = None,
+    context: Annotated[
+        str | None, typer.Option(help="Bottleneck context module: none or aspp (dilated).")
+    ] = None,
+    balanced: Annotated[
+        bool, typer.Option("--balanced", help="Weight classes by inverse frequency.")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     json_out: JsonOpt = False,
 ) -> None:
-    """Train a U-Net: pretrain on (noisy) labels, then fine-tune on clean ones if given."""
-    from eoseg.train import train_from_stores
+    """Train a U-Net: pretrain on (noisy) labels, then fine-tune on clean ones if given.
+
+    Fine-tuning starts with the encoder frozen at a lower learning rate, then unfreezes it.
+    Training resumes from its last epoch checkpoint if interrupted.
+    """
+    from dataclasses import replace
+
+    from eoseg.train import TrainConfig, train_from_stores
 
     def body() -> None:
+        given: dict[str, Any] = {
+            "train_chips": train_chips,
+            "noisy_loss": noisy_loss,
+            "context": context,
+            "class_weights": "balanced" if balanced else None,
+        }
+        options = {k: v for k, v in given.items() if v is not None}
+        config = replace(TrainConfig(), **options)  # validated by TrainConfig
         with console.train_progress() as bar:
             card = train_from_stores(
                 cube,
                 labels,
                 out,
                 finetune_labels=finetune_labels,
+                config=config,
                 epochs=epochs,
                 finetune_epochs=finetune_epochs,
                 chip_size=chip_size,

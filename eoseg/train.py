@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from eoseg.classes import IGNORE_ID, ClassSchema, LandClass
+from eoseg.classes import IGNORE_ID, ClassSchema, generic_schema, load_schema
 from eoseg.errors import InvalidParameterError
 from eoseg.models import ModelCard, UNet, count_flops_per_pixel, count_parameters, save_model
 from eoseg.models.checkpoint import (
@@ -439,7 +439,7 @@ def train_from_stores(
             f"labels {labels_path} are {labels.shape} px but the cube is "
             f"{(cube.sizes['y'], cube.sizes['x'])}: rasterize them onto this cube"
         )
-    schema = _read_schema(classes) if classes else _schema_from_labels(labels, clean)
+    schema = load_schema(classes) if classes else _schema_from_labels(labels, clean)
     overrides = {
         k: v
         for k, v in (
@@ -462,16 +462,6 @@ def train_from_stores(
     )
 
 
-def _read_schema(path: Path) -> ClassSchema:
-    try:
-        return ClassSchema.from_dict(json.loads(Path(path).read_text()))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InvalidParameterError(
-            f"could not read the class schema {path} ({exc}): expected a JSON list of "
-            '{"id": 0, "name": "water", "color": "#1f78b4"} entries with ids 0..n-1'
-        ) from exc
-
-
 def _schema_from_labels(*stores: xr.DataArray | None) -> ClassSchema:
     import dask.array as da
 
@@ -480,18 +470,4 @@ def _schema_from_labels(*stores: xr.DataArray | None) -> ClassSchema:
         for s in stores
         if s is not None
     )
-    palette = (
-        "#1f78b4",
-        "#1b7837",
-        "#a6dba0",
-        "#fee08b",
-        "#d73027",
-        "#404040",
-        "#762a83",
-        "#e08214",
-        "#8c510a",
-        "#01665e",
-    )
-    return ClassSchema(
-        tuple(LandClass(i, f"class_{i}", palette[i % len(palette)]) for i in range(top + 1))
-    )
+    return generic_schema(top + 1)

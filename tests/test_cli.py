@@ -202,6 +202,13 @@ def test_train_json(cube_path: Path, labels_path: Path, tmp_path: Path) -> None:
         "0",
         "--chip-size",
         "32",
+        "--train-chips",
+        "16",
+        "--noisy-loss",
+        "gce",
+        "--context",
+        "aspp",
+        "--balanced",
         "--classes",
         str(classes),
         "--json",
@@ -211,6 +218,10 @@ def test_train_json(cube_path: Path, labels_path: Path, tmp_path: Path) -> None:
     doc = json.loads(result.stdout)
     assert doc["bands"] == ["B02", "B03", "B04", "B08"] and len(doc["version"]) == 12
     assert (out / "weights.safetensors").exists() and (out / "model.json").exists()
+    card = json.loads((out / "model.json").read_text())
+    assert card["architecture"]["name"] == "unet-aspp"
+    bad = runner.invoke(app, [*args[:-1], "--noisy-loss", "mse"])
+    assert bad.exit_code == 2 and "noisy_loss" in bad.stderr
 
 
 def test_train_bad_classes_file_exits_2(cube_path: Path, labels_path: Path, tmp_path: Path) -> None:
