@@ -12,7 +12,6 @@ median of all valid values (robust to residual clouds and shadows).
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,11 +84,10 @@ def composite_median(
         )
     cube = np.stack(stack)
     valid = ~np.isnan(cube).any(axis=1).all(axis=0)
-    with warnings.catch_warnings():
-        # All-NaN pixels warn and give NaN, which is what invalid pixels should hold.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        median = np.nanmedian(cube, axis=0).astype("float32")
-    median[:, ~valid] = np.nan
+    median = np.full((n_bands, ny, nx), np.nan, dtype="float32")
+    # Only pixels with a valid scene: no all-NaN slice, so no warning to silence (and
+    # warnings.catch_warnings is not thread-safe on threaded workers).
+    median[:, valid] = np.nanmedian(cube[:, :, valid], axis=0)
     return median, valid, used
 
 
