@@ -100,6 +100,9 @@ class TrainConfig:
         bootstrap_mode: ``"soft"`` or ``"hard"`` bootstrapping.
         device: Torch device; default CUDA when available, else the CPU. CUDA trains in
             bf16 autocast with channels-last tensors.
+        rehearse_missing: During fine-tuning, keep training on pretraining chips for the
+            classes the clean labels lack (their pixels only), so that fine-tuning on a
+            small clean set does not make the model forget them.
     """
 
     epochs: int = 10
@@ -130,6 +133,7 @@ class TrainConfig:
     bootstrap_beta: float = 0.95
     bootstrap_mode: BootstrapMode = "soft"
     device: str | None = None
+    rehearse_missing: bool = True
 
     def __post_init__(self) -> None:
         factor = 2**self.depth
@@ -296,6 +300,8 @@ def _train(
             )
         _check_ids(train, schema, f"{stage} labels")
         _check_ids(val, schema, f"{stage} labels")
+        if stage == "finetune" and config.rehearse_missing:
+            train = rehearse_missing(train, sets["pretrain"][0], len(schema))
         sets[stage] = (train, val)
         logger.info("%s: %d training and %d validation chips", stage, len(train), len(val))
     if progress is not None:
@@ -368,6 +374,32 @@ def _train(
     out = save_model(model, card, out_dir)
     remove_checkpoint(ckpt)
     return out
+
+
+def rehearse_missing(clean: ChipSet, noisy: ChipSet, n_classes: int) -> ChipSet:
+    """Add to the clean chips the noisy chips showing classes the clean chips lack.
+
+    In the added chips only the missing classes keep their labels (the rest is 255), so
+    the noisy labels teach nothing about classes the clean set covers.
+    """
+    present = np.unique(clean.y[clean.y != IGNORE_ID])
+    missing = np.setdiff1d(np.arange(n_classes), present)
+    if missing.size == 0 or len(noisy) == 0:
+        return clean
+    keep = np.isin(noisy.y, missing)
+    chosen = keep.reshape(len(noisy), -1).any(axis=1)
+    if not chosen.any():
+        return clean
+    labels = np.where(keep[chosen], noisy.y[chosen], IGNORE_ID).astype(np.uint8)
+    logger.info(
+        "fine-tuning rehearses classes %s from %d noisy chips", missing.tolist(), int(chosen.sum())
+    )
+    return ChipSet(
+        x=np.concatenate([clean.x, noisy.x[chosen]]),
+        y=np.concatenate([clean.y, labels]),
+        origins=np.concatenate([clean.origins, noisy.origins[chosen]]),
+        bands=clean.bands,
+    )
 
 
 def _stage_spec(config: TrainConfig, stage: str, chips: ChipSet, n_classes: int) -> StageSpec:

@@ -203,3 +203,26 @@ def test_config_validates_loss_options() -> None:
         TrainConfig(gce_q=0.0)
     with pytest.raises(InvalidParameterError, match="class_weights"):
         TrainConfig(class_weights=(1.0, -1.0))
+
+
+def test_rehearse_missing_keeps_only_the_missing_classes() -> None:
+    from eoseg.sampling import ChipSet
+    from eoseg.train import rehearse_missing
+
+    def chips(labels: list[list[int]]) -> ChipSet:
+        y = np.array([[row] * 4 for row in labels], dtype=np.uint8)  # (N, 4, len(row))
+        n = len(labels)
+        return ChipSet(
+            x=np.zeros((n, 1, *y.shape[1:]), np.float32),
+            y=y,
+            origins=np.zeros((n, 2), np.int64),
+            bands=("B1",),
+        )
+
+    clean = chips([[0, 0, 1, 1]])
+    noisy = chips([[0, 1, 1, 1], [2, 2, 0, 1], [255, 2, 1, 0]])
+    out = rehearse_missing(clean, noisy, 3)
+    assert len(out) == 3  # the clean chip plus the two noisy chips showing class 2
+    np.testing.assert_array_equal(out.y[1][0], [2, 2, 255, 255])
+    np.testing.assert_array_equal(out.y[2][0], [255, 2, 255, 255])
+    assert rehearse_missing(noisy, clean, 3) is noisy  # nothing missing: unchanged
