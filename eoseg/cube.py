@@ -32,7 +32,15 @@ from eoseg.catalog import Scene, scan_sources
 from eoseg.cluster import ProgressFn, run_tiles
 from eoseg.composite import COMPOSITES, Composite, TileJob, ingest_tile
 from eoseg.errors import BandMismatchError, InvalidParameterError
-from eoseg.grid import Tile, crs_of, describe_grid, iter_tiles, make_grid, parse_crs
+from eoseg.grid import (
+    DEFAULT_TILE_SIZE,
+    Tile,
+    crs_of,
+    describe_grid,
+    iter_tiles,
+    make_grid,
+    parse_crs,
+)
 from eoseg.store import (
     check_output,
     create_store,
@@ -221,7 +229,7 @@ def ingest(
     crs: str | None = None,
     resolution: float | None = None,
     bbox: tuple[float, float, float, float] | None = None,
-    tile_size: int = 2048,
+    tile_size: int = DEFAULT_TILE_SIZE,
     chunk_size: int | None = None,
     composite: Composite = "first",
     by_date: bool = False,
@@ -317,7 +325,7 @@ def ingest(
     for scene_id, reason in skipped:
         log.warning("scene %s contributed nothing: %s", scene_id, reason)
     publish(out, overwrite=overwrite)
-    pixels = sum(r["pixels"] for r in records) * len(steps)
+    pixels = sum(r["pixels"] for r in records)
     return IngestResult(
         path=out,
         grid=describe_grid(grid),
@@ -327,9 +335,7 @@ def ingest(
         skipped=tuple(skipped),
         tiles=len(tiles),
         tiles_written=len(todo),
-        valid_fraction=sum(r["valid_fraction"] * r["pixels"] for r in records)
-        * len(steps)
-        / pixels,
+        valid_fraction=sum(r["valid_fraction"] * r["pixels"] for r in records) / pixels,
         bytes=sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
         seconds=time.perf_counter() - start,
     )

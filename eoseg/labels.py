@@ -19,7 +19,9 @@ from typing import Any
 import dask.array as da
 import geopandas as gpd
 import numpy as np
+import pyarrow.parquet as pq
 import pyogrio
+import pyproj
 import rasterio
 import xarray as xr
 from distributed import Client
@@ -130,12 +132,9 @@ def _vector_info(path: Path) -> tuple[str | None, list[str], tuple[float, float,
     """CRS (WKT), fields and bounds of a vector file."""
     try:
         if path.suffix.lower() in {".parquet", ".geoparquet"}:
-            # GeoParquet through geopandas/pyarrow: GDAL's Parquet driver is optional and
-            # missing from some builds (the wheels here lack it).
-            frame = gpd.read_parquet(path)
-            crs = frame.crs.to_wkt() if frame.crs is not None else None
-            fields = [c for c in frame.columns if c != frame.geometry.name]
-            return crs, fields, tuple(float(v) for v in frame.total_bounds)  # type: ignore[return-value]
+            # GeoParquet through pyarrow: GDAL's Parquet driver is optional and missing from
+            # some builds (the wheels here lack it).
+            return _parquet_info(path)
         info = pyogrio.read_info(path, force_total_bounds=True)
     except Exception as exc:
         raise UnreadableVectorError(
@@ -145,6 +144,23 @@ def _vector_info(path: Path) -> tuple[str | None, list[str], tuple[float, float,
     crs = str(info["crs"]) if info.get("crs") is not None else None
     bounds = tuple(float(v) for v in info["total_bounds"])
     return crs, list(info.get("fields", [])), bounds  # type: ignore[return-value]
+
+
+def _parquet_info(path: Path) -> tuple[str | None, list[str], tuple[float, float, float, float]]:
+    """CRS, fields and bounds of a GeoParquet file from its metadata, reading no rows when
+    the file declares its bbox (else only the geometry column)."""
+    schema = pq.read_schema(path)
+    geo = json.loads((schema.metadata or {}).get(b"geo", b"{}"))
+    column = geo.get("primary_column", "geometry")
+    meta = geo.get("columns", {}).get(column, {})
+    # GeoParquet: a missing "crs" means OGC:CRS84; an explicit null means unknown.
+    crs_value = meta.get("crs", "OGC:CRS84")
+    crs = None if crs_value is None else pyproj.CRS.from_user_input(crs_value).to_wkt()
+    fields = [n for n in schema.names if n != column and n != "bbox"]
+    bbox = meta.get("bbox")
+    if bbox is None or len(bbox) != 4:
+        bbox = gpd.read_parquet(path, columns=[column]).total_bounds
+    return crs, fields, tuple(float(v) for v in bbox)  # type: ignore[return-value]
 
 
 def _check_raster(

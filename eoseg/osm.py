@@ -25,7 +25,6 @@ buffered lines in schema order, so roads (usually the last class) are drawn on t
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,9 +39,10 @@ from eoseg.classes import ClassSchema
 from eoseg.errors import (
     InputNotFoundError,
     InvalidParameterError,
-    OutputExistsError,
     UnreadableVectorError,
 )
+from eoseg.store import check_output
+from eoseg.vectorize import write_polygons
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def write_osm_labels(
     Args:
         source: As for `osm_features`.
         schema: As for `osm_features`.
-        out_path: ``.parquet``/``.geoparquet`` (GeoParquet) or ``.gpkg`` (GeoPackage).
+        out_path: ``.parquet``/``.geoparquet`` (GeoParquet), ``.gpkg`` or ``.geojson``.
         bbox: As for `osm_features`.
         overwrite: Replace an existing file.
 
@@ -120,16 +120,10 @@ def write_osm_labels(
     Raises:
         OutputExistsError: ``out_path`` exists and ``overwrite`` is false.
         UnreadableVectorError: No feature of the source matches the schema.
+        InvalidParameterError: ``out_path`` has an unsupported suffix.
     """
     out = Path(out_path)
-    suffix = out.suffix.lower()
-    if suffix not in {".parquet", ".geoparquet", ".gpkg"}:
-        raise InvalidParameterError(
-            f"cannot write OSM labels as {out.name!r}: expected a .parquet, .geoparquet "
-            "or .gpkg path"
-        )
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} already exists: pass overwrite=True or pick a new path")
+    check_output(out, overwrite)
     frame = osm_features(source, schema, bbox=bbox)
     if frame.empty:
         raise UnreadableVectorError(
@@ -137,14 +131,7 @@ def write_osm_labels(
             f"{list(schema.osm_keys)}{'' if bbox is None else f', bbox {bbox}'}): check the "
             "rules' tags and the extract's area"
         )
-    # Write aside then rename, so a crash never leaves a half file that looks finished.
-    tmp = out.with_name(f".{out.stem}.partial{out.suffix}")
-    if suffix == ".gpkg":
-        tmp.unlink(missing_ok=True)
-        frame.to_file(tmp, driver="GPKG", layer="labels", engine="pyogrio")
-    else:
-        frame.to_parquet(tmp, write_covering_bbox=True)  # readers can filter by bbox
-    os.replace(tmp, out)
+    write_polygons(frame, out, layer="labels")
     log.info("wrote %d OSM label polygons to %s", len(frame), out)
     return out
 

@@ -37,7 +37,7 @@ from eoseg.grid import raster_tiles
 
 log = logging.getLogger(__name__)
 
-_DRIVERS = {".parquet": None, ".gpkg": "GPKG", ".geojson": "GeoJSON"}
+_DRIVERS = {".parquet": None, ".geoparquet": None, ".gpkg": "GPKG", ".geojson": "GeoJSON"}
 """Polygon formats by suffix (``None``: GeoParquet, written by pyarrow)."""
 
 
@@ -113,16 +113,19 @@ def vectorize(
     return gdf.iloc[order].reset_index(drop=True)
 
 
-def write_polygons(gdf: gpd.GeoDataFrame, path: str | os.PathLike[str]) -> Path:
+def write_polygons(
+    gdf: gpd.GeoDataFrame, path: str | os.PathLike[str], *, layer: str = "polygons"
+) -> Path:
     """Write polygons atomically, in the format named by the suffix.
 
-    ``.parquet`` is GeoParquet, ``.gpkg`` GeoPackage (layer ``polygons``), ``.geojson``
-    GeoJSON. The file is written aside and renamed into place, so a crash never leaves a
-    half-written product under ``path``.
+    ``.parquet``/``.geoparquet`` is GeoParquet (with a bbox covering column), ``.gpkg``
+    GeoPackage (layer ``layer``), ``.geojson`` GeoJSON. The file is written aside and
+    renamed into place, so a crash never leaves a half-written product under ``path``.
 
     Args:
         gdf: The polygons (e.g. from `vectorize`).
         path: Output file; replaced if it exists.
+        layer: Layer name in a GeoPackage.
 
     Returns:
         The path written.
@@ -143,8 +146,7 @@ def write_polygons(gdf: gpd.GeoDataFrame, path: str | os.PathLike[str]) -> Path:
         if driver is None:
             gdf.to_parquet(tmp, write_covering_bbox=True)  # readers can filter by bbox
         else:
-            layer = "polygons" if driver == "GPKG" else None
-            gdf.to_file(tmp, driver=driver, layer=layer)
+            gdf.to_file(tmp, driver=driver, layer=layer if driver == "GPKG" else None)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
