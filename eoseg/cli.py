@@ -214,9 +214,6 @@ def train(
     finetune_labels: Annotated[
         Path | None, typer.Option(help="Clean labels store to fine-tune on.")
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Pretraining epochs.")] = None,
-    finetune_epochs: Annotated[int | None, typer.Option(help="Fine-tuning epochs.")] = None,
-    chip_size: Annotated[int | None, typer.Option(help="Chip size in pixels.")] = None,
     classes: Annotated[
         Path | None,
         typer.Option(
@@ -224,10 +221,26 @@ def train(
             "Default: generic names for the label ids."
         ),
     ] = None,
-    train_chips: Annotated[int | None, typer.Option(help="Chips sampled per stage.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="TOML file of training options (any TrainConfig field, e.g. `epochs = 20`, "
+            "`lr = 0.003`); the options below override it.",
+        ),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Pretraining epochs [10].")] = None,
+    finetune_epochs: Annotated[int | None, typer.Option(help="Fine-tuning epochs [5].")] = None,
+    chip_size: Annotated[int | None, typer.Option(help="Chip side in pixels [256].")] = None,
+    base_width: Annotated[
+        int | None, typer.Option(help="U-Net channels at full resolution [32].")
+    ] = None,
+    depth: Annotated[int | None, typer.Option(help="U-Net downsampling steps [4].")] = None,
+    train_chips: Annotated[int | None, typer.Option(help="Chips sampled per stage [128].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Chips per step [8].")] = None,
     noisy_loss: Annotated[
         str | None,
-        typer.Option(help="Pretraining loss for noisy labels: ce, gce or bootstrap."),
+        typer.Option(help="Pretraining loss for noisy labels: ce, gce or bootstrap [ce]."),
     ] = None,
     context: Annotated[
         str | None, typer.Option(help="Bottleneck context module: none or aspp (dilated).")
@@ -235,39 +248,54 @@ def train(
     balanced: Annotated[
         bool, typer.Option("--balanced", help="Weight classes by inverse frequency.")
     ] = False,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    elastic: Annotated[
+        float | None, typer.Option(help="Elastic deformation in pixels (0 = off) [0].")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="Torch device: cpu, cuda, cuda:N [cuda if present].")
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="auto (bf16 + channels-last on CUDA, fp32 on CPU), bf16 or fp32."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed [0].")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a U-Net: pretrain on (noisy) labels, then fine-tune on clean ones if given.
 
     Fine-tuning starts with the encoder frozen at a lower learning rate, then unfreezes it.
-    Training resumes from its last epoch checkpoint if interrupted.
+    Training resumes from its last epoch checkpoint if interrupted. Defaults (in brackets)
+    suit a GPU; on a CPU try --chip-size 64 --base-width 16 --depth 3.
     """
-    from dataclasses import replace
-
-    from eoseg.train import TrainConfig, train_from_stores
+    from eoseg.train import train_from_stores
+    from eoseg.train.config import configure, load_train_config
 
     def body() -> None:
-        given: dict[str, Any] = {
-            "train_chips": train_chips,
-            "noisy_loss": noisy_loss,
-            "context": context,
-            "class_weights": "balanced" if balanced else None,
-        }
-        options = {k: v for k, v in given.items() if v is not None}
-        config = replace(TrainConfig(), **options)  # validated by TrainConfig
+        options = configure(
+            load_train_config(config) if config else None,
+            epochs=epochs,
+            finetune_epochs=finetune_epochs,
+            chip_size=chip_size,
+            base_width=base_width,
+            depth=depth,
+            train_chips=train_chips,
+            batch_size=batch_size,
+            noisy_loss=noisy_loss,
+            context=context,
+            class_weights="balanced" if balanced else None,
+            elastic=elastic,
+            device=device,
+            precision=precision,
+            seed=seed,
+        )
         with console.train_progress() as bar:
             card = train_from_stores(
                 cube,
                 labels,
                 out,
                 finetune_labels=finetune_labels,
-                config=config,
-                epochs=epochs,
-                finetune_epochs=finetune_epochs,
-                chip_size=chip_size,
+                config=options,
                 classes=classes,
-                seed=seed,
                 progress=bar,
             )
         doc = {

@@ -34,6 +34,7 @@ from eoseg.classes import IGNORE_ID
 from eoseg.cluster import ProgressFn, run_tiles
 from eoseg.cube import open_cube
 from eoseg.grid import Tile, iter_tiles
+from eoseg.models.accel import Accelerator, resolve_accelerator
 from eoseg.models.card import ModelCard, check_bands, load_model, normalize, read_card
 from eoseg.store import check_output, create_store, done_tiles, open_product, publish, write_tile
 
@@ -84,11 +85,9 @@ def get_model(model_dir: str) -> tuple[torch.nn.Module, ModelCard]:
     with _MODELS_LOCK:
         if model_dir not in _MODELS:
             # On a dask-cuda worker CUDA_VISIBLE_DEVICES names its one GPU, so "cuda" is it.
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            model, card = load_model(Path(model_dir), device=device)
-            if device == "cuda":
-                model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-            _MODELS[model_dir] = (model, card)
+            accel = resolve_accelerator()
+            model, card = load_model(Path(model_dir), device=str(accel.device))
+            _MODELS[model_dir] = (accel.prepare(model), card)
         return _MODELS[model_dir]
 
 
@@ -99,7 +98,12 @@ def blend_window(chip: int) -> np.ndarray:
 
 
 def predict_window(
-    model: torch.nn.Module, card: ModelCard, window: np.ndarray, *, batch_size: int = 8
+    model: torch.nn.Module,
+    card: ModelCard,
+    window: np.ndarray,
+    *,
+    batch_size: int = 8,
+    accel: Accelerator | None = None,
 ) -> np.ndarray:
     """Class probabilities of a padded window by blended chips.
 
@@ -109,6 +113,8 @@ def predict_window(
         window: float32 ``(band, H, W)`` physical values (NaN = nodata), with ``H`` and
             ``W`` equal to ``chip/2 * k + chip/2`` so the chip lattice fits exactly.
         batch_size: Chips per forward pass (bounds memory on GPUs).
+        accel: Device, precision and layout; default: the model's device with its
+            automatic precision (bf16 and channels-last on CUDA, fp32 on the CPU).
 
     Returns:
         float32 ``(class, H - chip, W - chip)`` probabilities of the window's interior
@@ -126,18 +132,13 @@ def predict_window(
     ]
     acc = np.zeros((len(card.classes), height, width), dtype="float32")
     weight = torch.as_tensor(blend_window(chip))
-    device = next(model.parameters()).device
-    on_gpu = device.type == "cuda"
-    with (
-        torch.inference_mode(),
-        torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu),
-    ):
+    if accel is None:
+        accel = resolve_accelerator(str(next(model.parameters()).device))
+    with torch.inference_mode(), accel.autocast():
         for i in range(0, len(starts), batch_size):
             batch = starts[i : i + batch_size]
             chips = torch.stack([x_t[:, r : r + chip, c : c + chip] for r, c in batch])
-            if on_gpu:
-                chips = chips.to(device, non_blocking=True, memory_format=torch.channels_last)
-            probs = torch.softmax(model(chips).float(), dim=1).cpu() * weight
+            probs = torch.softmax(model(accel.to_input(chips)).float(), dim=1).cpu() * weight
             for (r, c), p in zip(batch, probs.numpy(), strict=True):
                 acc[:, r : r + chip, c : c + chip] += p
     half = chip // 2

@@ -1,4 +1,10 @@
-"""Training flow: rasterize labels, pretrain on noisy labels, fine-tune on clean ones."""
+"""Training flow: rasterize noisy (and clean) labels, train, register, optionally promote.
+
+Deployments pass training options as a JSON-able mapping (``options``, any `TrainConfig`
+field) or a TOML file (``config_file``); a model registry (a folder or an object-store
+URL) receives the trained model, and ``promote`` makes it the production version that
+mapping runs pick up.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
 
 from eoseg.cluster import connect
 from eoseg.labels import rasterize_labels
+from eoseg.registry import register, set_production
 from eoseg.train import TrainConfig, train_from_stores
+from eoseg.train.config import configure, load_train_config
 
 
 @task(name="rasterize")
@@ -59,6 +68,15 @@ def train_task(
     return card.to_dict()
 
 
+@task(name="register")
+def register_task(model: str, registry: str, *, promote: bool = False) -> dict[str, Any]:
+    """Copy the model folder into the registry; make it production if ``promote``."""
+    card = register(model, registry)
+    if promote:
+        set_production(registry, card.name, card.version)
+    return {"name": card.name, "version": card.version, "production": promote}
+
+
 @flow(name="eoseg-train")
 def train_flow(
     cube: str,
@@ -67,8 +85,31 @@ def train_flow(
     finetune_vector: str | None = None,
     scheduler: str | None = None,
     class_field: str = "class_id",
+    classes: str | None = None,
+    options: dict[str, Any] | None = None,
+    config_file: str | None = None,
+    registry: str | None = None,
+    promote: bool = False,
 ) -> dict[str, Any]:
-    """Rasterize noisy (and clean) labels and train a model on the cube."""
+    """Rasterize noisy (and clean) labels and train a model on the cube.
+
+    Args:
+        cube: Cube store to train on.
+        labels_vector: Noisy labels (vector with ``class_field`` or class-id GeoTIFF).
+        out: Model folder to write; label stores go beside it.
+        finetune_vector: Optional clean labels to fine-tune on.
+        scheduler: Dask scheduler address for rasterizing; default a local cluster.
+        class_field: Vector field holding class ids.
+        classes: Class schema file (TOML or JSON); default generic names.
+        options: Training options (`TrainConfig` fields), over ``config_file``.
+        config_file: TOML file of training options.
+        registry: Model registry (folder or fsspec URL) to register the model in.
+        promote: Make the new model the registry's production version of its name.
+
+    Returns:
+        ``{"labels": ..., "model": card dict, "registered": ...}``.
+    """
+    config = configure(load_train_config(config_file) if config_file else None, **(options or {}))
     workdir = Path(out).parent
     noisy = rasterize_task(
         labels_vector,
@@ -88,6 +129,29 @@ def train_flow(
             class_field=class_field,
             overwrite=True,
         )
-    return train_task(
-        cube, noisy["labels"], out, finetune_labels=clean["labels"] if clean else None
+    card = train_task(
+        cube,
+        noisy["labels"],
+        out,
+        finetune_labels=clean["labels"] if clean else None,
+        classes=classes,
+        config=config,
     )
+    registered = register_task(out, registry, promote=promote) if registry else None
+    metrics = card.get("metrics", {})
+    create_markdown_artifact(
+        key="train-report",
+        markdown=(
+            f"# Model {card['name']} {card['version']}\n\n"
+            f"- validation mIoU: {metrics.get('val_miou')}\n"
+            f"- chips (train, val) per stage: {metrics.get('chips')}\n"
+            f"- parameters: {card['parameters']}, GFLOP/Mpx: "
+            f"{card['flops_per_pixel'] / 1e3:.1f}\n"
+            f"- registered: {registered or 'no'}\n"
+        ),
+    )
+    return {
+        "labels": {"noisy": noisy, "clean": clean},
+        "model": card,
+        "registered": registered,
+    }

@@ -74,3 +74,45 @@ def test_demo_quick_writes_only_inside_workdir(tmp_path: Path) -> None:
     assert areas["grid_km2"] == pytest.approx(areas["grid_geodesic_km2"], rel=1e-3)
     assert list(home.iterdir()) == [] and list(cwd.iterdir()) == []
     assert (work / "prefect").is_dir()
+
+
+def test_train_flow_run_registers_and_promotes(
+    prefect_server,
+    cube_path: Path,
+    demo_data,  # type: ignore[no-untyped-def]
+    client,
+    tmp_path: Path,
+) -> None:
+    """The training flow takes TrainConfig options (a TOML file and a mapping over it),
+    writes the model and registers it as the production version."""
+    from eoseg.classes import DEMO_CLASSES
+    from eoseg.models import load_model
+    from eoseg.registry import list_models, production_model
+    from flows.train import train_flow
+
+    classes = tmp_path / "classes.toml"
+    classes.write_text(DEMO_CLASSES.to_toml())
+    options = tmp_path / "train.toml"
+    options.write_text("[train]\nepochs = 3\nchip_size = 32\nbase_width = 8\ndepth = 2\n")
+    registry = tmp_path / "registry"
+    result = train_flow(
+        str(cube_path),
+        str(demo_data.noisy_labels),
+        str(tmp_path / "model"),
+        finetune_vector=str(demo_data.clean_labels),
+        scheduler=client.scheduler.address,
+        classes=str(classes),
+        config_file=str(options),
+        options={"epochs": 1, "finetune_epochs": 1, "train_chips": 16, "val_chips": 4},
+        registry=str(registry),
+        promote=True,
+    )
+    card = result["model"]
+    assert card["chip_size"] == 32 and card["architecture"]["base_width"] == 8
+    assert len(card["metrics"]["pretrain"]["train_loss"]) == 1  # the mapping overrides the file
+    assert len(card["metrics"]["finetune"]["train_loss"]) == 1
+    assert [c["name"] for c in card["classes"]] == list(DEMO_CLASSES.names)
+    assert result["labels"]["clean"]["labelled_fraction"] > 0
+    assert [(m.name, m.version) for m in list_models(registry)] == [(card["name"], card["version"])]
+    _, loaded = load_model(production_model(registry, card["name"]))
+    assert loaded.version == card["version"] and result["registered"]["production"]

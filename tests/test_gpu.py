@@ -18,6 +18,7 @@ def test_cuda_bf16_prediction_matches_cpu(cube_path: Path, model_dir: Path) -> N
         pytest.skip("no CUDA device")
     from eoseg.cube import open_cube
     from eoseg.grid import iter_tiles
+    from eoseg.models.accel import resolve_accelerator
     from eoseg.models.card import load_model
     from eoseg.predict import predict_window, read_window
 
@@ -26,9 +27,28 @@ def test_cuda_bf16_prediction_matches_cpu(cube_path: Path, model_dir: Path) -> N
     tile = next(iter_tiles(cube.odc.geobox, 96))
     cpu_model, card = load_model(model_dir)
     gpu_model, _ = load_model(model_dir, device="cuda")
-    gpu_model = gpu_model.to(memory_format=torch.channels_last)
+    accel = resolve_accelerator("cuda")
+    gpu_model = accel.prepare(gpu_model)
     window = read_window(data, cube.odc.geobox, tile, card.chip_size)
     cpu = predict_window(cpu_model, card, window).argmax(axis=0)
-    gpu = predict_window(gpu_model, card, window).argmax(axis=0)
+    gpu = predict_window(gpu_model, card, window, accel=accel).argmax(axis=0)
     assert (cpu == gpu).mean() > 0.98
     assert np.isfinite(gpu).all()
+
+
+def test_cuda_bf16_training_learns(tmp_path: Path) -> None:
+    """Training in bf16 autocast with channels-last tensors on CUDA learns the toy scene."""
+    import dataclasses
+
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from test_train import FAST, SCHEMA, make_scene
+
+    from eoseg.train import train_model
+
+    cube, noisy, _ = make_scene()
+    config = dataclasses.replace(FAST, device="cuda")
+    card = train_model(cube, noisy, tmp_path / "m", schema=SCHEMA, config=config)
+    assert card.metrics["val_miou"] > 0.6

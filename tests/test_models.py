@@ -22,7 +22,7 @@ from eoseg.models import (
     normalize,
     save_model,
 )
-from eoseg.models.losses import (
+from eoseg.train.losses import (
     SegmentationLoss,
     balanced_class_weights,
     bootstrap_loss,

@@ -105,7 +105,7 @@ def test_spacenet_buildings_train_and_beat_chance_on_heldout_part(
             "--out", str(model),
             "--epochs", str(EPOCHS),
             "--finetune-epochs", "0",
-            "--chip-size", "64",
+            "--chip-size", "64", "--base-width", "16", "--depth", "3",
             "--classes", str(classes),
             "--json",
         ],

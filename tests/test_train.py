@@ -14,12 +14,12 @@ from scipy import ndimage
 from eoseg.classes import ClassSchema, LandClass
 from eoseg.errors import InvalidParameterError
 from eoseg.models import load_model
-from eoseg.models.checkpoint import checkpoint_dir, save_checkpoint
 from eoseg.train import (
     TrainConfig,
     soft_jaccard_loss,
     train_model,
 )
+from eoseg.train.checkpoint import checkpoint_dir, save_checkpoint
 
 SCHEMA = ClassSchema(
     (
@@ -38,6 +38,8 @@ FAST = TrainConfig(
     chip_size=64,
     train_chips=48,
     val_chips=16,
+    base_width=16,
+    depth=3,
     device="cpu",
 )
 TINY = TrainConfig(

@@ -1,16 +1,16 @@
-"""The epoch loop of one training stage, its validation, and device handling.
+"""The epoch loop of one training stage and its validation.
 
-On CUDA the network runs in bf16 autocast with channels-last tensors; on the CPU
-everything stays float32 and contiguous, so CPU runs are bit-reproducible. The loop can
-start from a saved epoch (optimiser and scheduler state restored) and reports each
-finished epoch to a checkpoint callback before the progress callback.
+Device, precision and layout come from an `eoseg.models.accel.Accelerator` (by default
+bf16 autocast with channels-last tensors on CUDA, fp32 on the CPU so CPU runs are
+bit-reproducible). The loop can start from a saved epoch (optimiser and scheduler state
+restored) and reports each finished epoch to a checkpoint callback before the progress
+callback.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,13 +18,15 @@ import numpy as np
 import torch
 
 from eoseg.metrics import confusion_matrix, report_from_confusion
+from eoseg.models.accel import Accelerator
 from eoseg.models.card import ModelCard, normalize
-from eoseg.models.losses import SegmentationLoss
 from eoseg.models.unet import UNet
 from eoseg.sampling import ChipSet
+from eoseg.train.augment import augment
+from eoseg.train.losses import SegmentationLoss
 
 if TYPE_CHECKING:
-    from eoseg.train import Progress
+    from eoseg.train.run import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -33,50 +35,28 @@ OnEpoch = Callable[[int, dict[str, Any], dict[str, Any], History], None]
 """``(epochs_done, optimizer_state, scheduler_state, history)``, called after each epoch."""
 
 
-@contextlib.contextmanager
-def autocast(device: torch.device) -> Iterator[None]:
-    """bf16 autocast on CUDA; nothing elsewhere."""
-    if device.type == "cuda":
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            yield
-    else:
-        yield
-
-
-def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Move a batch to ``device``: channels-last on CUDA, unchanged on the CPU."""
-    if device.type == "cuda":
-        return x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    return x.to(device)
-
-
-def augment(
-    x: torch.Tensor, y: torch.Tensor, jitter: float, gen: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random rotation by 90°, horizontal flip and per-chip, per-band gain ``1 ± jitter``."""
-    k = int(torch.randint(0, 4, (1,), generator=gen))
-    x, y = torch.rot90(x, k, dims=(-2, -1)), torch.rot90(y, k, dims=(-2, -1))
-    if bool(torch.randint(0, 2, (1,), generator=gen)):
-        x, y = torch.flip(x, dims=(-1,)), torch.flip(y, dims=(-1,))
-    if jitter > 0:
-        gain = 1.0 + (torch.rand(x.shape[0], x.shape[1], 1, 1, generator=gen) * 2 - 1) * jitter
-        x = x * gain
-    return x, y
-
-
 def evaluate(
-    model: torch.nn.Module, chips: ChipSet, card: ModelCard, batch_size: int = 16
+    model: torch.nn.Module,
+    chips: ChipSet,
+    card: ModelCard,
+    batch_size: int = 16,
+    accel: Accelerator | None = None,
 ) -> dict[str, Any]:
-    """Validation metrics of ``model`` on ``chips``: ``val_miou``, ``val_accuracy``, IoUs."""
+    """Validation metrics of ``model`` on ``chips``: ``val_miou``, ``val_accuracy``, IoUs.
+
+    ``accel`` defaults to fp32 on the model's device.
+    """
     n = len(card.classes)
     cm = np.zeros((n, n), dtype=np.int64)
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
+    if accel is None:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        accel = Accelerator(device, bf16=False, channels_last=False)
     model.eval()
-    with torch.no_grad(), autocast(device):
+    with torch.no_grad(), accel.autocast():
         for i in range(0, len(chips), batch_size):
             x = normalize(torch.from_numpy(chips.x[i : i + batch_size]), card)
-            pred = model(to_device(x, device)).argmax(dim=1).cpu().numpy()
+            pred = model(accel.to_input(x)).argmax(dim=1).cpu().numpy()
             cm += confusion_matrix(pred, chips.y[i : i + batch_size], n)
     if cm.sum() == 0:
         return {
@@ -108,6 +88,7 @@ class StageSpec:
         batch_size: Chips per optimiser step.
         weight_decay: AdamW weight decay.
         jitter: Radiometric jitter of `augment`.
+        elastic: Elastic deformation of `augment` (pixels; 0 = off).
     """
 
     stage: str
@@ -118,6 +99,7 @@ class StageSpec:
     batch_size: int
     weight_decay: float
     jitter: float
+    elastic: float = 0.0
 
 
 def fit_stage(
@@ -127,6 +109,7 @@ def fit_stage(
     card: ModelCard,
     spec: StageSpec,
     gen: torch.Generator,
+    accel: Accelerator,
     *,
     progress: Progress | None = None,
     start: dict[str, Any] | None = None,
@@ -135,12 +118,13 @@ def fit_stage(
     """Train ``model`` in place for one stage and return its per-epoch history.
 
     Args:
-        model: The network, already on its device.
+        model: The network, already prepared by ``accel``.
         chips: Training chips.
         val: Validation chips (may be empty).
         card: Card with the normalisation statistics.
         spec: Stage options.
         gen: CPU generator of shuffling and augmentation.
+        accel: Device, precision and layout of the forward pass.
         progress: Optional ``(stage, step, total, info)`` callback.
         start: Saved ``{"epoch", "optimizer", "scheduler", "history"}`` to resume from.
         on_epoch: Called after each epoch (before ``progress``), e.g. to checkpoint.
@@ -151,7 +135,6 @@ def fit_stage(
     history: History = {"train_loss": [], "val_miou": []}
     if spec.epochs == 0 or len(chips) == 0:
         return history
-    device = next(model.parameters()).device
     x_all, y_all = torch.from_numpy(chips.x), torch.from_numpy(chips.y).long()
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     batches = -(-len(chips) // spec.batch_size)
@@ -177,10 +160,10 @@ def fit_stage(
         total_loss = 0.0
         for b in range(batches):
             idx = perm[b * spec.batch_size : (b + 1) * spec.batch_size]
-            x, y = augment(x_all[idx], y_all[idx], spec.jitter, gen)
-            with autocast(device):
-                logits = model(to_device(normalize(x, card), device))
-            loss = spec.loss(logits, y.to(device))
+            x, y = augment(x_all[idx], y_all[idx], spec.jitter, gen, elastic=spec.elastic)
+            with accel.autocast():
+                logits = model(accel.to_input(normalize(x, card)))
+            loss = spec.loss(logits.float(), y.to(accel.device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -189,7 +172,7 @@ def fit_stage(
             step += 1
             if progress is not None:
                 progress(spec.stage, step, total, {"epoch": epoch + 1, "loss": loss.item()})
-        metrics = evaluate(model, val, card) if len(val) else {"val_miou": None}
+        metrics = evaluate(model, val, card, accel=accel) if len(val) else {"val_miou": None}
         history["train_loss"].append(total_loss / batches)
         history["val_miou"].append(metrics["val_miou"])
         logger.info(

@@ -1,0 +1,94 @@
+"""Where and in which precision a network runs: one place for device, bf16 and layout.
+
+Training and prediction share this choice. ``precision="auto"`` means bf16 autocast with
+channels-last tensors on CUDA (tensor cores, half the activation memory) and plain fp32,
+contiguous tensors on the CPU, where fp32 keeps runs bit-reproducible. ``"bf16"`` forces
+autocast with channels-last on any device (the CPU supports both; useful to test the
+mixed-precision path without a GPU) and ``"fp32"`` turns it off everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from eoseg.errors import InvalidParameterError
+
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True, slots=True)
+class Accelerator:
+    """A resolved device with its precision and memory layout.
+
+    Attributes:
+        device: The torch device.
+        bf16: Run the forward pass in bf16 autocast.
+        channels_last: Keep the model and inputs in channels-last (NHWC) layout.
+    """
+
+    device: torch.device
+    bf16: bool
+    channels_last: bool
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        """bf16 autocast when enabled; nothing otherwise."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            yield
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Move ``model`` to the device (in place) in this layout; returns it."""
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        return model
+
+    def to_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Move a ``(N, C, H, W)`` batch to the device in this layout."""
+        x = x.to(self.device, non_blocking=self.device.type == "cuda")
+        if self.channels_last:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def describe(self) -> str:
+        """E.g. ``"cuda:0 bf16 channels-last"`` or ``"cpu fp32"`` (for logs and cards)."""
+        parts = [str(self.device), "bf16" if self.bf16 else "fp32"]
+        if self.channels_last:
+            parts.append("channels-last")
+        return " ".join(parts)
+
+
+def resolve_accelerator(device: str | None = None, precision: str = "auto") -> Accelerator:
+    """The accelerator for a device name (default CUDA when available) and precision.
+
+    Args:
+        device: Torch device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``); None picks
+            CUDA when available, else the CPU.
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (see the module docstring).
+
+    Raises:
+        InvalidParameterError: On an unknown precision or a device torch cannot use.
+    """
+    if precision not in PRECISIONS:
+        raise InvalidParameterError(f"precision must be one of {PRECISIONS}; got {precision!r}")
+    try:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as exc:
+        raise InvalidParameterError(
+            f"device {device!r} is not a torch device ({exc}): use 'cpu', 'cuda' or 'cuda:N'"
+        ) from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidParameterError(
+            f"device {device!r} asks for CUDA but torch sees no GPU (torch "
+            f"{torch.__version__}): install the CUDA build (see README) or use --device cpu"
+        )
+    on_gpu = dev.type == "cuda"
+    bf16 = precision == "bf16" or (precision == "auto" and on_gpu)
+    # Channels-last is what bf16 convolutions want on both CUDA (tensor cores) and oneDNN.
+    return Accelerator(device=dev, bf16=bf16, channels_last=on_gpu or bf16)

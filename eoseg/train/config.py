@@ -1,0 +1,228 @@
+"""Training options and what each stage (pretraining, fine-tuning) makes of them.
+
+The defaults follow the design: 256 px chips and a U-Net of base width 32 and depth 4
+(about 370 GFLOP per megapixel), sized for a GPU. On a CPU, pass smaller values (the demo
+trains 64 px chips on a 16/3 network, see ``flows.demo.DEMO_TRAINING``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from eoseg.errors import InputNotFoundError, InvalidParameterError
+from eoseg.models.accel import PRECISIONS, Precision
+from eoseg.models.unet import Context
+from eoseg.sampling import ChipSet
+from eoseg.train.loop import StageSpec
+from eoseg.train.losses import (
+    BootstrapMode,
+    LossKind,
+    SegmentationLoss,
+    balanced_class_weights,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    """Training options.
+
+    An epoch is one pass over ``train_chips`` chips sampled once per stage, so its cost
+    does not grow with the area. With the defaults (128 chips of 256 px, U-Net 32/4,
+    8.4 Mpx per epoch, ~3 PFLOP forward and backward) an epoch takes seconds on a GPU
+    and many minutes on a laptop CPU: shrink ``chip_size``, ``base_width`` and ``depth``
+    there.
+
+    Attributes:
+        epochs: Pretraining epochs on the (noisy) labels.
+        finetune_epochs: Epochs on the clean labels, when given.
+        freeze_encoder_epochs: First fine-tuning epochs with the encoder frozen.
+        chip_size: Chip side in pixels; must be divisible by ``2**depth``.
+        train_chips: Training chips sampled (once) per stage.
+        val_chips: Validation chips sampled from held-out blocks.
+        batch_size: Chips per optimiser step.
+        lr: AdamW learning rate of pretraining.
+        finetune_lr: Learning rate of fine-tuning (lower than ``lr``).
+        weight_decay: AdamW weight decay.
+        jaccard_weight: Weight of the soft Jaccard loss added to cross-entropy.
+        jitter: Radiometric jitter: per-chip, per-band gain in ``1 ± jitter``.
+        elastic: Elastic deformation: standard deviation in pixels of a smooth random
+            displacement field (0 = off; 2-4 px suits shifted, wobbly OSM outlines).
+        base_width: U-Net channels at full resolution.
+        depth: U-Net downsampling steps.
+        block_size: Side of the spatial blocks of the train/validation split
+            (default ``2 * chip_size``).
+        val_fraction: Share of blocks held out for validation.
+        min_labelled: Least labelled+valid share of a chip.
+        balance: Class-balanced chip sampling.
+        bands: Bands to train on, in order; default all cube bands.
+        seed: Seed of sampling, initialisation and augmentation.
+        num_threads: Torch intra-op threads; default all cores.
+        context: ``"aspp"`` adds an ASPP context module at the U-Net bottleneck.
+        class_weights: Cross-entropy class weights (one per class id), ``"balanced"``
+            (from the label frequencies of each stage's training chips) or None.
+        noisy_loss: Pixel loss of pretraining: ``"ce"``, ``"gce"`` (generalized
+            cross-entropy) or ``"bootstrap"``. Fine-tuning always uses cross-entropy.
+        gce_q: Exponent of generalized cross-entropy.
+        bootstrap_beta: Trust in the labels of bootstrapping.
+        bootstrap_mode: ``"soft"`` or ``"hard"`` bootstrapping.
+        device: Torch device; default CUDA when available, else the CPU.
+        precision: ``"auto"`` (bf16 autocast and channels-last on CUDA, fp32 on the CPU),
+            ``"bf16"`` (on any device) or ``"fp32"``; see `eoseg.models.accel`.
+        rehearse_missing: During fine-tuning, keep training on pretraining chips for the
+            classes the clean labels lack (their pixels only), so that fine-tuning on a
+            small clean set does not make the model forget them.
+    """
+
+    epochs: int = 10
+    finetune_epochs: int = 5
+    freeze_encoder_epochs: int = 2
+    chip_size: int = 256
+    train_chips: int = 128
+    val_chips: int = 32
+    batch_size: int = 8
+    lr: float = 3e-3
+    finetune_lr: float = 5e-4
+    weight_decay: float = 1e-4
+    jaccard_weight: float = 0.5
+    jitter: float = 0.05
+    elastic: float = 0.0
+    base_width: int = 32
+    depth: int = 4
+    block_size: int | None = None
+    val_fraction: float = 0.25
+    min_labelled: float = 0.25
+    balance: bool = True
+    bands: tuple[str, ...] | None = None
+    seed: int = 0
+    num_threads: int | None = None
+    context: Context = "none"
+    class_weights: tuple[float, ...] | Literal["balanced"] | None = None
+    noisy_loss: LossKind = "ce"
+    gce_q: float = 0.7
+    bootstrap_beta: float = 0.95
+    bootstrap_mode: BootstrapMode = "soft"
+    device: str | None = None
+    precision: Precision = "auto"
+    rehearse_missing: bool = True
+
+    def __post_init__(self) -> None:
+        factor = 2**self.depth
+        if self.chip_size % factor:
+            raise InvalidParameterError(
+                f"chip_size {self.chip_size} is not divisible by 2**depth = {factor}: "
+                f"choose a multiple of {factor}"
+            )
+        for name in ("epochs", "finetune_epochs", "freeze_encoder_epochs"):
+            if getattr(self, name) < 0:
+                raise InvalidParameterError(f"{name} must be >= 0; got {getattr(self, name)}")
+        for name in ("train_chips", "batch_size", "base_width", "depth"):
+            if getattr(self, name) < 1:
+                raise InvalidParameterError(f"{name} must be >= 1; got {getattr(self, name)}")
+        for name, value, allowed in (
+            ("noisy_loss", self.noisy_loss, ("ce", "gce", "bootstrap")),
+            ("bootstrap_mode", self.bootstrap_mode, ("soft", "hard")),
+            ("context", self.context, ("none", "aspp")),
+            ("precision", self.precision, PRECISIONS),
+        ):
+            if value not in allowed:
+                raise InvalidParameterError(f"{name} must be one of {allowed}; got {value!r}")
+        if self.jitter < 0 or self.elastic < 0:
+            raise InvalidParameterError(
+                f"jitter and elastic must be >= 0; got {self.jitter} and {self.elastic}"
+            )
+        if not 0.0 < self.gce_q <= 1.0:
+            raise InvalidParameterError(f"gce_q must be in (0, 1]; got {self.gce_q}")
+        if not 0.0 <= self.bootstrap_beta <= 1.0:
+            raise InvalidParameterError(
+                f"bootstrap_beta must be in [0, 1]; got {self.bootstrap_beta}"
+            )
+        w = self.class_weights
+        if w is not None and w != "balanced" and (isinstance(w, str) or min(w, default=-1) < 0):
+            raise InvalidParameterError(
+                f"class_weights must be 'balanced', None or non-negative numbers; got {w!r}"
+            )
+
+
+def stage_spec(config: TrainConfig, stage: str, chips: ChipSet, n_classes: int) -> StageSpec:
+    """The loss, schedule and augmentation of ``stage`` (``"pretrain"`` or ``"finetune"``).
+
+    Raises:
+        InvalidParameterError: If explicit class weights do not match the schema.
+    """
+    weights = config.class_weights
+    if weights == "balanced":
+        weights = balanced_class_weights(chips.y, n_classes)
+        logger.info("%s class weights %s", stage, [round(w, 3) for w in weights])
+    elif weights is not None and len(weights) != n_classes:
+        raise InvalidParameterError(
+            f"class_weights has {len(weights)} entries but the schema has {n_classes} "
+            "classes: give one weight per class id, or 'balanced'"
+        )
+    pre = stage == "pretrain"
+    loss = SegmentationLoss(
+        kind=config.noisy_loss if pre else "ce",
+        weight=None if weights is None else tuple(float(w) for w in weights),
+        q=config.gce_q,
+        beta=config.bootstrap_beta,
+        mode=config.bootstrap_mode,
+        jaccard_weight=config.jaccard_weight,
+    )
+    return StageSpec(
+        stage=stage,
+        epochs=config.epochs if pre else config.finetune_epochs,
+        lr=config.lr if pre else config.finetune_lr,
+        freeze_epochs=0 if pre else config.freeze_encoder_epochs,
+        loss=loss,
+        batch_size=config.batch_size,
+        weight_decay=config.weight_decay,
+        jitter=config.jitter,
+        elastic=config.elastic,
+    )
+
+
+def configure(base: TrainConfig | None = None, **options: object) -> TrainConfig:
+    """``base`` (default `TrainConfig()`) with the options that are not None replaced.
+
+    Raises:
+        InvalidParameterError: On an unknown option name or an invalid value.
+    """
+    base = base or TrainConfig()
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise InvalidParameterError(
+            f"unknown training options {unknown}; known: {sorted(known)}: check the spelling"
+        )
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})  # type: ignore[arg-type]
+
+
+def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:
+    """Training options from a TOML file: `TrainConfig` fields as keys, top level or in
+    a ``[train]`` table; fields left out keep their defaults.
+
+    Raises:
+        InputNotFoundError: If the file does not exist.
+        InvalidParameterError: If it is not TOML or names unknown options.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise InputNotFoundError(f"training options file {file} not found: check the path")
+    try:
+        doc = tomllib.loads(file.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidParameterError(
+            f"{file} is not valid TOML ({exc}): write `key = value` lines, e.g. `epochs = 20`"
+        ) from exc
+    table = doc.get("train", doc)
+    if not isinstance(table, dict):
+        raise InvalidParameterError(f"[train] in {file} must be a table of options")
+    return configure(None, **table)

@@ -1,0 +1,69 @@
+"""Training from stores on disk: the function behind ``eoseg train`` and the train flow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import xarray as xr
+
+from eoseg.classes import IGNORE_ID, ClassSchema, generic_schema, load_schema
+from eoseg.errors import InvalidParameterError
+from eoseg.models import ModelCard
+from eoseg.train.config import TrainConfig
+from eoseg.train.run import Progress, train_model
+
+
+def train_from_stores(
+    cube_path: Path,
+    labels_path: Path,
+    out_dir: Path,
+    *,
+    finetune_labels: Path | None = None,
+    classes: Path | None = None,
+    config: TrainConfig | None = None,
+    progress: Progress | None = None,
+) -> ModelCard:
+    """Train from stores on disk: the function behind ``eoseg train`` and the train flow.
+
+    Args:
+        cube_path: Cube store.
+        labels_path: Labels store to (pre)train on.
+        out_dir: Model folder to write.
+        finetune_labels: Optional clean labels store to fine-tune on.
+        classes: Class schema file (TOML or JSON, see `eoseg.classes.load_schema`);
+            default: generic names for the ids found in the labels.
+        config: Training options; default `TrainConfig()`.
+        progress: Optional ``(stage, step, total, info)`` callback.
+    """
+    from eoseg.cube import open_cube
+    from eoseg.labels import open_labels
+
+    cube = open_cube(cube_path)
+    labels = open_labels(labels_path)
+    clean = open_labels(finetune_labels) if finetune_labels else None
+    if labels.shape != (cube.sizes["y"], cube.sizes["x"]):
+        raise InvalidParameterError(
+            f"labels {labels_path} are {labels.shape} px but the cube is "
+            f"{(cube.sizes['y'], cube.sizes['x'])}: rasterize them onto this cube"
+        )
+    schema = load_schema(classes) if classes else _schema_from_labels(labels, clean)
+    return train_model(
+        cube,
+        labels,
+        out_dir,
+        schema=schema,
+        config=config,
+        finetune_labels=clean,
+        progress=progress,
+    )
+
+
+def _schema_from_labels(*stores: xr.DataArray | None) -> ClassSchema:
+    import dask.array as da
+
+    top = max(
+        int(da.max(da.where(s.data == IGNORE_ID, 0, s.data)).compute())
+        for s in stores
+        if s is not None
+    )
+    return generic_schema(top + 1)

@@ -1,0 +1,107 @@
+"""Training options: defaults, TOML options files, elastic deformation, bf16 on the CPU."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_train import SCHEMA, TINY, make_scene
+
+from eoseg.classes import IGNORE_ID
+from eoseg.errors import InputNotFoundError, InvalidParameterError
+from eoseg.models import UNet, count_flops_per_pixel, load_model
+from eoseg.models.accel import resolve_accelerator
+from eoseg.predict import predict_window
+from eoseg.train import TrainConfig, train_model
+from eoseg.train.augment import augment, elastic_deform
+from eoseg.train.config import configure, load_train_config
+
+
+def test_defaults_follow_the_design() -> None:
+    """256 px chips and a 32-wide, 4-deep U-Net: about 370 GFLOP per megapixel."""
+    config = TrainConfig()
+    assert (config.chip_size, config.base_width, config.depth) == (256, 32, 4)
+    model = UNet(4, 6, config.base_width, config.depth)
+    assert count_flops_per_pixel(model, 4, 64) / 1e3 == pytest.approx(370, rel=0.02)
+    assert config.precision == "auto" and config.elastic == 0.0
+
+
+def test_options_file_and_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "train.toml"
+    path.write_text('[train]\nepochs = 20\nbands = ["B04", "B08"]\nnoisy_loss = "gce"\n')
+    config = load_train_config(path)
+    assert (config.epochs, config.bands, config.noisy_loss) == (20, ("B04", "B08"), "gce")
+    assert configure(config, epochs=3, depth=None).epochs == 3
+    assert configure(config, depth=None).depth == 4  # None keeps the base value
+    path.write_text("lr = 0.01\nelastic = 2.5\n")  # a plain file without a table works too
+    assert (load_train_config(path).lr, load_train_config(path).elastic) == (0.01, 2.5)
+    path.write_text("epoch = 3\n")
+    with pytest.raises(InvalidParameterError, match=r"unknown training options \['epoch'\]"):
+        load_train_config(path)
+    path.write_text("epochs = [")
+    with pytest.raises(InvalidParameterError, match="not valid TOML"):
+        load_train_config(path)
+    with pytest.raises(InputNotFoundError):
+        load_train_config(tmp_path / "missing.toml")
+    with pytest.raises(InvalidParameterError, match="precision"):
+        configure(None, precision="fp16")
+    with pytest.raises(InvalidParameterError, match="elastic"):
+        configure(None, elastic=-1.0)
+
+
+def test_elastic_deformation_moves_image_and_labels_together() -> None:
+    """The image is a one-hot picture of the labels: after warping, its argmax must be
+    the warped labels wherever the labels are kept (same field, nearest vs bilinear)."""
+    gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    y = torch.from_numpy(np.kron(rng.integers(0, 3, (4, 8, 8)), np.ones((8, 8)))).long()
+    x = torch.nn.functional.one_hot(y, 3).permute(0, 3, 1, 2).float()
+    wx, wy = elastic_deform(x, y, 3.0, gen)
+    assert wx.shape == x.shape and wy.shape == y.shape and wy.dtype == y.dtype
+    assert set(wy.unique().tolist()) <= {0, 1, 2, IGNORE_ID}
+    moved = (wy != y) & (wy != IGNORE_ID)
+    assert 0.02 < moved.float().mean() < 0.4  # it deforms, but does not scramble
+    kept = wy != IGNORE_ID
+    agree = (wx.argmax(dim=1) == wy)[kept].float().mean()
+    assert agree > 0.97
+    same_x, same_y = elastic_deform(x, y, 1e-6, torch.Generator().manual_seed(0))
+    assert torch.equal(same_y, y) and torch.allclose(same_x, x, atol=1e-4)
+
+
+def test_augment_is_reproducible_with_elastic() -> None:
+    x = torch.rand(2, 3, 32, 32)
+    y = torch.randint(0, 3, (2, 32, 32))
+    a = augment(x, y, 0.05, torch.Generator().manual_seed(5), elastic=2.0)
+    b = augment(x, y, 0.05, torch.Generator().manual_seed(5), elastic=2.0)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_bf16_channels_last_training_and_prediction_on_cpu(tmp_path: Path) -> None:
+    """The mixed-precision path (bf16 autocast, channels-last) runs end to end without a
+    GPU: the model learns, and its bf16 predictions agree with fp32 on almost all pixels."""
+    accel = resolve_accelerator("cpu", "bf16")
+    assert accel.bf16 and accel.channels_last and accel.describe() == "cpu bf16 channels-last"
+    assert not resolve_accelerator("cpu").bf16
+    cube, _, clean = make_scene()
+    config = dataclasses.replace(
+        TINY, precision="bf16", epochs=6, finetune_epochs=0, train_chips=32, base_width=8
+    )
+    card = train_model(cube, clean, tmp_path / "m", schema=SCHEMA, config=config)
+    assert card.metrics["val_miou"] > 0.5
+    model, card = load_model(tmp_path / "m")
+    window = cube["data"].isel(time=0).values[:, :96, :96]
+    fp32 = predict_window(model, card, window).argmax(axis=0)
+    bf16 = predict_window(model, card, window, accel=accel).argmax(axis=0)
+    assert (fp32 == bf16).mean() > 0.98
+
+
+def test_cuda_on_a_machine_without_one_is_refused() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(InvalidParameterError, match="no GPU"):
+        resolve_accelerator("cuda")
+    with pytest.raises(InvalidParameterError, match="not a torch device"):
+        resolve_accelerator("gpu0")
