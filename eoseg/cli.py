@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from eoseg import console
+from eoseg.cli_models import models_app
 from eoseg.errors import EosegError
 
 T = TypeVar("T")
@@ -456,6 +457,9 @@ def demo(
             console.print_demo_summary(summary)
 
     _guard(body)
+
+
+app.add_typer(models_app)
 
 
 def _confine_to(workdir: Path) -> None:
