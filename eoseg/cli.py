@@ -177,26 +177,71 @@ def ingest(
 
 @app.command()
 def rasterize(
-    vector: Annotated[Path, typer.Argument(help="Vector labels (any CRS) or a class-id GeoTIFF.")],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="Labels: a vector file with class ids (any CRS), a class-id GeoTIFF, or, "
+            "with --classes, an OSM extract (.osm.pbf, .osm) or a vector file of OSM tag "
+            "columns.",
+            show_default=False,
+        ),
+    ],
     cube: Annotated[Path, typer.Option("--cube", help="Cube whose grid the labels take.")],
     out: Annotated[Path, typer.Option("--out", help="Labels store to write.")],
     class_field: Annotated[
         str, typer.Option(help="Vector field holding class ids 0..254.")
     ] = "class_id",
+    classes: Annotated[
+        Path | None,
+        typer.Option(
+            "--classes",
+            help="Class schema (TOML or JSON). OSM features get the ids of its classes by "
+            "their osm/buffer tag rules; class ids read from a file must lie in it.",
+            show_default=False,
+        ),
+    ] = None,
+    osm: Annotated[
+        bool | None,
+        typer.Option(
+            "--osm/--no-osm",
+            help="Read a vector file as OSM tags (--osm) or as class ids (--no-osm). "
+            "Default: OSM for extracts and, with --classes, for files lacking --class-field.",
+            show_default=False,
+        ),
+    ] = None,
     scheduler: SchedulerOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Rasterize labels onto a cube's grid (uint8 class ids, 255 = ignore)."""
+    """Rasterize labels onto a cube's grid (uint8 class ids, 255 = ignore).
+
+    Class ids come from a field of a vector file, from a class-id GeoTIFF, or from
+    OpenStreetMap: with --classes, an OSM extract is classified by the schema's tag rules
+    (a line with a buffer rule becomes a polygon reaching that many metres each side),
+    only over the cube's footprint, and burnt with smaller areas on top of larger ones and
+    roads on top. A killed run, re-run, writes only the missing tiles.
+
+    Examples:
+
+      eoseg rasterize osm.gpkg --cube cube.zarr --out osm.zarr
+
+      eoseg rasterize region.osm.pbf --classes schema.toml --cube cube.zarr --out osm.zarr
+
+      eoseg rasterize tags.parquet --classes schema.toml --osm --cube cube.zarr --out osm.zarr
+    """
+    from eoseg.classes import load_schema
     from eoseg.labels import rasterize_labels
 
     def body() -> None:
+        schema = load_schema(classes) if classes is not None else None  # before any cluster
         with _client(scheduler) as client, console.progress_bar("rasterize") as bar:
             result = rasterize_labels(
-                vector,
+                source,
                 cube,
                 out,
                 class_field=class_field,
+                classes=schema,
+                osm=osm,
                 client=client,
                 overwrite=overwrite,
                 run_id=_run_id(),

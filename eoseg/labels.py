@@ -1,9 +1,17 @@
-"""Labels: vector or raster class ids rasterized onto a cube's grid, tile by tile.
+"""Labels: class ids rasterized onto a cube's grid, tile by tile.
 
-Vectors (GeoJSON, GeoPackage, GeoParquet, Shapefile; any CRS) are read per tile with a
-bounding-box filter, reprojected to the grid CRS and burnt with the pixel-centre rule;
-later features win where polygons overlap. A single-band GeoTIFF of class ids is
-resampled with nearest neighbour. Unlabelled pixels are 255 (ignore).
+Sources (see `eoseg.label_sources`):
+
+* vectors (GeoJSON, GeoPackage, GeoParquet, Shapefile; any CRS) with an integer class-id
+  field, read per tile with a bounding-box filter, reprojected to the grid CRS and burnt
+  with the pixel-centre rule; later features win where polygons overlap;
+* a single-band GeoTIFF of class ids, resampled with nearest neighbour;
+* OSM features (an ``.osm.pbf`` extract, or a vector file of OSM tag columns) classified
+  by a class schema's tag rules (`eoseg.osm`): read once over the grid's footprint into
+  the staging store, then burnt per tile like vectors, in `eoseg.osm`'s burn order.
+
+Unlabelled pixels are 255 (ignore). Memory per task is one tile's raster and the
+features overlapping it.
 """
 
 from __future__ import annotations
@@ -11,36 +19,35 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dask.array as da
-import geopandas as gpd
 import numpy as np
-import pyarrow.parquet as pq
-import pyogrio
-import pyproj
 import rasterio
 import xarray as xr
 from distributed import Client
 from odc.geo.geobox import GeoBox
-from odc.geo.geom import BoundingBox
 from odc.geo.xr import xr_coords
 from rasterio.enums import Resampling
 from rasterio.features import rasterize
 from rasterio.warp import reproject
 
-from eoseg.classes import IGNORE_ID
+from eoseg.classes import IGNORE_ID, ClassSchema, load_schema
 from eoseg.cluster import ProgressFn, run_tiles
-from eoseg.errors import (
-    InputNotFoundError,
-    NoOverlapError,
-    UnreadableRasterError,
-    UnreadableVectorError,
-)
+from eoseg.errors import EosegError, UnreadableRasterError, UnreadableVectorError
 from eoseg.grid import Tile, crs_of, iter_tiles
+from eoseg.label_sources import (
+    OSM_FEATURES,
+    LabelSource,
+    check_label_source,
+    prepare_osm_source,
+    read_vector,
+    source_kind,
+)
 from eoseg.store import (
     check_output,
     create_store,
@@ -48,22 +55,21 @@ from eoseg.store import (
     open_grid_store,
     open_product,
     publish,
+    staging_path,
+    tile_provenance,
     write_tile,
 )
 
+__all__ = [
+    "LabelSource",
+    "LabelsResult",
+    "labels_template",
+    "open_labels",
+    "open_truth",
+    "rasterize_labels",
+]
+
 log = logging.getLogger(__name__)
-
-VECTOR_SUFFIXES = {".geojson", ".json", ".gpkg", ".parquet", ".geoparquet", ".shp", ".fgb"}
-
-
-@dataclass(frozen=True, slots=True)
-class LabelSource:
-    """A validated label input: its kind, CRS (WKT) and class field."""
-
-    path: str
-    kind: str  # "vector" or "raster"
-    crs: str
-    class_field: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,114 +91,14 @@ class LabelsResult:
         }
 
 
-def check_label_source(path: Path, class_field: str, grid: GeoBox) -> LabelSource:
-    """Open a label file's metadata and check it overlaps the grid.
-
-    Raises:
-        InputNotFoundError: No such file.
-        UnreadableVectorError: Not a vector file, or no ``class_field``.
-        UnreadableRasterError: A raster that cannot be read.
-        NoOverlapError: The labels do not overlap the grid.
-    """
-    if not path.exists():
-        raise InputNotFoundError(f"label file {path} does not exist: check the path")
-    if path.suffix.lower() in VECTOR_SUFFIXES:
-        source = _check_vector(path, class_field)
-        source_bounds = _vector_bounds(path)
-    else:
-        source, source_bounds = _check_raster(path, class_field)
-    footprint = BoundingBox(*source_bounds, crs=source.crs).polygon.to_crs(crs_of(grid))
-    if not footprint.intersects(grid.extent):
-        b = grid.extent.to_crs("EPSG:4326").boundingbox
-        raise NoOverlapError(
-            f"labels {path} (bounds {tuple(round(v, 4) for v in source_bounds)} in their CRS) "
-            f"do not overlap the cube (lon {b.left:.4f}..{b.right:.4f}, lat "
-            f"{b.bottom:.4f}..{b.top:.4f}): check the labels' CRS and area"
-        )
-    return source
-
-
-def _check_vector(path: Path, class_field: str) -> LabelSource:
-    crs, fields, _ = _vector_info(path)
-    if crs is None:
-        raise UnreadableVectorError(f"{path} has no CRS: assign one (e.g. with ogr2ogr -a_srs)")
-    if class_field not in fields:
-        raise UnreadableVectorError(
-            f"{path} has no field {class_field!r}; its fields are {fields}: "
-            "pass --class-field with the field holding integer class ids"
-        )
-    return LabelSource(str(path), "vector", crs, class_field)
-
-
-def _vector_bounds(path: Path) -> tuple[float, float, float, float]:
-    return _vector_info(path)[2]
-
-
-def _vector_info(path: Path) -> tuple[str | None, list[str], tuple[float, float, float, float]]:
-    """CRS (WKT), fields and bounds of a vector file."""
-    try:
-        if path.suffix.lower() in {".parquet", ".geoparquet"}:
-            # GeoParquet through pyarrow: GDAL's Parquet driver is optional and missing from
-            # some builds (the wheels here lack it).
-            return _parquet_info(path)
-        info = pyogrio.read_info(path, force_total_bounds=True)
-    except Exception as exc:
-        raise UnreadableVectorError(
-            f"{path} is not a vector file GDAL/OGR can read ({exc}): expected GeoJSON, "
-            "GeoPackage, GeoParquet or Shapefile"
-        ) from exc
-    crs = str(info["crs"]) if info.get("crs") is not None else None
-    bounds = tuple(float(v) for v in info["total_bounds"])
-    return crs, list(info.get("fields", [])), bounds  # type: ignore[return-value]
-
-
-def _parquet_info(path: Path) -> tuple[str | None, list[str], tuple[float, float, float, float]]:
-    """CRS, fields and bounds of a GeoParquet file from its metadata, reading no rows when
-    the file declares its bbox (else only the geometry column)."""
-    schema = pq.read_schema(path)
-    geo = json.loads((schema.metadata or {}).get(b"geo", b"{}"))
-    column = geo.get("primary_column", "geometry")
-    meta = geo.get("columns", {}).get(column, {})
-    # GeoParquet: a missing "crs" means OGC:CRS84; an explicit null means unknown.
-    crs_value = meta.get("crs", "OGC:CRS84")
-    crs = None if crs_value is None else pyproj.CRS.from_user_input(crs_value).to_wkt()
-    fields = [n for n in schema.names if n != column and n != "bbox"]
-    bbox = meta.get("bbox")
-    if bbox is None or len(bbox) != 4:
-        bbox = gpd.read_parquet(path, columns=[column]).total_bounds
-    return crs, fields, tuple(float(v) for v in bbox)  # type: ignore[return-value]
-
-
-def _check_raster(
-    path: Path, class_field: str
-) -> tuple[LabelSource, tuple[float, float, float, float]]:
-    try:
-        with rasterio.open(path) as src:
-            if src.crs is None:
-                raise UnreadableRasterError(f"label raster {path} has no CRS: assign one")
-            if src.count != 1:
-                raise UnreadableRasterError(
-                    f"label raster {path} has {src.count} bands; expected one band of class ids"
-                )
-            b = src.bounds
-            return LabelSource(str(path), "raster", src.crs.to_wkt(), class_field), (
-                b.left,
-                b.bottom,
-                b.right,
-                b.top,
-            )
-    except rasterio.errors.RasterioIOError as exc:
-        raise UnreadableRasterError(
-            f"{path} is neither a known vector format nor a readable raster ({exc})"
-        ) from exc
-
-
 def rasterize_labels(
     source_path: Path,
     grid_path: Path,
     out: Path,
     *,
     class_field: str = "class_id",
+    classes: ClassSchema | Path | str | None = None,
+    osm: bool | None = None,
     client: Client | None = None,
     overwrite: bool = False,
     run_id: str = "",
@@ -201,57 +107,94 @@ def rasterize_labels(
     """Rasterize labels onto the grid of a store (a cube or a class map) and publish them.
 
     Args:
-        source_path: Vector file (any CRS, integer ``class_field``) or class-id GeoTIFF.
+        source_path: Vector file (any CRS, integer ``class_field``), class-id GeoTIFF, or
+            OSM source (``.osm.pbf``/``.osm`` extract, or a vector file of OSM tag
+            columns) classified by ``classes``.
         grid_path: The cube (or class map) whose grid and tiles the labels take.
         out: Path of the labels store to publish.
         class_field: Vector field holding class ids 0..254.
+        classes: Class schema (or its TOML/JSON file). Required for OSM sources, whose
+            class ids come from its tag rules; with class ids, ids must lie in it.
+        osm: Read ``source_path`` as OSM tags (``True``) or class ids (``False``);
+            ``None`` guesses: OSM for extracts, and, given ``classes``, for vector files
+            without ``class_field``.
         client: Dask client; ``None`` runs the tiles in this process.
         overwrite: Replace an existing store at ``out``.
         run_id: Run id recorded in the store.
         progress: Called after each tile.
+
+    Raises:
+        InputNotFoundError: No such source, grid store or schema file.
+        InvalidParameterError: An OSM source without a schema with OSM rules.
+        UnreadableVectorError: Unreadable source, no class field or OSM tags, no feature
+            matching the schema, or class ids outside the schema.
+        NoOverlapError: The labels do not overlap the grid.
+        OutputExistsError: ``out`` exists and ``overwrite`` is false.
     """
     start = time.perf_counter()
     check_output(out, overwrite)
+    schema = load_schema(classes) if isinstance(classes, str | Path) else classes
     cube = open_grid_store(grid_path)
     grid: GeoBox = cube.odc.geobox
     tile_size = int(cube.attrs["tile_size"])
-    source = check_label_source(source_path, class_field, grid)
-    tiles = list(iter_tiles(grid, tile_size))
+    kind = source_kind(source_path, class_field, schema, osm)
+    n_classes = len(schema) if schema is not None else IGNORE_ID
+    source = (
+        None
+        if kind == "osm"
+        else check_label_source(source_path, class_field, grid, num_classes=n_classes)
+    )
+    schema_doc = schema.to_dict() if schema is not None else None
     signature = hashlib.sha256(
         json.dumps(
             [
-                source.path,
-                Path(source.path).stat().st_mtime,
-                class_field,
+                kind,
+                str(source_path),
+                source_path.stat().st_mtime,
+                class_field if kind != "osm" else None,
+                schema_doc,
                 cube.attrs["eoseg_signature"],
                 tile_size,
             ]
         ).encode()
     ).hexdigest()[:16]
-    coords = xr_coords(grid, crs_coord_name="spatial_ref")
-    template = xr.Dataset(
-        {"labels": (("y", "x"), da.zeros(grid.shape.yx, chunks=tile_size, dtype="uint8"))},
-        coords=coords,
-    )
-    template["labels"].attrs.update(long_name="class id, 255 = ignore", grid_mapping="spatial_ref")
     attrs = {
         "run_id": run_id,
         "tile_size": tile_size,
-        "source": source.path,
-        "class_field": class_field,
+        "source": str(source_path),
+        "source_kind": kind,
+        "class_field": class_field if kind != "osm" else None,
+        "classes": schema_doc,
         "grid_store": str(grid_path),
     }
+    template = labels_template(grid, tile_size)
     staging = create_store(out, template, product="labels", signature=signature, attrs=attrs)
-    todo = [t for t in tiles if t.name not in done_tiles(staging)]
-    counts_per_tile = run_tiles(
-        client, rasterize_tile, todo, progress=progress, source=source, grid=grid, staging=staging
-    )
+    try:
+        if source is None:  # OSM: source_kind refused it without a schema
+            source = prepare_osm_source(source_path, cast(ClassSchema, schema), grid, staging)
+        todo = [t for t in iter_tiles(grid, tile_size) if t.name not in done_tiles(staging)]
+        counts_per_tile = run_tiles(
+            client,
+            rasterize_tile,
+            todo,
+            progress=progress,
+            source=source,
+            grid=grid,
+            staging=staging,
+        )
+    except EosegError:
+        # Bad input (no matching feature, ids outside the schema): fixing it changes the
+        # signature anyway, so nothing worth resuming is lost.
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    (staging_path(out) / OSM_FEATURES).unlink(missing_ok=True)
     publish(out, overwrite=overwrite)
-    counts = np.zeros(256, dtype="int64")
-    for c in counts_per_tile:
-        counts += np.asarray(c, dtype="int64")
+    counts = _read_counts(out)
     total = grid.shape.y * grid.shape.x
     labelled = int(counts[:IGNORE_ID].sum())
+    if not labelled:
+        log.warning("%s labels no pixel of the grid of %s", source_path, grid_path)
+    log.info("rasterized %d tiles of %s into %s", len(counts_per_tile), source_path, out)
     return LabelsResult(
         path=out,
         labelled_fraction=labelled / total if total else 0.0,
@@ -260,17 +203,40 @@ def rasterize_labels(
     )
 
 
+def labels_template(grid: GeoBox, tile_size: int) -> xr.Dataset:
+    """The lazy labels dataset (one chunk per tile) whose metadata `create_store` writes."""
+    coords = xr_coords(grid, crs_coord_name="spatial_ref")
+    template = xr.Dataset(
+        {"labels": (("y", "x"), da.zeros(grid.shape.yx, chunks=tile_size, dtype="uint8"))},
+        coords=coords,
+    )
+    template["labels"].attrs.update(long_name="class id, 255 = ignore", grid_mapping="spatial_ref")
+    return template
+
+
+def _read_counts(path: Path) -> np.ndarray:
+    """The class histogram of a published store, from its tiles' provenance records (all
+    tiles, also those written by an earlier, interrupted run)."""
+    counts = np.zeros(256, dtype="int64")
+    for record in tile_provenance(path):
+        for cid, n in record.get("class_pixels", {}).items():
+            counts[int(cid)] += int(n)
+    return counts
+
+
 def rasterize_tile(tile: Tile, *, source: LabelSource, grid: GeoBox, staging: Path) -> list[int]:
     """Burn the labels of one tile and write it; returns the tile's class histogram."""
     box = tile.geobox(grid)
     out = _burn_vector(source, box) if source.kind == "vector" else _resample_raster(source, box)
-    write_tile(staging, tile, {"labels": out}, {"source": source.path})
-    return np.bincount(out.ravel(), minlength=256).tolist()
+    hist = np.bincount(out.ravel(), minlength=256)
+    pixels = {str(i): int(n) for i, n in enumerate(hist) if n}
+    write_tile(staging, tile, {"labels": out}, {"source": source.origin, "class_pixels": pixels})
+    return hist.tolist()
 
 
 def _burn_vector(source: LabelSource, box: GeoBox) -> np.ndarray:
     bbox = box.extent.to_crs(source.crs).boundingbox
-    frame = _read_vector(Path(source.path), tuple(bbox))
+    frame = read_vector(Path(source.path), tuple(bbox))
     out = np.full(box.shape.yx, IGNORE_ID, dtype="uint8")
     if frame.empty:
         return out
@@ -278,11 +244,12 @@ def _burn_vector(source: LabelSource, box: GeoBox) -> np.ndarray:
     values = frame[source.class_field]
     ok = values.notna() & frame.geometry.notna() & ~frame.geometry.is_empty
     ids = values[ok].astype("int64")
-    bad = ids[(ids < 0) | (ids >= IGNORE_ID)]
+    bad = ids[(ids < 0) | (ids >= source.num_classes)]
     if len(bad):
         raise UnreadableVectorError(
-            f"{source.path}: field {source.class_field!r} must hold class ids 0..254; "
-            f"found {sorted(set(bad.tolist()))[:5]}: map them to class ids first"
+            f"{source.origin}: field {source.class_field!r} must hold class ids "
+            f"0..{source.num_classes - 1}{_of_schema(source)}; found "
+            f"{sorted(set(bad.tolist()))[:5]}: map them to class ids first"
         )
     shapes = zip(frame.geometry[ok], ids, strict=True)
     return rasterize(
@@ -290,19 +257,8 @@ def _burn_vector(source: LabelSource, box: GeoBox) -> np.ndarray:
     )
 
 
-def _read_vector(path: Path, bbox: tuple[float, ...]) -> gpd.GeoDataFrame:
-    try:
-        if path.suffix.lower() in {".parquet", ".geoparquet"}:
-            try:
-                return gpd.read_parquet(path, bbox=bbox)
-            except ValueError:
-                # No bbox covering column (GeoParquet < 1.1): read all, then filter. Writers
-                # of large label files should add one (to_parquet(write_covering_bbox=True)).
-                minx, miny, maxx, maxy = bbox
-                return gpd.read_parquet(path).cx[minx:maxx, miny:maxy]
-        return gpd.read_file(path, bbox=bbox, engine="pyogrio")
-    except Exception as exc:
-        raise UnreadableVectorError(f"could not read {path} ({exc})") from exc
+def _of_schema(source: LabelSource) -> str:
+    return " (the classes of the schema)" if source.num_classes < IGNORE_ID else ""
 
 
 def _resample_raster(source: LabelSource, box: GeoBox) -> np.ndarray:
@@ -316,6 +272,13 @@ def _resample_raster(source: LabelSource, box: GeoBox) -> np.ndarray:
             dst_crs=crs_of(box).wkt,
             dst_nodata=IGNORE_ID,
             resampling=Resampling.nearest,
+        )
+    bad = np.unique(out[(out >= source.num_classes) & (out != IGNORE_ID)])
+    if bad.size:
+        raise UnreadableRasterError(
+            f"{source.origin} holds class ids {bad[:5].tolist()}; expected "
+            f"0..{source.num_classes - 1}{_of_schema(source)} or {IGNORE_ID} (ignore): map "
+            "them to class ids of the schema first"
         )
     return out
 

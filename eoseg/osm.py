@@ -52,6 +52,9 @@ OSM_SUFFIXES = (".osm.pbf", ".pbf", ".osm", ".osm.bz2", ".osm.gz", ".o5m", ".opl
 BBox = tuple[float, float, float, float]
 """``(west, south, east, north)`` in degrees (EPSG:4326)."""
 
+_BATCH = 100_000
+"""OSM features decoded (and filtered by bbox) at a time."""
+
 _HSTORE = re.compile(r'"((?:[^"\\]|\\.)*)"=>"((?:[^"\\]|\\.)*)"')
 
 
@@ -89,11 +92,11 @@ def osm_features(
             f"found {bbox}"
         )
     if path.name.lower().endswith(OSM_SUFFIXES):
-        frame = _read_osm(path, schema)
+        frame = _read_osm(path, schema, bbox)  # filtered by bbox while reading
     else:
         frame = _read_tagged_vector(path, schema)
-    if bbox is not None and len(frame):
-        frame = frame[frame.geometry.intersects(box(*bbox))]
+        if bbox is not None and len(frame):
+            frame = frame[frame.geometry.intersects(box(*bbox))]
     return _to_polygons(frame, schema)
 
 
@@ -106,6 +109,9 @@ def write_osm_labels(
     overwrite: bool = False,
 ) -> Path:
     """Write `osm_features` as a vector file that ``eoseg rasterize`` burns onto a grid.
+
+    (``eoseg rasterize SOURCE --classes schema.toml`` also reads OSM sources directly,
+    over the cube's footprint only; this file is for inspecting or reusing the polygons.)
 
     Args:
         source: As for `osm_features`.
@@ -146,7 +152,9 @@ def _frame(
     )
 
 
-def _read_osm(path: Path, schema: ClassSchema) -> gpd.GeoDataFrame:
+def _read_osm(path: Path, schema: ClassSchema, bbox: BBox | None = None) -> gpd.GeoDataFrame:
+    """Matching ways and areas of an extract; with ``bbox``, only those intersecting it
+    are kept (in batches, so memory follows the features kept, not the extract's size)."""
     try:
         import osmium
         import osmium.filter
@@ -167,6 +175,17 @@ def _read_osm(path: Path, schema: ClassSchema) -> gpd.GeoDataFrame:
     ids: list[int] = []
     wkbs: list[str] = []
     widths: list[float] = []
+    kept: list[gpd.GeoDataFrame] = []
+
+    def flush() -> None:
+        frame = _frame(ids, list(shapely.from_wkb(wkbs)) if wkbs else [], widths)
+        if bbox is not None:
+            frame = frame[frame.geometry.intersects(box(*bbox))]
+        kept.append(frame)
+        ids.clear()
+        wkbs.clear()
+        widths.clear()
+
     skipped = {"bad geometry": 0, "line without buffer rule": 0}
     try:
         for obj in processor:
@@ -194,6 +213,8 @@ def _read_osm(path: Path, schema: ClassSchema) -> gpd.GeoDataFrame:
             wkbs.append(wkb)
             ids.append(cls.id)
             widths.append(width)
+            if len(wkbs) >= _BATCH:
+                flush()
     except RuntimeError as exc:
         raise UnreadableVectorError(
             f"{path} is not an OSM file pyosmium can read ({exc}): expected .osm.pbf or .osm XML"
@@ -201,7 +222,8 @@ def _read_osm(path: Path, schema: ClassSchema) -> gpd.GeoDataFrame:
     for why, n in skipped.items():
         if n:
             log.info("%s: skipped %d matching features (%s)", path, n, why)
-    return _frame(ids, list(shapely.from_wkb(wkbs)) if wkbs else [], widths)
+    flush()
+    return pd.concat(kept, ignore_index=True) if len(kept) > 1 else kept[0]
 
 
 def _read_tagged_vector(path: Path, schema: ClassSchema) -> gpd.GeoDataFrame:

@@ -1,0 +1,314 @@
+"""Label sources: the files `eoseg.labels` burns onto a grid, checked before any tile runs.
+
+A source is one of three kinds:
+
+* ``vector``: GeoJSON, GeoPackage, GeoParquet, Shapefile or FlatGeobuf (any CRS) with an
+  integer class-id field;
+* ``raster``: a single-band GeoTIFF of class ids;
+* ``osm``: an OSM extract (``.osm.pbf``, ``.osm``, ...) or a vector file with OSM tag
+  columns, classified by a class schema's tag rules (`eoseg.osm`).
+
+Which kind a file is: an OSM extract is always ``osm`` (it needs a schema). With a schema,
+a vector file is ``osm`` when it lacks the class-id field and ``vector`` when it has it;
+``osm=True``/``False`` overrides the guess. Without a schema, vector files need the field.
+
+An ``osm`` source is read once: its features within the grid's footprint (plus a margin
+for buffered lines) are written as GeoParquet with a bbox covering column into the
+staging store, and tiles then read them by bounding box like any vector source.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pyarrow.parquet as pq
+import pyogrio
+import pyproj
+import rasterio
+import shapely
+from odc.geo.geobox import GeoBox
+from odc.geo.geom import BoundingBox
+
+from eoseg.classes import IGNORE_ID, ClassSchema
+from eoseg.errors import (
+    EosegError,
+    InputNotFoundError,
+    InvalidParameterError,
+    NoOverlapError,
+    UnreadableRasterError,
+    UnreadableVectorError,
+)
+from eoseg.grid import crs_of
+from eoseg.osm import OSM_SUFFIXES, BBox, osm_features
+from eoseg.vectorize import write_polygons
+
+log = logging.getLogger(__name__)
+
+VECTOR_SUFFIXES = {".geojson", ".json", ".gpkg", ".parquet", ".geoparquet", ".shp", ".fgb"}
+
+OSM_FEATURES = "_eoseg_osm_features.parquet"
+"""File in a labels staging store holding the classified OSM features of the run."""
+
+_MARGIN_M = 50.0
+"""Slack in metres around the grid's footprint (on top of the widest buffer rule)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LabelSource:
+    """A validated label input, as the tile function reads it.
+
+    Attributes:
+        path: File the tiles read (for ``osm`` sources, the GeoParquet of its features).
+        kind: ``"vector"`` or ``"raster"`` (what the tiles read).
+        crs: CRS of ``path`` as WKT.
+        class_field: Vector field holding class ids.
+        origin: The file the user gave (recorded in the tiles' provenance).
+        num_classes: Class ids must be below this (the schema's size, else 255).
+    """
+
+    path: str
+    kind: str
+    crs: str
+    class_field: str
+    origin: str = ""
+    num_classes: int = IGNORE_ID
+
+
+def source_kind(path: Path, class_field: str, schema: ClassSchema | None, osm: bool | None) -> str:
+    """``"osm"``, ``"vector"`` or ``"raster"``: how ``path`` is read (see the module docs).
+
+    Raises:
+        InputNotFoundError: No such file.
+        InvalidParameterError: An OSM source without a schema (or one without OSM rules),
+            or ``osm=False`` for an OSM extract.
+        UnreadableVectorError: A vector file with neither ``class_field`` nor OSM tags.
+    """
+    if not path.exists():
+        raise InputNotFoundError(f"label file {path} does not exist: check the path")
+    extract = path.name.lower().endswith(OSM_SUFFIXES)
+    if extract and osm is False:
+        raise InvalidParameterError(
+            f"{path} is an OSM extract, which has no class-id field: drop --no-osm and pass "
+            "--classes with a schema of OSM tag rules"
+        )
+    vector = path.suffix.lower() in VECTOR_SUFFIXES
+    if not (extract or osm or (osm is None and schema is not None and vector)):
+        return "vector" if vector else "raster"
+    if schema is None:
+        raise InvalidParameterError(
+            f"{path} is read as OSM features, which need a class schema to become class "
+            "ids: pass --classes schema.toml (classes with osm = [...] tag rules)"
+        )
+    if not schema.osm_keys:
+        raise InvalidParameterError(
+            f"the class schema {schema.names} has no OSM tag rules, so no OSM feature of "
+            f"{path} can be classified: add osm = [...] rules to its classes"
+        )
+    if extract or osm:
+        return "osm"
+    _, fields, _ = _vector_info(path)
+    if class_field in fields:
+        return "vector"
+    if "other_tags" in fields or set(schema.osm_keys) & set(fields):
+        return "osm"
+    raise UnreadableVectorError(
+        f"{path} has neither the class-id field {class_field!r} nor any of the OSM tag "
+        f"columns the schema uses ({list(schema.osm_keys)}); its fields are {fields}: pass "
+        "--class-field with the field holding class ids, or export the features with "
+        "their OSM tags as columns"
+    )
+
+
+def check_label_source(
+    path: Path, class_field: str, grid: GeoBox, *, num_classes: int = IGNORE_ID
+) -> LabelSource:
+    """Open a vector or raster label file's metadata and check it overlaps the grid.
+
+    Raises:
+        InputNotFoundError: No such file.
+        UnreadableVectorError: Not a vector file, or no ``class_field``.
+        UnreadableRasterError: A raster that cannot be read.
+        NoOverlapError: The labels do not overlap the grid.
+    """
+    if not path.exists():
+        raise InputNotFoundError(f"label file {path} does not exist: check the path")
+    if path.suffix.lower() in VECTOR_SUFFIXES:
+        crs, fields, source_bounds = _vector_info(path)
+        if crs is None:
+            raise UnreadableVectorError(f"{path} has no CRS: assign one (e.g. with ogr2ogr -a_srs)")
+        if class_field not in fields:
+            raise UnreadableVectorError(
+                f"{path} has no field {class_field!r}; its fields are {fields}: pass "
+                "--class-field with the field holding integer class ids (or, for OSM "
+                "tags, --classes with a schema of OSM tag rules)"
+            )
+        kind = "vector"
+    else:
+        kind, crs, source_bounds = "raster", *_raster_info(path)
+    footprint = BoundingBox(*source_bounds, crs=crs).polygon.to_crs(crs_of(grid))
+    if not footprint.intersects(grid.extent):
+        b = grid.extent.to_crs("EPSG:4326").boundingbox
+        raise NoOverlapError(
+            f"labels {path} (bounds {tuple(round(v, 4) for v in source_bounds)} in their CRS) "
+            f"do not overlap the cube (lon {b.left:.4f}..{b.right:.4f}, lat "
+            f"{b.bottom:.4f}..{b.top:.4f}): check the labels' CRS and area"
+        )
+    return LabelSource(str(path), kind, crs, class_field, str(path), num_classes)
+
+
+def prepare_osm_source(path: Path, schema: ClassSchema, grid: GeoBox, staging: Path) -> LabelSource:
+    """Classify the OSM features over the grid once and store them in ``staging``.
+
+    Reuses the features file of a resumed staging store.
+
+    Raises:
+        UnreadableVectorError: No feature of ``path`` matches the schema, or the file
+            cannot be read.
+        NoOverlapError: Features match, but none lies within the grid's footprint.
+    """
+    features = staging / OSM_FEATURES
+    if not features.exists():
+        margin = max((m for c in schema for _, m in c.buffer), default=0.0) + _MARGIN_M
+        bbox = footprint_bbox(grid, margin)
+        frame = osm_features(path, schema, bbox=bbox)
+        if frame.empty:
+            raise _no_features_error(path, schema, grid)
+        geoms = _clip_polygons(frame.geometry.to_numpy(), bbox)
+        keep = ~shapely.is_empty(geoms)
+        frame = gpd.GeoDataFrame(
+            {"class_id": frame["class_id"].to_numpy()[keep]},
+            geometry=gpd.GeoSeries(geoms[keep], crs=4326),
+        )
+        write_polygons(frame, features, layer="labels")
+        log.info("%s: %d OSM label polygons over the grid", path, len(frame))
+    wgs84 = pyproj.CRS.from_epsg(4326).to_wkt()
+    return LabelSource(str(features), "vector", wgs84, "class_id", str(path), len(schema))
+
+
+def footprint_bbox(grid: GeoBox, margin_m: float = 0.0) -> BBox:
+    """The grid's footprint as ``(west, south, east, north)`` degrees, grown by metres."""
+    b = grid.extent.to_crs("EPSG:4326", resolution="auto").boundingbox
+    lat = min(89.0, max(abs(b.bottom), abs(b.top)))
+    dlat = margin_m / 110_574.0  # metres per degree of latitude (least, at the equator)
+    dlon = margin_m / (111_320.0 * math.cos(math.radians(lat)))
+    return (
+        max(-180.0, b.left - dlon),
+        max(-90.0, b.bottom - dlat),
+        min(180.0, b.right + dlon),
+        min(90.0, b.top + dlat),
+    )
+
+
+def _clip_polygons(geoms: np.ndarray, bbox: BBox) -> np.ndarray:
+    """Cut polygons reaching beyond ``bbox`` to it (tiles then read less), keeping row order."""
+    region = shapely.box(*bbox)
+    out = geoms.copy()
+    beyond = ~shapely.contains_properly(region, geoms)
+    clipped = shapely.intersection(geoms[beyond], region)
+    out[beyond] = [_polygonal(g) for g in clipped]
+    return out
+
+
+def _polygonal(geom: shapely.Geometry) -> shapely.Geometry:
+    """The polygons of a clip result (dropping the lines and points a cut may leave)."""
+    if geom.geom_type in {"Polygon", "MultiPolygon"}:
+        return geom
+    polys = [
+        p
+        for part in shapely.get_parts(geom)
+        for p in shapely.get_parts(part)
+        if p.geom_type == "Polygon"
+    ]
+    return shapely.MultiPolygon(polys)
+
+
+def _no_features_error(path: Path, schema: ClassSchema, grid: GeoBox) -> EosegError:
+    anywhere = osm_features(path, schema)  # read again only on this error path, to explain
+    if anywhere.empty:
+        rules = [r for c in schema for r in c.osm][:4]
+        return UnreadableVectorError(
+            f"no feature of {path} matches the class schema's OSM rules (e.g. {rules}; "
+            f"keys {list(schema.osm_keys)}): check the rules' tags against the extract's "
+            "tags, and that lines have a buffer rule"
+        )
+    w, s, e, n = footprint_bbox(grid)
+    west, south, east, north = (float(v) for v in anywhere.total_bounds)
+    return NoOverlapError(
+        f"{path} has {len(anywhere)} features matching the class schema (lon "
+        f"{west:.4f}..{east:.4f}, lat {south:.4f}..{north:.4f}), but none within the cube "
+        f"(lon {w:.4f}..{e:.4f}, lat {s:.4f}..{n:.4f}): use an extract that covers the cube"
+    )
+
+
+def read_vector(path: Path, bbox: tuple[float, ...]) -> gpd.GeoDataFrame:
+    """The features of a vector file within ``bbox`` (in the file's CRS)."""
+    try:
+        if path.suffix.lower() in {".parquet", ".geoparquet"}:
+            try:
+                return gpd.read_parquet(path, bbox=bbox)
+            except ValueError:
+                # No bbox covering column (GeoParquet < 1.1): read all, then filter. Writers
+                # of large label files should add one (to_parquet(write_covering_bbox=True)).
+                minx, miny, maxx, maxy = bbox
+                return gpd.read_parquet(path).cx[minx:maxx, miny:maxy]
+        return gpd.read_file(path, bbox=bbox, engine="pyogrio")
+    except Exception as exc:
+        raise UnreadableVectorError(f"could not read {path} ({exc})") from exc
+
+
+def _vector_info(path: Path) -> tuple[str | None, list[str], tuple[float, float, float, float]]:
+    """CRS (WKT), fields and bounds of a vector file."""
+    try:
+        if path.suffix.lower() in {".parquet", ".geoparquet"}:
+            # GeoParquet through pyarrow: GDAL's Parquet driver is optional and missing from
+            # some builds (the wheels here lack it).
+            return _parquet_info(path)
+        info = pyogrio.read_info(path, force_total_bounds=True)
+    except Exception as exc:
+        raise UnreadableVectorError(
+            f"{path} is not a vector file GDAL/OGR can read ({exc}): expected GeoJSON, "
+            "GeoPackage, GeoParquet or Shapefile"
+        ) from exc
+    crs = str(info["crs"]) if info.get("crs") is not None else None
+    bounds = tuple(float(v) for v in info["total_bounds"])
+    return crs, list(info.get("fields", [])), bounds  # type: ignore[return-value]
+
+
+def _parquet_info(path: Path) -> tuple[str | None, list[str], tuple[float, float, float, float]]:
+    """CRS, fields and bounds of a GeoParquet file from its metadata, reading no rows when
+    the file declares its bbox (else only the geometry column)."""
+    schema = pq.read_schema(path)
+    geo = json.loads((schema.metadata or {}).get(b"geo", b"{}"))
+    column = geo.get("primary_column", "geometry")
+    meta = geo.get("columns", {}).get(column, {})
+    # GeoParquet: a missing "crs" means OGC:CRS84; an explicit null means unknown.
+    crs_value = meta.get("crs", "OGC:CRS84")
+    crs = None if crs_value is None else pyproj.CRS.from_user_input(crs_value).to_wkt()
+    fields = [n for n in schema.names if n != column and n != "bbox"]
+    bbox = meta.get("bbox")
+    if bbox is None or len(bbox) != 4:
+        bbox = gpd.read_parquet(path, columns=[column]).total_bounds
+    return crs, fields, tuple(float(v) for v in bbox)  # type: ignore[return-value]
+
+
+def _raster_info(path: Path) -> tuple[str, tuple[float, float, float, float]]:
+    try:
+        with rasterio.open(path) as src:
+            if src.crs is None:
+                raise UnreadableRasterError(f"label raster {path} has no CRS: assign one")
+            if src.count != 1:
+                raise UnreadableRasterError(
+                    f"label raster {path} has {src.count} bands; expected one band of class ids"
+                )
+            b = src.bounds
+            return src.crs.to_wkt(), (b.left, b.bottom, b.right, b.top)
+    except rasterio.errors.RasterioIOError as exc:
+        raise UnreadableRasterError(
+            f"{path} is neither a known vector format nor a readable raster ({exc})"
+        ) from exc
