@@ -100,6 +100,10 @@ def source_kind(path: Path, class_field: str, schema: ClassSchema | None, osm: b
     vector = path.suffix.lower() in VECTOR_SUFFIXES
     if not (extract or osm or (osm is None and schema is not None and vector)):
         return "vector" if vector else "raster"
+    guessed = not (extract or osm)
+    fields = _vector_info(path)[1] if guessed else []
+    if guessed and class_field in fields:
+        return "vector"  # a schema names the classes of the ids; no OSM rules needed
     if schema is None:
         raise InvalidParameterError(
             f"{path} is read as OSM features, which need a class schema to become class "
@@ -110,11 +114,8 @@ def source_kind(path: Path, class_field: str, schema: ClassSchema | None, osm: b
             f"the class schema {schema.names} has no OSM tag rules, so no OSM feature of "
             f"{path} can be classified: add osm = [...] rules to its classes"
         )
-    if extract or osm:
+    if not guessed:
         return "osm"
-    _, fields, _ = _vector_info(path)
-    if class_field in fields:
-        return "vector"
     if "other_tags" in fields or set(schema.osm_keys) & set(fields):
         return "osm"
     raise UnreadableVectorError(

@@ -11,6 +11,7 @@ from prefect import flow, task
 from eoseg.cluster import connect
 from eoseg.predict import predict
 from eoseg.publish import evaluate_classmap, export_classmap, query_areas
+from eoseg.registry import fetch_model
 
 
 @task(name="predict", retries=1)
@@ -69,10 +70,19 @@ def mapping_flow(
     truth: str | None = None,
     scheduler: str | None = None,
     overwrite: bool = False,
+    registry: str | None = None,
+    version: str | None = None,
 ) -> dict[str, Any]:
-    """Predict, export, evaluate (if ``truth``) and compute areas for one cube."""
+    """Predict, export, evaluate (if ``truth``) and compute areas for one cube.
+
+    ``model`` is a model folder, or with ``registry`` (a folder or fsspec URL) a model
+    name whose production version (or ``version``) is used, so a scheduled run picks
+    up a newly promoted model without changing its deployment.
+    """
+    if registry:
+        model = str(fetch_model(registry, model, version))
     pred = predict_task(cube, model, out, scheduler=scheduler, overwrite=overwrite)
-    result: dict[str, Any] = {"predict": pred}
+    result: dict[str, Any] = {"predict": pred, "model": model}
     result["export"] = export_task(pred["classmap"], str(Path(out).parent), overwrite=overwrite)
     if truth:
         result["evaluate"] = evaluate_task(pred["classmap"], truth)

@@ -29,16 +29,20 @@ def rasterize_task(
     *,
     scheduler: str | None,
     class_field: str = "class_id",
+    classes: str | None = None,
+    osm: bool | None = None,
     overwrite: bool = False,
     run_id: str = "",
 ) -> dict[str, Any]:
-    """Rasterize labels onto the cube's grid."""
+    """Rasterize labels (class ids, or OSM tags classified by ``classes``) onto the cube."""
     with connect(scheduler) as client:
         result = rasterize_labels(
             Path(vector),
             Path(cube),
             Path(out),
             class_field=class_field,
+            classes=classes,
+            osm=osm,
             client=client,
             overwrite=overwrite,
             run_id=run_id,
@@ -86,6 +90,7 @@ def train_flow(
     scheduler: str | None = None,
     class_field: str = "class_id",
     classes: str | None = None,
+    osm: bool | None = None,
     options: dict[str, Any] | None = None,
     config_file: str | None = None,
     registry: str | None = None,
@@ -95,12 +100,15 @@ def train_flow(
 
     Args:
         cube: Cube store to train on.
-        labels_vector: Noisy labels (vector with ``class_field`` or class-id GeoTIFF).
+        labels_vector: Noisy labels: an OSM extract (``.osm.pbf``) or tagged vector
+            classified by ``classes``, a vector with ``class_field``, or a class-id GeoTIFF.
         out: Model folder to write; label stores go beside it.
         finetune_vector: Optional clean labels to fine-tune on.
         scheduler: Dask scheduler address for rasterizing; default a local cluster.
         class_field: Vector field holding class ids.
-        classes: Class schema file (TOML or JSON); default generic names.
+        classes: Class schema file (TOML with OSM tag rules, or JSON); default generic
+            names. Also classifies OSM sources.
+        osm: Read ``labels_vector`` as OSM tags (default: guessed, see `eoseg.labels`).
         options: Training options (`TrainConfig` fields), over ``config_file``.
         config_file: TOML file of training options.
         registry: Model registry (folder or fsspec URL) to register the model in.
@@ -117,6 +125,8 @@ def train_flow(
         str(workdir / "labels-noisy.zarr"),
         scheduler=scheduler,
         class_field=class_field,
+        classes=classes,
+        osm=osm,
         overwrite=True,
     )
     clean = None
@@ -127,6 +137,7 @@ def train_flow(
             str(workdir / "labels-clean.zarr"),
             scheduler=scheduler,
             class_field=class_field,
+            classes=classes,
             overwrite=True,
         )
     card = train_task(

@@ -21,16 +21,24 @@ def test_mapping_flow_run(
     client,
     tmp_path: Path,
 ) -> None:
+    from eoseg.registry import register, set_production
     from flows.mapping import mapping_flow
 
+    # The scheduled-run way: the production version of a model name in a registry.
+    registry = tmp_path / "registry"
+    card = register(model_dir, registry)
+    set_production(registry, card.name, card.version)
     out = tmp_path / "classmap.zarr"
     result = mapping_flow(
         str(cube_path),
-        str(model_dir),
+        card.name,
         str(out),
         truth=str(demo_data.holdout_truth),
         scheduler=client.scheduler.address,
+        registry=str(registry),
     )
+    assert result["model"] == str(registry / card.name / card.version)
+    assert result["predict"]["model"] == f"{card.name}@{card.version}"
     assert Path(result["export"]["cog"]).exists()
     assert Path(result["export"]["polygons"]).exists()
     assert 0 <= result["evaluate"]["overall_accuracy"] <= 1

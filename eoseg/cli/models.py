@@ -6,7 +6,6 @@ A registry is a folder, local or on object storage (any fsspec URL). Every comma
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,6 +13,7 @@ import typer
 from rich.table import Table
 
 from eoseg import console
+from eoseg.cli.common import JsonOpt, guard, report
 from eoseg.errors import InvalidParameterError
 
 models_app = typer.Typer(
@@ -45,7 +45,6 @@ RegistryOpt = Annotated[
         show_default=False,
     ),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
 
 def _registry(registry: str | None) -> str:
@@ -56,18 +55,6 @@ def _registry(registry: str | None) -> str:
             "variable"
         )
     return registry
-
-
-def _guarded(body: Callable[[], None]) -> None:
-    from eoseg.cli import _guard  # here, not at import: eoseg.cli imports this module
-
-    _guard(body)
-
-
-def _report(title: str, doc: dict[str, Any], json_out: bool) -> None:
-    from eoseg.cli import _report as report
-
-    report(title, doc, json_out)
 
 
 @models_app.command("list")
@@ -114,7 +101,7 @@ def list_(registry: RegistryOpt = None, json_out: JsonOpt = False) -> None:
         if not rows:
             console.stderr.print("no models registered yet: eoseg models register MODEL_DIR")
 
-    _guarded(body)
+    guard(body)
 
 
 @models_app.command()
@@ -136,9 +123,9 @@ def register(
         reg = _registry(registry)
         card = run(model_dir, reg)
         doc = {"registry": reg, "name": card.name, "version": card.version}
-        _report("registered", doc, json_out)
+        report("registered", doc, json_out)
 
-    _guarded(body)
+    guard(body)
 
 
 @models_app.command()
@@ -156,9 +143,9 @@ def promote(
         previous = production_versions(reg).get(name)
         set_production(reg, name, version)
         doc = {"registry": reg, "name": name, "version": version, "previous": previous}
-        _report("promoted", doc, json_out)
+        report("promoted", doc, json_out)
 
-    _guarded(body)
+    guard(body)
 
 
 @models_app.command()
@@ -206,4 +193,4 @@ def fetch(
         else:
             console.stdout.print(str(path), highlight=False, soft_wrap=True)
 
-    _guarded(body)
+    guard(body)

@@ -1,0 +1,96 @@
+"""What every ``eoseg`` command shares: option types, the error guard, reporting."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from eoseg import console
+from eoseg.errors import EosegError
+
+T = TypeVar("T")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace an existing output instead of refusing.")
+]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        help="Dask scheduler address (tcp://host:8786). Default: a local cluster.",
+        show_default=False,
+    ),
+]
+
+
+def guard(fn: Callable[[], T]) -> T:
+    """Run a command body; bad input becomes a message and exit status 2."""
+    try:
+        return fn()
+    except EosegError as exc:
+        console.print_error(str(exc))
+        raise typer.Exit(2) from None
+
+
+@contextmanager
+def dask_client(scheduler: str | None, workdir: Path | None = None) -> Iterator[Any]:
+    from eoseg.cluster import connect
+
+    quiet_dask()
+    with connect(scheduler, local_directory=workdir) as client:
+        yield client
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def quiet_dask() -> None:
+    """Dask sets its loggers to INFO when imported; keep them quiet unless --verbose."""
+    if logging.getLogger("eoseg").level > logging.INFO:
+        for name in ("distributed", "dask"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def confine_to(workdir: Path) -> None:
+    """Keep Prefect's home, temp files and caches inside the work dir."""
+    for var, sub in (
+        ("PREFECT_HOME", "prefect"),
+        ("MPLCONFIGDIR", "cache/matplotlib"),
+        ("TMPDIR", "tmp"),
+        ("XDG_CACHE_HOME", "cache"),
+    ):
+        path = workdir / sub
+        path.mkdir(parents=True, exist_ok=True)
+        os.environ[var] = str(path)
+    # The temporary server's telemetry heartbeat races its own SQLite writes ("database is
+    # locked" tracebacks on stderr) and would try the network: off for offline demos.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    tempfile.tempdir = None  # re-read TMPDIR
+
+
+def report(title: str, doc: dict[str, Any], json_out: bool) -> None:
+    if json_out:
+        console.emit_json(doc)
+    else:
+        console.stdout.print(console.key_value_table(title, flatten(doc)))
+
+
+def flatten(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in doc.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,165 @@
+"""``eoseg ingest`` and ``eoseg rasterize``: scenes into a cube, labels onto its grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from eoseg import console
+from eoseg.cli.common import (
+    JsonOpt,
+    OverwriteOpt,
+    SchedulerOpt,
+    dask_client,
+    guard,
+    new_run_id,
+    report,
+)
+
+
+def ingest(
+    sources: Annotated[
+        list[Path], typer.Argument(help="GeoTIFF/COG files, folders, or STAC JSON.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Cube store to write (a .zarr folder).")],
+    crs: Annotated[
+        str | None, typer.Option(help="Grid CRS, e.g. EPSG:32632. Default: first source's.")
+    ] = None,
+    resolution: Annotated[
+        float | None, typer.Option(help="Pixel size in grid CRS units. Default: first source's.")
+    ] = None,
+    bbox: Annotated[
+        str | None, typer.Option(help="Clip to minx,miny,maxx,maxy (EPSG:4326).")
+    ] = None,
+    tile_size: Annotated[
+        int, typer.Option(help="Tile size in pixels: the unit of parallel work and resuming.")
+    ] = 2048,
+    chunk_size: Annotated[
+        int | None,
+        typer.Option(help="Inner Zarr chunk size; smaller than the tile makes tiles shards."),
+    ] = None,
+    composite: Annotated[
+        str, typer.Option(help="Where scenes overlap: 'first' valid value, or 'median'.")
+    ] = "first",
+    by_date: Annotated[
+        bool, typer.Option("--by-date", help="One time step per acquisition date.")
+    ] = False,
+    sensor: Annotated[
+        list[str] | None,
+        typer.Option(help="Keep only scenes of this sensor profile (repeatable)."),
+    ] = None,
+    scheduler: SchedulerOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Ingest scenes into a cube: one grid, chunked by tile, in a Zarr v3 store.
+
+    Scenes in other CRSs (other UTM zones, MODIS sinusoidal) are reprojected onto the
+    grid; clouds and nodata are masked; where scenes overlap, the first valid value (in
+    the order given) or the median of valid values is kept. A killed run, re-run, writes
+    only the missing tiles. The report lists scenes that contributed nothing, and why.
+    """
+    from eoseg.cube import ingest as run
+    from eoseg.grid import parse_bbox
+
+    def body() -> None:
+        box = parse_bbox(bbox) if bbox else None
+        with dask_client(scheduler) as client, console.progress_bar("ingest") as bar:
+            result = run(
+                sources,
+                out,
+                crs=crs,
+                resolution=resolution,
+                bbox=box,
+                tile_size=tile_size,
+                chunk_size=chunk_size,
+                composite=composite,  # type: ignore[arg-type]  # validated by ingest
+                by_date=by_date,
+                sensors=sensor,
+                client=client,
+                overwrite=overwrite,
+                run_id=new_run_id(),
+                progress=bar,
+            )
+        doc = result.to_dict()
+        report("ingest", doc, json_out)
+
+    guard(body)
+
+
+def rasterize(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="Labels: a vector file with class ids (any CRS), a class-id GeoTIFF, or, "
+            "with --classes, an OSM extract (.osm.pbf, .osm) or a vector file of OSM tag "
+            "columns.",
+            show_default=False,
+        ),
+    ],
+    cube: Annotated[Path, typer.Option("--cube", help="Cube whose grid the labels take.")],
+    out: Annotated[Path, typer.Option("--out", help="Labels store to write.")],
+    class_field: Annotated[
+        str, typer.Option(help="Vector field holding class ids 0..254.")
+    ] = "class_id",
+    classes: Annotated[
+        Path | None,
+        typer.Option(
+            "--classes",
+            help="Class schema (TOML or JSON). OSM features get the ids of its classes by "
+            "their osm/buffer tag rules; class ids read from a file must lie in it.",
+            show_default=False,
+        ),
+    ] = None,
+    osm: Annotated[
+        bool | None,
+        typer.Option(
+            "--osm/--no-osm",
+            help="Read a vector file as OSM tags (--osm) or as class ids (--no-osm). "
+            "Default: OSM for extracts and, with --classes, for files lacking --class-field.",
+            show_default=False,
+        ),
+    ] = None,
+    scheduler: SchedulerOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Rasterize labels onto a cube's grid (uint8 class ids, 255 = ignore).
+
+    Class ids come from a field of a vector file, from a class-id GeoTIFF, or from
+    OpenStreetMap: with --classes, an OSM extract is classified by the schema's tag rules
+    (a line with a buffer rule becomes a polygon reaching that many metres each side),
+    only over the cube's footprint, and burnt with smaller areas on top of larger ones and
+    roads on top. A killed run, re-run, writes only the missing tiles.
+
+    Examples:
+
+      eoseg rasterize osm.gpkg --cube cube.zarr --out osm.zarr
+
+      eoseg rasterize region.osm.pbf --classes schema.toml --cube cube.zarr --out osm.zarr
+
+      eoseg rasterize tags.parquet --classes schema.toml --osm --cube cube.zarr --out osm.zarr
+    """
+    from eoseg.classes import load_schema
+    from eoseg.labels import rasterize_labels
+
+    def body() -> None:
+        schema = load_schema(classes) if classes is not None else None  # before any cluster
+        with dask_client(scheduler) as client, console.progress_bar("rasterize") as bar:
+            result = rasterize_labels(
+                source,
+                cube,
+                out,
+                class_field=class_field,
+                classes=schema,
+                osm=osm,
+                client=client,
+                overwrite=overwrite,
+                run_id=new_run_id(),
+                progress=bar,
+            )
+        report("rasterize", result.to_dict(), json_out)
+
+    guard(body)

@@ -1,0 +1,120 @@
+"""``eoseg train``: pretrain on noisy labels, fine-tune on clean ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from eoseg import console
+from eoseg.cli.common import (
+    JsonOpt,
+    guard,
+    report,
+)
+
+
+def train(
+    cube: Annotated[Path, typer.Option("--cube", help="Cube to train on.")],
+    labels: Annotated[Path, typer.Option("--labels", help="Labels store (e.g. rasterized OSM).")],
+    out: Annotated[Path, typer.Option("--out", help="Model folder to write.")],
+    finetune_labels: Annotated[
+        Path | None, typer.Option(help="Clean labels store to fine-tune on.")
+    ] = None,
+    classes: Annotated[
+        Path | None,
+        typer.Option(
+            help="Class schema: TOML (with OSM tag rules) or JSON [{id,name,color}]. "
+            "Default: generic names for the label ids."
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="TOML file of training options (any TrainConfig field, e.g. `epochs = 20`, "
+            "`lr = 0.003`); the options below override it.",
+        ),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Pretraining epochs [10].")] = None,
+    finetune_epochs: Annotated[int | None, typer.Option(help="Fine-tuning epochs [5].")] = None,
+    chip_size: Annotated[int | None, typer.Option(help="Chip side in pixels [256].")] = None,
+    base_width: Annotated[
+        int | None, typer.Option(help="U-Net channels at full resolution [32].")
+    ] = None,
+    depth: Annotated[int | None, typer.Option(help="U-Net downsampling steps [4].")] = None,
+    train_chips: Annotated[int | None, typer.Option(help="Chips sampled per stage [128].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Chips per step [8].")] = None,
+    noisy_loss: Annotated[
+        str | None,
+        typer.Option(help="Pretraining loss for noisy labels: ce, gce or bootstrap [ce]."),
+    ] = None,
+    context: Annotated[
+        str | None, typer.Option(help="Bottleneck context module: none or aspp (dilated).")
+    ] = None,
+    balanced: Annotated[
+        bool, typer.Option("--balanced", help="Weight classes by inverse frequency.")
+    ] = False,
+    elastic: Annotated[
+        float | None, typer.Option(help="Elastic deformation in pixels (0 = off) [0].")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="Torch device: cpu, cuda, cuda:N [cuda if present].")
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="auto (bf16 + channels-last on CUDA, fp32 on CPU), bf16 or fp32."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed [0].")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train a U-Net: pretrain on (noisy) labels, then fine-tune on clean ones if given.
+
+    Fine-tuning starts with the encoder frozen at a lower learning rate, then unfreezes it.
+    Training resumes from its last epoch checkpoint if interrupted. Defaults (in brackets)
+    suit a GPU; on a CPU try --chip-size 64 --base-width 16 --depth 3.
+    """
+    from eoseg.train import train_from_stores
+    from eoseg.train.config import configure, load_train_config
+
+    def body() -> None:
+        options = configure(
+            load_train_config(config) if config else None,
+            epochs=epochs,
+            finetune_epochs=finetune_epochs,
+            chip_size=chip_size,
+            base_width=base_width,
+            depth=depth,
+            train_chips=train_chips,
+            batch_size=batch_size,
+            noisy_loss=noisy_loss,
+            context=context,
+            class_weights="balanced" if balanced else None,
+            elastic=elastic,
+            device=device,
+            precision=precision,
+            seed=seed,
+        )
+        with console.train_progress() as bar:
+            card = train_from_stores(
+                cube,
+                labels,
+                out,
+                finetune_labels=finetune_labels,
+                config=options,
+                classes=classes,
+                progress=bar,
+            )
+        doc = {
+            "model": out,
+            "name": card.name,
+            "version": card.version,
+            "bands": card.bands,
+            "parameters": card.parameters,
+            "flops_per_pixel": card.flops_per_pixel,
+            "val_miou": card.metrics.get("val_miou"),
+        }
+        report("train", doc, json_out)
+
+    guard(body)
