@@ -2,15 +2,18 @@
 
 A source is one of three kinds:
 
-* ``vector``: GeoJSON, GeoPackage, GeoParquet, Shapefile or FlatGeobuf (any CRS) with an
-  integer class-id field;
-* ``raster``: a single-band GeoTIFF of class ids;
+* ``vector``: GeoJSON, GeoPackage, GeoParquet, Shapefile or FlatGeobuf (any CRS) with a
+  class field: integer class ids, or codes and names a class map translates
+  (`eoseg.label_mapping`); a text field without a class map holds class names of the
+  schema;
+* ``raster``: a single-band GeoTIFF of class ids, or of codes a class map translates;
 * ``osm``: an OSM extract (``.osm.pbf``, ``.osm``, ...) or a vector file with OSM tag
   columns, classified by a class schema's tag rules (`eoseg.osm`).
 
 Which kind a file is: an OSM extract is always ``osm`` (it needs a schema). With a schema,
 a vector file is ``osm`` when it lacks the class-id field and ``vector`` when it has it;
 ``osm=True``/``False`` overrides the guess. Without a schema, vector files need the field.
+A class map is for class fields and rasters only: with one, a vector file is ``vector``.
 
 An ``osm`` source is read once: its features within the grid's footprint (plus a margin
 for buffered lines) are written as GeoParquet with a bbox covering column into the
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pyogrio
 import pyproj
@@ -45,6 +49,7 @@ from eoseg.errors import (
     UnreadableVectorError,
 )
 from eoseg.grid import crs_of
+from eoseg.label_mapping import ClassMapping
 from eoseg.osm import OSM_SUFFIXES, BBox, osm_features
 from eoseg.vectorize import write_polygons
 
@@ -70,6 +75,8 @@ class LabelSource:
         class_field: Vector field holding class ids.
         origin: The file the user gave (recorded in the tiles' provenance).
         num_classes: Class ids must be below this (the schema's size, else 255).
+        class_map: Translates the field's values or the raster's codes to class ids;
+            ``None`` when they are class ids.
     """
 
     path: str
@@ -78,20 +85,35 @@ class LabelSource:
     class_field: str
     origin: str = ""
     num_classes: int = IGNORE_ID
+    class_map: ClassMapping | None = None
 
 
-def source_kind(path: Path, class_field: str, schema: ClassSchema | None, osm: bool | None) -> str:
+def source_kind(
+    path: Path,
+    class_field: str,
+    schema: ClassSchema | None,
+    osm: bool | None,
+    class_map: ClassMapping | None = None,
+) -> str:
     """``"osm"``, ``"vector"`` or ``"raster"``: how ``path`` is read (see the module docs).
 
     Raises:
         InputNotFoundError: No such file.
         InvalidParameterError: An OSM source without a schema (or one without OSM rules),
-            or ``osm=False`` for an OSM extract.
+            ``osm=False`` for an OSM extract, or a class map for OSM features.
         UnreadableVectorError: A vector file with neither ``class_field`` nor OSM tags.
     """
     if not path.exists():
         raise InputNotFoundError(f"label file {path} does not exist: check the path")
     extract = path.name.lower().endswith(OSM_SUFFIXES)
+    if class_map is not None:
+        if extract or osm:
+            raise InvalidParameterError(
+                f"a class map translates the values of a class field or the codes of a "
+                f"raster, but {path} is read as OSM features, which the schema's tag rules "
+                "classify: drop --class-map (or --osm)"
+            )
+        return "vector" if path.suffix.lower() in VECTOR_SUFFIXES else "raster"
     if extract and osm is False:
         raise InvalidParameterError(
             f"{path} is an OSM extract, which has no class-id field: drop --no-osm and pass "
@@ -127,14 +149,23 @@ def source_kind(path: Path, class_field: str, schema: ClassSchema | None, osm: b
 
 
 def check_label_source(
-    path: Path, class_field: str, grid: GeoBox, *, num_classes: int = IGNORE_ID
+    path: Path,
+    class_field: str,
+    grid: GeoBox,
+    *,
+    schema: ClassSchema | None = None,
+    class_map: ClassMapping | None = None,
 ) -> LabelSource:
     """Open a vector or raster label file's metadata and check it overlaps the grid.
 
+    Without ``class_map``, a text ``class_field`` maps by the class names of ``schema``.
+
     Raises:
         InputNotFoundError: No such file.
-        UnreadableVectorError: Not a vector file, or no ``class_field``.
+        UnreadableVectorError: Not a vector file, no ``class_field``, or a text field
+            with neither a schema nor a class map.
         UnreadableRasterError: A raster that cannot be read.
+        InvalidParameterError: A class map for a raster lists values that are no codes.
         NoOverlapError: The labels do not overlap the grid.
     """
     if not path.exists():
@@ -149,9 +180,13 @@ def check_label_source(
                 "--class-field with the field holding integer class ids (or, for OSM "
                 "tags, --classes with a schema of OSM tag rules)"
             )
+        if class_map is None and _is_text(path, class_field):
+            class_map = _names_map(path, class_field, schema)
         kind = "vector"
     else:
         kind, crs, source_bounds = "raster", *_raster_info(path)
+        if class_map is not None:
+            class_map.check_codes(path)
     footprint = BoundingBox(*source_bounds, crs=crs).polygon.to_crs(crs_of(grid))
     if not footprint.intersects(grid.extent):
         b = grid.extent.to_crs("EPSG:4326").boundingbox
@@ -160,7 +195,28 @@ def check_label_source(
             f"do not overlap the cube (lon {b.left:.4f}..{b.right:.4f}, lat "
             f"{b.bottom:.4f}..{b.top:.4f}): check the labels' CRS and area"
         )
-    return LabelSource(str(path), kind, crs, class_field, str(path), num_classes)
+    n = len(schema) if schema is not None else IGNORE_ID
+    return LabelSource(str(path), kind, crs, class_field, str(path), n, class_map)
+
+
+def _names_map(path: Path, class_field: str, schema: ClassSchema | None) -> ClassMapping:
+    """The schema's class names as the mapping of a text field."""
+    if schema is None:
+        raise UnreadableVectorError(
+            f"field {class_field!r} of {path} holds text, not class ids: pass --classes "
+            "with a schema whose class names these are (matched ignoring case), or "
+            "--class-map 'Forest=1,Water=0' (value=class id or name)"
+        )
+    return ClassMapping.from_schema(schema)
+
+
+def _is_text(path: Path, field: str) -> bool:
+    """Whether a field of a vector file holds strings."""
+    if path.suffix.lower() in {".parquet", ".geoparquet"}:
+        kind = pq.read_schema(path).field(field).type
+        return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
+    info = pyogrio.read_info(path)
+    return str(dict(zip(info["fields"], info["dtypes"], strict=True))[field]) == "object"
 
 
 def prepare_osm_source(path: Path, schema: ClassSchema, grid: GeoBox, staging: Path) -> LabelSource:

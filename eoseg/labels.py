@@ -2,13 +2,17 @@
 
 Sources (see `eoseg.label_sources`):
 
-* vectors (GeoJSON, GeoPackage, GeoParquet, Shapefile; any CRS) with an integer class-id
-  field, read per tile with a bounding-box filter, reprojected to the grid CRS and burnt
-  with the pixel-centre rule; later features win where polygons overlap;
+* vectors (GeoJSON, GeoPackage, GeoParquet, Shapefile; any CRS) with a class field, read
+  per tile with a bounding-box filter, reprojected to the grid CRS and burnt with the
+  pixel-centre rule; later features win where polygons overlap;
 * a single-band GeoTIFF of class ids, resampled with nearest neighbour;
 * OSM features (an ``.osm.pbf`` extract, or a vector file of OSM tag columns) classified
   by a class schema's tag rules (`eoseg.osm`): read once over the grid's footprint into
   the staging store, then burnt per tile like vectors, in `eoseg.osm`'s burn order.
+
+A class field or raster may hold other codes or names: a class map
+(`eoseg.label_mapping`) translates them per tile, and a text field without one maps by the
+schema's class names. Values the map does not list become 255 and are reported.
 
 Unlabelled pixels are 255 (ignore). Memory per task is one tile's raster and the
 features overlapping it.
@@ -21,12 +25,13 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import dask.array as da
 import numpy as np
+import pandas as pd
 import rasterio
 import xarray as xr
 from distributed import Client
@@ -40,6 +45,14 @@ from eoseg.classes import IGNORE_ID, ClassSchema, load_schema
 from eoseg.cluster import ProgressFn, run_tiles
 from eoseg.errors import EosegError, UnreadableRasterError, UnreadableVectorError
 from eoseg.grid import Tile, crs_of, iter_tiles
+from eoseg.label_mapping import (
+    ClassMapping,
+    ClassMapSpec,
+    apply_ids,
+    index_values,
+    load_class_map,
+    map_codes,
+)
 from eoseg.label_sources import (
     OSM_FEATURES,
     LabelSource,
@@ -74,12 +87,21 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class LabelsResult:
-    """What a rasterize run wrote."""
+    """What a rasterize run wrote.
+
+    Attributes:
+        path: The labels store.
+        labelled_fraction: Share of the grid's pixels with a class id.
+        class_counts: Pixels per class id.
+        seconds: Run time.
+        unmapped: Pixels per source value the class map does not list (burnt as 255).
+    """
 
     path: Path
     labelled_fraction: float
     class_counts: dict[int, int]
     seconds: float
+    unmapped: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (what ``eoseg rasterize --json`` prints)."""
@@ -87,6 +109,7 @@ class LabelsResult:
             "labels": str(self.path),
             "labelled_fraction": self.labelled_fraction,
             "class_pixels": self.class_counts,
+            "unmapped_pixels": self.unmapped,
             "seconds": round(self.seconds, 2),
         }
 
@@ -98,6 +121,7 @@ def rasterize_labels(
     *,
     class_field: str = "class_id",
     classes: ClassSchema | Path | str | None = None,
+    class_map: ClassMapSpec | ClassMapping | None = None,
     osm: bool | None = None,
     client: Client | None = None,
     overwrite: bool = False,
@@ -107,14 +131,18 @@ def rasterize_labels(
     """Rasterize labels onto the grid of a store (a cube or a class map) and publish them.
 
     Args:
-        source_path: Vector file (any CRS, integer ``class_field``), class-id GeoTIFF, or
-            OSM source (``.osm.pbf``/``.osm`` extract, or a vector file of OSM tag
-            columns) classified by ``classes``.
+        source_path: Vector file (any CRS) with ``class_field``, GeoTIFF of class ids or
+            codes, or OSM source (``.osm.pbf``/``.osm`` extract, or a vector file of OSM
+            tag columns) classified by ``classes``.
         grid_path: The cube (or class map) whose grid and tiles the labels take.
         out: Path of the labels store to publish.
-        class_field: Vector field holding class ids 0..254.
+        class_field: Vector field holding class ids 0..254, or the codes or names that
+            ``class_map`` (or, for text, the class names of ``classes``) translates.
         classes: Class schema (or its TOML/JSON file). Required for OSM sources, whose
             class ids come from its tag rules; with class ids, ids must lie in it.
+        class_map: Source value to class id (or class name of ``classes``): pairs, a
+            TOML/JSON file, or ``"311=forest,511=water"`` (see `eoseg.label_mapping`).
+            Values it does not list become 255 and are reported in ``unmapped``.
         osm: Read ``source_path`` as OSM tags (``True``) or class ids (``False``);
             ``None`` guesses: OSM for extracts, and, given ``classes``, for vector files
             without ``class_field``.
@@ -125,9 +153,11 @@ def rasterize_labels(
 
     Raises:
         InputNotFoundError: No such source, grid store or schema file.
-        InvalidParameterError: An OSM source without a schema with OSM rules.
+        InvalidParameterError: An OSM source without a schema with OSM rules, a class map
+            for OSM features, or an invalid class map (a target no class of the schema).
         UnreadableVectorError: Unreadable source, no class field or OSM tags, no feature
-            matching the schema, or class ids outside the schema.
+            matching the schema, class ids outside the schema, or a text field without
+            schema or class map (or holding values that are no class name).
         NoOverlapError: The labels do not overlap the grid.
         OutputExistsError: ``out`` exists and ``overwrite`` is false.
     """
@@ -137,14 +167,15 @@ def rasterize_labels(
     cube = open_grid_store(grid_path)
     grid: GeoBox = cube.odc.geobox
     tile_size = int(cube.attrs["tile_size"])
-    kind = source_kind(source_path, class_field, schema, osm)
-    n_classes = len(schema) if schema is not None else IGNORE_ID
+    mapping = load_class_map(class_map, schema) if class_map is not None else None
+    kind = source_kind(source_path, class_field, schema, osm, mapping)
     source = (
         None
         if kind == "osm"
-        else check_label_source(source_path, class_field, grid, num_classes=n_classes)
+        else check_label_source(source_path, class_field, grid, schema=schema, class_map=mapping)
     )
     schema_doc = schema.to_dict() if schema is not None else None
+    map_doc = source.class_map.to_dict() if source and source.class_map else None
     signature = hashlib.sha256(
         json.dumps(
             [
@@ -153,6 +184,7 @@ def rasterize_labels(
                 source_path.stat().st_mtime,
                 class_field if kind != "osm" else None,
                 schema_doc,
+                map_doc,
                 cube.attrs["eoseg_signature"],
                 tile_size,
             ]
@@ -165,6 +197,7 @@ def rasterize_labels(
         "source_kind": kind,
         "class_field": class_field if kind != "osm" else None,
         "classes": schema_doc,
+        "class_map": map_doc,
         "grid_store": str(grid_path),
     }
     template = labels_template(grid, tile_size)
@@ -189,17 +222,27 @@ def rasterize_labels(
         raise
     (staging_path(out) / OSM_FEATURES).unlink(missing_ok=True)
     publish(out, overwrite=overwrite)
-    counts = _read_counts(out)
+    counts, unmapped = _read_counts(out)
     total = grid.shape.y * grid.shape.x
     labelled = int(counts[:IGNORE_ID].sum())
     if not labelled:
         log.warning("%s labels no pixel of the grid of %s", source_path, grid_path)
+    if unmapped:
+        log.warning(
+            "%s: %d pixels hold values the class map does not list, burnt as %d (ignore): "
+            "%s; add them to --class-map (or map them to 'ignore')",
+            source_path,
+            sum(unmapped.values()),
+            IGNORE_ID,
+            unmapped,
+        )
     log.info("rasterized %d tiles of %s into %s", len(counts_per_tile), source_path, out)
     return LabelsResult(
         path=out,
         labelled_fraction=labelled / total if total else 0.0,
         class_counts={i: int(n) for i, n in enumerate(counts[:IGNORE_ID]) if n},
         seconds=time.perf_counter() - start,
+        unmapped=unmapped,
     )
 
 
@@ -214,54 +257,86 @@ def labels_template(grid: GeoBox, tile_size: int) -> xr.Dataset:
     return template
 
 
-def _read_counts(path: Path) -> np.ndarray:
-    """The class histogram of a published store, from its tiles' provenance records (all
-    tiles, also those written by an earlier, interrupted run)."""
+def _read_counts(path: Path) -> tuple[np.ndarray, dict[str, int]]:
+    """The class histogram and unmapped-value pixels of a published store, from its tiles'
+    provenance records (all tiles, also those written by an earlier, interrupted run)."""
     counts = np.zeros(256, dtype="int64")
+    unmapped: dict[str, int] = {}
     for record in tile_provenance(path):
         for cid, n in record.get("class_pixels", {}).items():
             counts[int(cid)] += int(n)
-    return counts
+        for value, n in record.get("unmapped_pixels", {}).items():
+            unmapped[value] = unmapped.get(value, 0) + int(n)
+    return counts, dict(sorted(unmapped.items(), key=lambda kv: -kv[1]))
 
 
 def rasterize_tile(tile: Tile, *, source: LabelSource, grid: GeoBox, staging: Path) -> list[int]:
     """Burn the labels of one tile and write it; returns the tile's class histogram."""
     box = tile.geobox(grid)
-    out = _burn_vector(source, box) if source.kind == "vector" else _resample_raster(source, box)
+    burn = _burn_vector if source.kind == "vector" else _resample_raster
+    out, unmapped = burn(source, box)
     hist = np.bincount(out.ravel(), minlength=256)
-    pixels = {str(i): int(n) for i, n in enumerate(hist) if n}
-    write_tile(staging, tile, {"labels": out}, {"source": source.origin, "class_pixels": pixels})
+    record: dict[str, Any] = {
+        "source": source.origin,
+        "class_pixels": {str(i): int(n) for i, n in enumerate(hist) if n},
+    }
+    if source.class_map is not None:
+        record["unmapped_pixels"] = unmapped
+    write_tile(staging, tile, {"labels": out}, record)
     return hist.tolist()
 
 
-def _burn_vector(source: LabelSource, box: GeoBox) -> np.ndarray:
+def _burn_vector(source: LabelSource, box: GeoBox) -> tuple[np.ndarray, dict[str, int]]:
     bbox = box.extent.to_crs(source.crs).boundingbox
     frame = read_vector(Path(source.path), tuple(bbox))
     out = np.full(box.shape.yx, IGNORE_ID, dtype="uint8")
     if frame.empty:
-        return out
+        return out, {}
     frame = frame.to_crs(crs_of(box).wkt)
     values = frame[source.class_field]
     ok = values.notna() & frame.geometry.notna() & ~frame.geometry.is_empty
+    if source.class_map is not None:
+        return _burn_mapped(source, source.class_map, frame.geometry[ok], values[ok], box)
     ids = values[ok].astype("int64")
     bad = ids[(ids < 0) | (ids >= source.num_classes)]
     if len(bad):
         raise UnreadableVectorError(
             f"{source.origin}: field {source.class_field!r} must hold class ids "
             f"0..{source.num_classes - 1}{_of_schema(source)}; found "
-            f"{sorted(set(bad.tolist()))[:5]}: map them to class ids first"
+            f"{sorted(set(bad.tolist()))[:5]}: translate them with --class-map 'code=class,...'"
         )
     shapes = zip(frame.geometry[ok], ids, strict=True)
-    return rasterize(
+    burnt = rasterize(
         shapes, out_shape=box.shape.yx, transform=box.affine, fill=IGNORE_ID, dtype="uint8"
     )
+    return burnt, {}
+
+
+def _burn_mapped(
+    source: LabelSource, mapping: ClassMapping, geoms: Any, values: pd.Series, box: GeoBox
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Burn each feature's index among the distinct values, then map those to class ids
+    (later features still win; unmapped pixels are counted per value)."""
+    where = f"{source.origin}: field {source.class_field!r}"
+    index, ids, keys = index_values(values, mapping, where=where)
+    if not len(index):
+        return np.full(box.shape.yx, IGNORE_ID, dtype="uint8"), {}
+    shapes = zip(geoms, index.tolist(), strict=True)
+    burnt = rasterize(shapes, out_shape=box.shape.yx, transform=box.affine, fill=-1, dtype="int32")
+    out, missing = apply_ids(burnt, ids)
+    unmapped: dict[str, int] = {}
+    for i, n in missing.items():
+        unmapped[keys[i]] = unmapped.get(keys[i], 0) + n
+    return out, unmapped
 
 
 def _of_schema(source: LabelSource) -> str:
     return " (the classes of the schema)" if source.num_classes < IGNORE_ID else ""
 
 
-def _resample_raster(source: LabelSource, box: GeoBox) -> np.ndarray:
+def _resample_raster(source: LabelSource, box: GeoBox) -> tuple[np.ndarray, dict[str, int]]:
+    if source.class_map is not None:
+        return map_codes(_resample_codes(source, box), source.class_map)
     out = np.full(box.shape.yx, IGNORE_ID, dtype="uint8")
     with rasterio.open(source.path) as src:
         reproject(
@@ -278,9 +353,26 @@ def _resample_raster(source: LabelSource, box: GeoBox) -> np.ndarray:
         raise UnreadableRasterError(
             f"{source.origin} holds class ids {bad[:5].tolist()}; expected "
             f"0..{source.num_classes - 1}{_of_schema(source)} or {IGNORE_ID} (ignore): map "
-            "them to class ids of the schema first"
+            "them to class ids of the schema, e.g. with --class-map '10=forest,80=water'"
         )
-    return out
+    return out, {}
+
+
+def _resample_codes(source: LabelSource, box: GeoBox) -> np.ndarray:
+    """The raster's codes on the tile's grid as floats (any integer type fits), NaN where
+    the raster has nodata or does not reach."""
+    codes = np.full(box.shape.yx, np.nan, dtype="float64")
+    with rasterio.open(source.path) as src:
+        reproject(
+            source=rasterio.band(src, 1),
+            destination=codes,
+            src_nodata=src.nodata,
+            dst_transform=box.affine,
+            dst_crs=crs_of(box).wkt,
+            dst_nodata=np.nan,
+            resampling=Resampling.nearest,
+        )
+    return codes
 
 
 def open_labels(path: Path | str) -> xr.DataArray:

@@ -93,16 +93,20 @@ def rasterize(
     source: Annotated[
         Path,
         typer.Argument(
-            help="Labels: a vector file with class ids (any CRS), a class-id GeoTIFF, or, "
-            "with --classes, an OSM extract (.osm.pbf, .osm) or a vector file of OSM tag "
-            "columns.",
+            help="Labels: a vector file with a class field (any CRS), a GeoTIFF of class "
+            "ids or codes, or, with --classes, an OSM extract (.osm.pbf, .osm) or a vector "
+            "file of OSM tag columns.",
             show_default=False,
         ),
     ],
     cube: Annotated[Path, typer.Option("--cube", help="Cube whose grid the labels take.")],
     out: Annotated[Path, typer.Option("--out", help="Labels store to write.")],
     class_field: Annotated[
-        str, typer.Option(help="Vector field holding class ids 0..254.")
+        str,
+        typer.Option(
+            help="Vector field holding class ids 0..254, class names of --classes, or codes "
+            "that --class-map translates."
+        ),
     ] = "class_id",
     classes: Annotated[
         Path | None,
@@ -110,6 +114,18 @@ def rasterize(
             "--classes",
             help="Class schema (TOML or JSON). OSM features get the ids of its classes by "
             "their osm/buffer tag rules; class ids read from a file must lie in it.",
+            show_default=False,
+        ),
+    ] = None,
+    class_map: Annotated[
+        str | None,
+        typer.Option(
+            "--class-map",
+            help="Translate the class field's values or the raster's codes to classes: a "
+            'TOML/JSON file of value = class pairs (311 = "forest"), or inline '
+            "'311=forest,312=forest,511=water'. A class is an id or a class name of "
+            "--classes; 'ignore' drops a value. Values not listed become 255 (ignore) and "
+            "are reported.",
             show_default=False,
         ),
     ] = None,
@@ -129,6 +145,8 @@ def rasterize(
     """Rasterize labels onto a cube's grid (uint8 class ids, 255 = ignore).
 
     Class ids come from a field of a vector file, from a class-id GeoTIFF, or from
+    OpenStreetMap. A field of names maps by the class names of --classes (ignoring case);
+    other codes or names (CORINE 311, WorldCover 10) map with --class-map. From
     OpenStreetMap: with --classes, an OSM extract is classified by the schema's tag rules
     (a line with a buffer rule becomes a polygon reaching that many metres each side),
     only over the cube's footprint, and burnt with smaller areas on top of larger ones and
@@ -138,15 +156,21 @@ def rasterize(
 
       eoseg rasterize osm.gpkg --cube cube.zarr --out osm.zarr
 
+      eoseg rasterize wc.tif --class-map "10=1,30=2,80=0" --cube cube.zarr --out clean.zarr
+
+      eoseg rasterize clc.gpkg --class-field code --class-map clc.toml --cube c.zarr --out l.zarr
+
       eoseg rasterize region.osm.pbf --classes schema.toml --cube cube.zarr --out osm.zarr
 
       eoseg rasterize tags.parquet --classes schema.toml --osm --cube cube.zarr --out osm.zarr
     """
     from eoseg.classes import load_schema
+    from eoseg.label_mapping import load_class_map
     from eoseg.labels import rasterize_labels
 
     def body() -> None:
         schema = load_schema(classes) if classes is not None else None  # before any cluster
+        mapping = load_class_map(class_map, schema) if class_map is not None else None
         with dask_client(scheduler) as client, console.progress_bar("rasterize") as bar:
             result = rasterize_labels(
                 source,
@@ -154,6 +178,7 @@ def rasterize(
                 out,
                 class_field=class_field,
                 classes=schema,
+                class_map=mapping,
                 osm=osm,
                 client=client,
                 overwrite=overwrite,
