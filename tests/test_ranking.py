@@ -44,15 +44,17 @@ def _table(scores: dict[str, TrainingScore]) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="not robust yet: fine-tuning underfits the clean set and can lose a class "
-    "(road IoU 0 on its own clean chips); noisy-only wins for seeds 0-2 at this budget",
-    strict=False,
-)
 def test_pretrain_finetune_beats_noisy_only_and_clean_only(tmp_path) -> None:
+    """Asserts what holds today and xfails, with the figures, on what does not yet.
+
+    Holds (seeds 0-2 at this budget): pretrain + fine-tune beats clean-only by a wide
+    margin. Not yet (issue 4 stays open): beating noisy-only too — fine-tuning underfits
+    the small clean set and can lose a class (road IoU 0 on its own clean chips).
+    """
     scores = compare_trainings(tmp_path, SPEC, CONFIG)
     table = _table(scores)
     print(table)
     best = scores["pretrain+finetune"].miou
-    for other in ("noisy-only", "clean-only"):
-        assert best >= scores[other].miou + MARGIN, f"not ahead of {other} by {MARGIN}:\n{table}"
+    assert best >= scores["clean-only"].miou + 5 * MARGIN, f"not ahead of clean-only:\n{table}"
+    if best < scores["noisy-only"].miou + MARGIN:
+        pytest.xfail(f"pretrain + fine-tune not ahead of noisy-only by {MARGIN}:\n{table}")
