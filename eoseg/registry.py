@@ -243,15 +243,6 @@ def production_version(registry_dir: Location, name: str) -> str:
     return version
 
 
-def production_model(registry_dir: Location, name: str) -> Path:
-    """Local folder of the production version of ``name`` (fetched if remote).
-
-    Raises:
-        InputNotFoundError: If no production version is set or it is missing.
-    """
-    return fetch_model(registry_dir, name)
-
-
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/eoseg/models`` (``~/.cache/eoseg/models`` by default)."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"

@@ -95,7 +95,7 @@ def test_train_flow_run_registers_and_promotes(
     writes the model and registers it as the production version."""
     from eoseg.classes import DEMO_CLASSES
     from eoseg.models import load_model
-    from eoseg.registry import list_models, production_model
+    from eoseg.registry import fetch_model, list_models
     from flows.train import train_flow
 
     classes = tmp_path / "classes.toml"
@@ -122,5 +122,5 @@ def test_train_flow_run_registers_and_promotes(
     assert [c["name"] for c in card["classes"]] == list(DEMO_CLASSES.names)
     assert result["labels"]["clean"]["labelled_fraction"] > 0
     assert [(m.name, m.version) for m in list_models(registry)] == [(card["name"], card["version"])]
-    _, loaded = load_model(production_model(registry, card["name"]))
+    _, loaded = load_model(fetch_model(registry, card["name"]))
     assert loaded.version == card["version"] and result["registered"]["production"]

@@ -21,7 +21,6 @@ from eoseg.models import ModelCard, UNet, load_model, save_model
 from eoseg.registry import (
     fetch_model,
     list_models,
-    production_model,
     production_version,
     production_versions,
     register,
@@ -88,11 +87,11 @@ def test_register_list_and_promote(tmp_path) -> None:
         ("lc", a.version), ("lc", b.version), ("other", c.version)
     }  # fmt: skip
     with pytest.raises(InputNotFoundError, match="no production version"):
-        production_model(reg, "lc")
+        fetch_model(reg, "lc")
     set_production(reg, "lc", b.version)
-    assert production_model(reg, "lc") == reg / "lc" / b.version
+    assert fetch_model(reg, "lc") == reg / "lc" / b.version
     set_production(reg, "lc", a.version)
-    _, loaded = load_model(production_model(reg, "lc"))
+    _, loaded = load_model(fetch_model(reg, "lc"))
     assert loaded == a
 
 
