@@ -1,8 +1,10 @@
 """Dask clusters and running per-tile functions on them.
 
-On one machine eoseg starts a `dask.distributed.LocalCluster` of processes; at scale it
-connects to any scheduler address (``tcp://...``) — GPU nodes run ``dask cuda worker``
-(one worker per GPU), Kubernetes the Dask operator, HPC dask-jobqueue (see ``deploy/``).
+On one machine eoseg starts a `dask.distributed.LocalCluster` of processes, or with
+``scheduler="cuda"`` a ``dask_cuda.LocalCUDACluster`` (one worker per visible GPU, each
+pinned to its GPU by ``CUDA_VISIBLE_DEVICES``). At scale it connects to any scheduler
+address (``tcp://...``): GPU nodes run ``dask cuda worker`` (one worker per GPU),
+Kubernetes the Dask operator, HPC dask-jobqueue (see ``deploy/``).
 Tile functions are plain functions of a `Tile`; this module only schedules them.
 """
 
@@ -22,6 +24,10 @@ from eoseg.errors import EosegError, InvalidParameterError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+GPU_THREADS = 4
+"""Default threads (tiles in flight) of a local dask-cuda worker."""
+CUDA = "cuda"
+"""The ``scheduler`` value that starts a local dask-cuda cluster."""
 ProgressFn = Callable[[int, int], None]
 """Called as ``progress(done, total)`` after each finished tile."""
 
@@ -33,17 +39,25 @@ def connect(
     n_workers: int | None = None,
     processes: bool = True,
     local_directory: Path | None = None,
+    gpu_threads: int = GPU_THREADS,
 ) -> Iterator[Client]:
     """Yield a client: to ``scheduler`` if given, else to a new local cluster.
 
     Args:
         scheduler: Address of a running scheduler (``tcp://host:8786``); ``None`` starts a
-            `LocalCluster` that is closed on exit.
+            `LocalCluster` that is closed on exit; ``"cuda"`` starts a local dask-cuda
+            cluster of one worker per visible GPU (needs ``pip install eoseg[gpu]``).
         n_workers: Local workers (default: one per core, at most 4), one thread each:
             torch parallelism inside a task is set by the worker plugin.
         processes: Process workers (default) or threads in this process (tests).
         local_directory: Where local workers spill; keep it inside the work dir.
+        gpu_threads: Threads of each dask-cuda worker: tiles in flight per GPU, so one
+            tile's reading and writing overlaps another's inference.
     """
+    if scheduler == CUDA:
+        with _cuda_cluster(local_directory, gpu_threads) as client:
+            yield client
+        return
     if scheduler:
         try:
             client = Client(scheduler, timeout="30s")
@@ -69,6 +83,35 @@ def connect(
         Client(cluster) as client,
     ):
         log.info("local Dask cluster: %d workers (%s)", workers, cluster.scheduler_address)
+        yield client
+
+
+@contextmanager
+def _cuda_cluster(local_directory: Path | None, threads: int) -> Iterator[Client]:
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError as exc:
+        raise InvalidParameterError(
+            f"--scheduler cuda needs dask-cuda, which is not installed ({exc}): run "
+            "`pip install 'eoseg[gpu]'` with a CUDA build of torch, or leave --scheduler out "
+            "to run on the CPU"
+        ) from exc
+    import torch
+
+    if not torch.cuda.is_available():
+        raise InvalidParameterError(
+            "--scheduler cuda found no CUDA device (torch.cuda.is_available() is False): "
+            "check the driver and that torch is a CUDA build, or leave --scheduler out"
+        )
+    with (
+        LocalCUDACluster(
+            threads_per_worker=threads,
+            dashboard_address=":0",
+            local_directory=str(local_directory) if local_directory else None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        log.info("local dask-cuda cluster: %d GPU workers", len(cluster.workers))
         yield client
 
 

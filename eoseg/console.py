@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -104,7 +105,8 @@ def _fmt(value: Any) -> str:
 
 def print_error(message: str) -> None:
     """The one-paragraph message of a bad-input error, on stderr."""
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False)
+    # Messages quote user input and Python values ("[255]", "eoseg[gpu]"): never markup.
+    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
 
 
 def print_demo_summary(summary: Mapping[str, Any]) -> None:

@@ -102,7 +102,7 @@ def predict_window(
     card: ModelCard,
     window: np.ndarray,
     *,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     accel: Accelerator | None = None,
 ) -> np.ndarray:
     """Class probabilities of a padded window by blended chips.
@@ -112,7 +112,8 @@ def predict_window(
         card: Its model card (chip size, normalisation).
         window: float32 ``(band, H, W)`` physical values (NaN = nodata), with ``H`` and
             ``W`` equal to ``chip/2 * k + chip/2`` so the chip lattice fits exactly.
-        batch_size: Chips per forward pass (bounds memory on GPUs).
+        batch_size: Chips per forward pass (bounds memory); default 32 on CUDA, 8 on
+            the CPU.
         accel: Device, precision and layout; default: the model's device with its
             automatic precision (bf16 and channels-last on CUDA, fp32 on the CPU).
 
@@ -122,27 +123,31 @@ def predict_window(
     """
     chip = card.chip_size
     stride = chip // 2
-    x = normalize(window, card)
-    x_t = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
-    _, height, width = x.shape
+    if accel is None:
+        accel = resolve_accelerator(str(next(model.parameters()).device))
+    if batch_size is None:
+        batch_size = 32 if accel.device.type == "cuda" else 8
+    # The window goes to the device once and the blend accumulates there: copying every
+    # chip's probabilities back to host memory would dominate on a GPU.
+    x_t = torch.as_tensor(np.ascontiguousarray(normalize(window, card)), dtype=torch.float32)
+    x_t = x_t.to(accel.device)
+    _, height, width = x_t.shape
     starts = [
         (r, c)
         for r in range(0, height - chip + 1, stride)
         for c in range(0, width - chip + 1, stride)
     ]
-    acc = np.zeros((len(card.classes), height, width), dtype="float32")
-    weight = torch.as_tensor(blend_window(chip))
-    if accel is None:
-        accel = resolve_accelerator(str(next(model.parameters()).device))
+    acc = torch.zeros((len(card.classes), height, width), device=accel.device)
+    weight = torch.as_tensor(blend_window(chip), device=accel.device)
     with torch.inference_mode(), accel.autocast():
         for i in range(0, len(starts), batch_size):
             batch = starts[i : i + batch_size]
             chips = torch.stack([x_t[:, r : r + chip, c : c + chip] for r, c in batch])
-            probs = torch.softmax(model(accel.to_input(chips)).float(), dim=1).cpu() * weight
-            for (r, c), p in zip(batch, probs.numpy(), strict=True):
+            probs = torch.softmax(model(accel.to_input(chips)).float(), dim=1) * weight
+            for (r, c), p in zip(batch, probs, strict=True):
                 acc[:, r : r + chip, c : c + chip] += p
     half = chip // 2
-    return acc[:, half : height - half, half : width - half]
+    return acc[:, half : height - half, half : width - half].cpu().numpy()
 
 
 def read_window(data: xr.DataArray, grid: GeoBox, tile: Tile, chip: int) -> np.ndarray:

@@ -127,6 +127,25 @@ def test_predict_band_mismatch_exits_2(cube_path: Path, tmp_path: Path) -> None:
     assert "VV" in result.stderr and "B02" in result.stderr
 
 
+def test_predict_scheduler_cuda_without_dask_cuda_exits_2(
+    cube_path: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("torch")
+    try:
+        import dask_cuda  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("dask-cuda is installed here")
+    out = tmp_path / "x.zarr"
+    args = ["predict", "--cube", str(cube_path), "--model", str(model_dir), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--scheduler", "cuda"])
+    assert result.exit_code == 2
+    assert "dask-cuda" in result.stderr and "eoseg[gpu]" in result.stderr
+    assert "Traceback" not in result.output
+    assert not out.exists()
+
+
 def test_export_evaluate_query(
     cube_path: Path,
     model_dir: Path,

@@ -52,3 +52,29 @@ def test_cuda_bf16_training_learns(tmp_path: Path) -> None:
     config = dataclasses.replace(FAST, device="cuda")
     card = train_model(cube, noisy, tmp_path / "m", schema=SCHEMA, config=config)
     assert card.metrics["val_miou"] > 0.6
+
+
+def test_predict_on_local_cuda_cluster(cube_path: Path, model_dir: Path, tmp_path: Path) -> None:
+    """``--scheduler cuda``: one dask-cuda worker per GPU predicts the same map as in-process."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    pytest.importorskip("dask_cuda")
+    from eoseg.cluster import connect
+    from eoseg.predict import open_classmap, predict
+
+    def model_on_gpu() -> bool:
+        from eoseg.predict import _MODELS
+
+        return bool(_MODELS) and all(next(m.parameters()).is_cuda for m, _ in _MODELS.values())
+
+    with connect("cuda", local_directory=tmp_path / "dask") as client:
+        assert len(client.scheduler_info()["workers"]) == torch.cuda.device_count()
+        predict(cube_path, model_dir, tmp_path / "cluster.zarr", client=client)
+        assert all(client.run(model_on_gpu).values())
+    predict(cube_path, model_dir, tmp_path / "local.zarr")
+    a = open_classmap(tmp_path / "cluster.zarr")["class"].values
+    b = open_classmap(tmp_path / "local.zarr")["class"].values
+    assert a.shape == b.shape
+    assert (a == b).mean() > 0.999

@@ -26,7 +26,8 @@ SchedulerOpt = Annotated[
     str | None,
     typer.Option(
         "--scheduler",
-        help="Dask scheduler address (tcp://host:8786). Default: a local cluster.",
+        help="Dask scheduler address (tcp://host:8786), or 'cuda' for a local dask-cuda "
+        "cluster of one worker per GPU. Default: a local CPU cluster.",
         show_default=False,
     ),
 ]
