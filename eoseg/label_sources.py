@@ -22,7 +22,6 @@ staging store, and tiles then read them by bounding box like any vector source.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -30,9 +29,6 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import pyogrio
 import pyproj
 import rasterio
 import shapely
@@ -51,6 +47,7 @@ from eoseg.errors import (
 from eoseg.grid import crs_of
 from eoseg.label_mapping import ClassMapping
 from eoseg.osm import OSM_SUFFIXES, BBox, osm_features
+from eoseg.vector_io import is_text_field, vector_info
 from eoseg.vectorize import write_polygons
 
 log = logging.getLogger(__name__)
@@ -123,7 +120,7 @@ def source_kind(
     if not (extract or osm or (osm is None and schema is not None and vector)):
         return "vector" if vector else "raster"
     guessed = not (extract or osm)
-    fields = _vector_info(path)[1] if guessed else []
+    fields = vector_info(path)[1] if guessed else []
     if guessed and class_field in fields:
         return "vector"  # a schema names the classes of the ids; no OSM rules needed
     if schema is None:
@@ -171,7 +168,7 @@ def check_label_source(
     if not path.exists():
         raise InputNotFoundError(f"label file {path} does not exist: check the path")
     if path.suffix.lower() in VECTOR_SUFFIXES:
-        crs, fields, source_bounds = _vector_info(path)
+        crs, fields, source_bounds = vector_info(path)
         if crs is None:
             raise UnreadableVectorError(f"{path} has no CRS: assign one (e.g. with ogr2ogr -a_srs)")
         if class_field not in fields:
@@ -180,7 +177,7 @@ def check_label_source(
                 "--class-field with the field holding integer class ids (or, for OSM "
                 "tags, --classes with a schema of OSM tag rules)"
             )
-        if class_map is None and _is_text(path, class_field):
+        if class_map is None and is_text_field(path, class_field):
             class_map = _names_map(path, class_field, schema)
         kind = "vector"
     else:
@@ -208,15 +205,6 @@ def _names_map(path: Path, class_field: str, schema: ClassSchema | None) -> Clas
             "--class-map 'Forest=1,Water=0' (value=class id or name)"
         )
     return ClassMapping.from_schema(schema)
-
-
-def _is_text(path: Path, field: str) -> bool:
-    """Whether a field of a vector file holds strings."""
-    if path.suffix.lower() in {".parquet", ".geoparquet"}:
-        kind = pq.read_schema(path).field(field).type
-        return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
-    info = pyogrio.read_info(path)
-    return str(dict(zip(info["fields"], info["dtypes"], strict=True))[field]) == "object"
 
 
 def prepare_osm_source(path: Path, schema: ClassSchema, grid: GeoBox, staging: Path) -> LabelSource:
@@ -301,57 +289,6 @@ def _no_features_error(path: Path, schema: ClassSchema, grid: GeoBox) -> EosegEr
         f"{west:.4f}..{east:.4f}, lat {south:.4f}..{north:.4f}), but none within the cube "
         f"(lon {w:.4f}..{e:.4f}, lat {s:.4f}..{n:.4f}): use an extract that covers the cube"
     )
-
-
-def read_vector(path: Path, bbox: tuple[float, ...]) -> gpd.GeoDataFrame:
-    """The features of a vector file within ``bbox`` (in the file's CRS)."""
-    try:
-        if path.suffix.lower() in {".parquet", ".geoparquet"}:
-            try:
-                return gpd.read_parquet(path, bbox=bbox)
-            except ValueError:
-                # No bbox covering column (GeoParquet < 1.1): read all, then filter. Writers
-                # of large label files should add one (to_parquet(write_covering_bbox=True)).
-                minx, miny, maxx, maxy = bbox
-                return gpd.read_parquet(path).cx[minx:maxx, miny:maxy]
-        return gpd.read_file(path, bbox=bbox, engine="pyogrio")
-    except Exception as exc:
-        raise UnreadableVectorError(f"could not read {path} ({exc})") from exc
-
-
-def _vector_info(path: Path) -> tuple[str | None, list[str], tuple[float, float, float, float]]:
-    """CRS (WKT), fields and bounds of a vector file."""
-    try:
-        if path.suffix.lower() in {".parquet", ".geoparquet"}:
-            # GeoParquet through pyarrow: GDAL's Parquet driver is optional and missing from
-            # some builds (the wheels here lack it).
-            return _parquet_info(path)
-        info = pyogrio.read_info(path, force_total_bounds=True)
-    except Exception as exc:
-        raise UnreadableVectorError(
-            f"{path} is not a vector file GDAL/OGR can read ({exc}): expected GeoJSON, "
-            "GeoPackage, GeoParquet or Shapefile"
-        ) from exc
-    crs = str(info["crs"]) if info.get("crs") is not None else None
-    bounds = tuple(float(v) for v in info["total_bounds"])
-    return crs, list(info.get("fields", [])), bounds  # type: ignore[return-value]
-
-
-def _parquet_info(path: Path) -> tuple[str | None, list[str], tuple[float, float, float, float]]:
-    """CRS, fields and bounds of a GeoParquet file from its metadata, reading no rows when
-    the file declares its bbox (else only the geometry column)."""
-    schema = pq.read_schema(path)
-    geo = json.loads((schema.metadata or {}).get(b"geo", b"{}"))
-    column = geo.get("primary_column", "geometry")
-    meta = geo.get("columns", {}).get(column, {})
-    # GeoParquet: a missing "crs" means OGC:CRS84; an explicit null means unknown.
-    crs_value = meta.get("crs", "OGC:CRS84")
-    crs = None if crs_value is None else pyproj.CRS.from_user_input(crs_value).to_wkt()
-    fields = [n for n in schema.names if n != column and n != "bbox"]
-    bbox = meta.get("bbox")
-    if bbox is None or len(bbox) != 4:
-        bbox = gpd.read_parquet(path, columns=[column]).total_bounds
-    return crs, fields, tuple(float(v) for v in bbox)  # type: ignore[return-value]
 
 
 def _raster_info(path: Path) -> tuple[str, tuple[float, float, float, float]]:

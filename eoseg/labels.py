@@ -58,7 +58,6 @@ from eoseg.label_sources import (
     LabelSource,
     check_label_source,
     prepare_osm_source,
-    read_vector,
     source_kind,
 )
 from eoseg.store import (
@@ -72,6 +71,7 @@ from eoseg.store import (
     tile_provenance,
     write_tile,
 )
+from eoseg.vector_io import read_vector
 
 __all__ = [
     "LabelSource",

@@ -32,6 +32,7 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyproj
 import shapely
 from shapely.geometry import box
 
@@ -42,6 +43,7 @@ from eoseg.errors import (
     UnreadableVectorError,
 )
 from eoseg.store import check_output
+from eoseg.vector_io import read_vector, vector_info
 from eoseg.vectorize import write_polygons
 
 log = logging.getLogger(__name__)
@@ -94,7 +96,7 @@ def osm_features(
     if path.name.lower().endswith(OSM_SUFFIXES):
         frame = _read_osm(path, schema, bbox)  # filtered by bbox while reading
     else:
-        frame = _read_tagged_vector(path, schema)
+        frame = _read_tagged_vector(path, schema, bbox)
         if bbox is not None and len(frame):
             frame = frame[frame.geometry.intersects(box(*bbox))]
     return _to_polygons(frame, schema)
@@ -226,17 +228,26 @@ def _read_osm(path: Path, schema: ClassSchema, bbox: BBox | None = None) -> gpd.
     return pd.concat(kept, ignore_index=True) if len(kept) > 1 else kept[0]
 
 
-def _read_tagged_vector(path: Path, schema: ClassSchema) -> gpd.GeoDataFrame:
+def _read_tagged_vector(
+    path: Path, schema: ClassSchema, bbox: BBox | None = None
+) -> gpd.GeoDataFrame:
+    """Matching features of a vector file with OSM tag columns; with ``bbox``, only those
+    whose envelope meets it are read (and only the tag columns the schema uses)."""
     try:
-        if path.suffix.lower() in {".parquet", ".geoparquet"}:
-            data = gpd.read_parquet(path)
-        else:
-            data = gpd.read_file(path, engine="pyogrio")
-    except Exception as exc:
+        crs, fields, _ = vector_info(path, bounds=False)
+    except UnreadableVectorError as exc:
         raise UnreadableVectorError(
-            f"{path} is not a vector file GDAL/OGR can read ({exc}): expected an OSM extract "
-            "(.osm.pbf, .osm) or GeoJSON/GeoPackage/GeoParquet with OSM tag columns"
+            f"{path} is not a vector file GDAL/OGR can read ({exc.__cause__}): expected an "
+            "OSM extract (.osm.pbf, .osm) or GeoJSON/GeoPackage/GeoParquet with OSM tag columns"
         ) from exc
+    wanted = {*schema.osm_keys, "other_tags"}
+    columns = [f for f in fields if f in wanted]
+    box = None
+    if bbox is not None and crs is not None:
+        box = pyproj.Transformer.from_crs(4326, crs, always_xy=True).transform_bounds(
+            *bbox, densify_pts=21
+        )
+    data = read_vector(path, box, columns=columns)
     if data.crs is None:
         raise UnreadableVectorError(f"{path} has no CRS: assign one (e.g. ogr2ogr -a_srs)")
     tags = _tag_columns(data, schema.osm_keys)

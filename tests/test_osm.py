@@ -167,6 +167,33 @@ def test_bbox_keeps_intersecting_features(tmp_path: Path) -> None:
         osm_features(path, SCHEMA, bbox=(1, 1, 0, 0))
 
 
+@pytest.mark.parametrize("name", ["tags.gpkg", "tags.parquet"])
+def test_tagged_vector_is_read_by_bbox(tmp_path: Path, name: str) -> None:
+    """A bbox read of a tagged file (in a projected CRS) reads only features near the bbox
+    and only the tag columns the schema uses: a country file is never read whole."""
+    from eoseg.osm import _read_tagged_vector
+    from eoseg.vector_io import read_vector
+
+    near = Polygon(WATER)
+    far = Polygon(ring(50_000, 50_000, 50_100, 50_100))  # 50 km away
+    frame = gpd.GeoDataFrame(
+        {"natural": ["water", "water"], "note": ["a", "b"]}, geometry=[near, far], crs=4326
+    ).to_crs(32632)
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        frame.to_parquet(path, write_covering_bbox=True)
+    else:
+        frame.to_file(path)
+    west, south = LON0 + 350 * M_LON, LAT0 + 350 * M_LAT
+    read = _read_tagged_vector(path, SCHEMA, (west, south, west + 1e-3, south + 1e-3))
+    assert len(read) == 1
+    assert len(_read_tagged_vector(path, SCHEMA)) == 2
+    assert list(read_vector(path, columns=["natural"]).columns) == ["natural", "geometry"]
+    assert osm_features(path, SCHEMA, bbox=(west, south, west + 1e-3, south + 1e-3))[
+        "class_id"
+    ].tolist() == [0]
+
+
 def test_write_labels_and_rasterize(cube_path: Path, tmp_path: Path) -> None:
     from eoseg.cube import open_cube
     from eoseg.labels import open_labels, rasterize_labels
