@@ -384,15 +384,32 @@ def open_labels(path: Path | str) -> xr.DataArray:
 
 
 def open_truth(
-    source: Path, grid_path: Path, *, class_field: str = "class_id", workdir: Path
+    source: Path,
+    grid_path: Path,
+    *,
+    class_field: str = "class_id",
+    schema: ClassSchema | None = None,
+    class_map: ClassMapSpec | ClassMapping | None = None,
+    workdir: Path,
 ) -> xr.DataArray:
     """Reference labels on the grid of ``grid_path``.
 
     ``source`` may be a labels store, a class-id GeoTIFF or a vector file; the latter two
-    are rasterized into a store inside ``workdir``.
+    are rasterized into a store inside ``workdir``. With ``schema`` (the class map's), a
+    text class field holds class names; ``class_map`` translates codes or names to classes
+    as in `rasterize_labels`.
     """
     if (source / "zarr.json").exists():
         return open_labels(source)
     out = workdir / f"truth-{hashlib.sha1(str(source).encode()).hexdigest()[:8]}.zarr"
-    rasterize_labels(source, grid_path, out, class_field=class_field, overwrite=True)
+    rasterize_labels(
+        source,
+        grid_path,
+        out,
+        class_field=class_field,
+        classes=schema,
+        class_map=class_map,
+        osm=False,  # reference labels are never classified by OSM tag rules
+        overwrite=True,
+    )
     return open_labels(out)

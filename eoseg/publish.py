@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from eoseg.classes import ClassSchema
+from eoseg.label_mapping import ClassMapping, ClassMapSpec, load_class_map
 from eoseg.labels import open_truth
 from eoseg.metrics import AccuracyReport, evaluate
 from eoseg.mosaic import write_cog, write_quicklook
@@ -55,12 +56,24 @@ def export_classmap(
 
 
 def evaluate_classmap(
-    classmap: Path, truth: Path, *, class_field: str = "class_id", workdir: Path
+    classmap: Path,
+    truth: Path,
+    *,
+    class_field: str = "class_id",
+    class_map: ClassMapSpec | ClassMapping | None = None,
+    workdir: Path,
 ) -> AccuracyReport:
-    """Compare a class map with reference labels (store, class-id GeoTIFF or vector)."""
+    """Compare a class map with reference labels (store, class-id GeoTIFF or vector).
+
+    A vector's text class field holds class names of the map's schema; ``class_map``
+    translates other codes or names (see `eoseg.label_mapping`).
+    """
     ds = open_classmap(classmap)
     schema = ClassSchema.from_dict(ds.attrs["classes"])
-    reference = open_truth(truth, classmap, class_field=class_field, workdir=workdir)
+    mapping = None if class_map is None else load_class_map(class_map, schema)
+    reference = open_truth(
+        truth, classmap, class_field=class_field, schema=schema, class_map=mapping, workdir=workdir
+    )
     return evaluate(ds["class"], reference, schema)
 
 

@@ -91,18 +91,36 @@ def evaluate(
         Path, typer.Option("--truth", help="Labels store, class-id GeoTIFF or vector.")
     ],
     class_field: Annotated[
-        str, typer.Option(help="Class-id field when truth is a vector.")
+        str,
+        typer.Option(
+            help="Class field when truth is a vector: class ids, or class names of the "
+            "map's classes."
+        ),
     ] = "class_id",
+    class_map: Annotated[
+        str | None,
+        typer.Option(
+            "--class-map",
+            help="Translate the truth's class field values or raster codes to the map's "
+            "classes: a TOML/JSON file or inline '311=forest,511=water' (as for rasterize).",
+            show_default=False,
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Accuracy of a class map: overall accuracy, per-class precision/recall/F1/IoU, mIoU."""
+    """Accuracy of a class map: overall accuracy, per-class precision/recall/F1/IoU, mIoU.
+
+    Truth in another nomenclature (e.g. CORINE codes) is translated with --class-map:
+
+      eoseg evaluate map.zarr --truth clc.gpkg --class-field code --class-map clc.toml
+    """
     from eoseg.metrics import format_report
     from eoseg.publish import evaluate_classmap
 
     def body() -> None:
         with tempfile.TemporaryDirectory(prefix=".eoseg-truth-", dir=classmap.parent) as tmp:
             accuracy = evaluate_classmap(
-                classmap, truth, class_field=class_field, workdir=Path(tmp)
+                classmap, truth, class_field=class_field, class_map=class_map, workdir=Path(tmp)
             )
         if json_out:
             console.emit_json(accuracy.to_dict())
