@@ -297,7 +297,15 @@ def _burn_vector(source: LabelSource, box: GeoBox) -> tuple[np.ndarray, dict[str
     ok = values.notna() & frame.geometry.notna() & ~frame.geometry.is_empty
     if source.class_map is not None:
         return _burn_mapped(source, source.class_map, frame.geometry[ok], values[ok], box)
-    ids = values[ok].astype("int64")
+    raw = values[ok]
+    fractional = raw[raw.astype("float64") % 1 != 0] if raw.dtype.kind == "f" else raw[:0]
+    if len(fractional):
+        raise UnreadableVectorError(
+            f"{source.origin}: field {source.class_field!r} must hold whole class ids; found "
+            f"{sorted(set(fractional.tolist()))[:5]}: round them in the file, or translate "
+            "them with --class-map 'value=class,...'"
+        )
+    ids = raw.astype("int64")
     bad = ids[(ids < 0) | (ids >= source.num_classes)]
     if len(bad):
         raise UnreadableVectorError(

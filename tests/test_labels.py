@@ -342,3 +342,14 @@ def test_cli_maps_raster_codes_and_explains_a_bad_map(
     assert result.exit_code == 2
     assert "'lava' is no class of the schema" in result.stderr and "Traceback" not in result.output
     assert not bad.exists() and not staging_path(bad).exists()
+
+
+def test_fractional_class_ids_are_refused(grid_path: Path, tmp_path: Path) -> None:
+    """1.5 is no class id: refused instead of truncated to 1."""
+    path = write_vector(tmp_path / "f.gpkg", "class_id", [1.0, 1.5], [WOOD, TOWN])
+    out = tmp_path / "f.zarr"
+    with pytest.raises(UnreadableVectorError, match=r"whole class ids; found \[1\.5\]"):
+        rasterize_labels(path, grid_path, out)
+    assert not out.exists() and not staging_path(out).exists()
+    whole = write_vector(tmp_path / "w.gpkg", "class_id", [1.0, 2.0], [WOOD, TOWN])
+    rasterize_labels(whole, grid_path, tmp_path / "w.zarr")
