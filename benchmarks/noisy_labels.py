@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument(
         "--clean-fraction",
         type=float,
-        default=DemoSpec.clean_fraction,
+        default=DemoSpec().clean_fraction,
         help="share of the area with clean labels",
     )
     parser.add_argument("--finetune-epochs", type=int, default=DEMO_TRAINING.finetune_epochs)

@@ -19,7 +19,7 @@ SPEC = DemoSpec(seed=0, clean_fraction=0.02)
 CONFIG = TrainConfig(
     epochs=8,
     finetune_epochs=4,
-    freeze_encoder_epochs=2,
+    freeze_encoder_epochs=0,
     chip_size=64,
     base_width=16,
     depth=3,
@@ -30,7 +30,9 @@ CONFIG = TrainConfig(
     num_threads=2,
     device="cpu",
 )
-"""Every size explicit (defaults may change); ~25 s per model on 2 CPU cores."""
+"""Every size explicit (defaults may change); ~25 s per model on 2 CPU cores. No frozen
+encoder epochs, as in the defaults: fine-tuning keeps the batch-norm statistics of
+pretraining and replays noisy chips instead (`eoseg.train.config`)."""
 MARGIN = 0.02
 """Least held-out mIoU by which pretrain + fine-tune must beat each other training."""
 
@@ -45,16 +47,16 @@ def _table(scores: dict[str, TrainingScore]) -> str:
 
 @pytest.mark.slow
 def test_pretrain_finetune_beats_noisy_only_and_clean_only(tmp_path) -> None:
-    """Asserts what holds today and xfails, with the figures, on what does not yet.
+    """Pretrain + fine-tune beats noisy-only by `MARGIN` and clean-only by 5 x `MARGIN`.
 
-    Holds (seeds 0-2 at this budget): pretrain + fine-tune beats clean-only by a wide
-    margin. Not yet (issue 4 stays open): beating noisy-only too — fine-tuning underfits
-    the small clean set and can lose a class (road IoU 0 on its own clean chips).
+    Held-out mIoU at this budget (noisy-only / clean-only / pretrain + fine-tune), seed 0:
+    0.864 / 0.653 / 0.917. Before fine-tuning kept the batch-norm statistics, replayed
+    noisy chips and trained at the pretraining rate it was 0.785: fine-tuning underfit
+    the small clean box (roads IoU 0.05 after pretraining, 0.46 after fine-tuning).
     """
     scores = compare_trainings(tmp_path, SPEC, CONFIG)
     table = _table(scores)
     print(table)
     best = scores["pretrain+finetune"].miou
     assert best >= scores["clean-only"].miou + 5 * MARGIN, f"not ahead of clean-only:\n{table}"
-    if best < scores["noisy-only"].miou + MARGIN:
-        pytest.xfail(f"pretrain + fine-tune not ahead of noisy-only by {MARGIN}:\n{table}")
+    assert best >= scores["noisy-only"].miou + MARGIN, f"not ahead of noisy-only:\n{table}"

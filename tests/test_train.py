@@ -20,6 +20,7 @@ from eoseg.train import (
     train_model,
 )
 from eoseg.train.checkpoint import checkpoint_dir, save_checkpoint
+from eoseg.train.run import replay_noisy
 
 SCHEMA = ClassSchema(
     (
@@ -100,6 +101,10 @@ def test_config_validation() -> None:
         TrainConfig(chip_size=60, depth=3)
     with pytest.raises(InvalidParameterError, match="epochs must be >= 0"):
         TrainConfig(epochs=-1)
+    with pytest.raises(InvalidParameterError, match="finetune_noisy_share"):
+        TrainConfig(finetune_noisy_share=1.0)
+    with pytest.raises(InvalidParameterError, match="finetune_norm"):
+        TrainConfig(finetune_norm="adapt")  # type: ignore[arg-type]
 
 
 def test_train_model_learns_and_is_deterministic(scene, tmp_path) -> None:
@@ -228,3 +233,45 @@ def test_rehearse_missing_keeps_only_the_missing_classes() -> None:
     np.testing.assert_array_equal(out.y[1][0], [2, 2, 255, 255])
     np.testing.assert_array_equal(out.y[2][0], [255, 2, 255, 255])
     assert rehearse_missing(noisy, clean, 3) is noisy  # nothing missing: unchanged
+
+
+def _norm_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+
+
+@pytest.mark.parametrize("norm", ["frozen", "train"], ids=str)
+def test_finetune_norm_keeps_or_adapts_batchnorm_statistics(scene, tmp_path, norm) -> None:
+    """Pretraining is the same with or without a fine-tuning stage after it, so the
+    batch-norm statistics of the pretrained model are those a frozen fine-tune must keep."""
+    cube, noisy, clean = scene
+    config = dataclasses.replace(TINY, freeze_encoder_epochs=0, finetune_norm=norm)
+    pre = train_model(cube, noisy, tmp_path / "pre", schema=SCHEMA,
+                      config=dataclasses.replace(config, finetune_epochs=0))  # fmt: skip
+    tuned = train_model(cube, noisy, tmp_path / "ft", schema=SCHEMA, config=config,
+                        finetune_labels=clean)  # fmt: skip
+    assert tuned.metrics["pretrain"] == pre.metrics["pretrain"]
+    before, after = load_model(tmp_path / "pre")[0], load_model(tmp_path / "ft")[0]
+    weights_moved = not torch.equal(before.head.weight, after.head.weight)
+    stats = _norm_buffers(before), _norm_buffers(after)
+    kept = all(torch.equal(stats[0][k], stats[1][k]) for k in stats[0])
+    assert weights_moved and kept == (norm == "frozen")
+
+
+def test_replay_noisy_swaps_a_share_of_chips() -> None:
+    from eoseg.sampling import ChipSet
+
+    def chips(value: int, n: int) -> ChipSet:
+        return ChipSet(
+            x=np.full((n, 1, 4, 4), value, np.float32),
+            y=np.full((n, 4, 4), value, np.uint8),
+            origins=np.arange(2 * n, dtype=np.int64).reshape(n, 2),
+            bands=("B1",),
+        )
+
+    clean, noisy = chips(0, 8), chips(1, 20)
+    out = replay_noisy(clean, noisy, 0.25, seed=3)
+    assert len(out) == 8 and (out.y[:, 0, 0] == 1).sum() == 2
+    assert np.array_equal(out.x[:, 0, 0, 0], out.y[:, 0, 0])  # chips keep their labels
+    again = replay_noisy(clean, noisy, 0.25, seed=3)
+    assert np.array_equal(again.origins, out.origins)
+    assert replay_noisy(clean, noisy, 0.0, seed=3) is clean

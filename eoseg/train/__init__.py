@@ -8,7 +8,7 @@ checkpoints, the model folder), `loop` (one stage's epochs and validation), `aug
 from eoseg.train.config import TrainConfig
 from eoseg.train.loop import evaluate
 from eoseg.train.losses import soft_jaccard_loss
-from eoseg.train.run import Progress, rehearse_missing, train_model
+from eoseg.train.run import Progress, rehearse_missing, replay_noisy, train_model
 from eoseg.train.stores import train_from_stores
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "TrainConfig",
     "evaluate",
     "rehearse_missing",
+    "replay_noisy",
     "soft_jaccard_loss",
     "train_from_stores",
     "train_model",

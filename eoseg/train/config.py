@@ -3,6 +3,13 @@
 The defaults follow the design: 256 px chips and a U-Net of base width 32 and depth 4
 (about 370 GFLOP per megapixel), sized for a GPU. On a CPU, pass smaller values (the demo
 trains 64 px chips on a 16/3 network, see ``flows.demo.DEMO_TRAINING``).
+
+Fine-tuning defaults suit a clean set that covers a small part of the area: it trains at
+the pretraining learning rate (the clean labels must move boundaries by a pixel or two and
+teach classes the noisy labels get wrong, which a low rate over a few epochs does not do),
+with the batch-norm statistics of pretraining kept (``finetune_norm="frozen"``), and with
+half of its chips replayed from pretraining (``finetune_noisy_share``) so that the model
+keeps seeing the whole area rather than narrowing to the clean box.
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ from eoseg.train.losses import (
 
 logger = logging.getLogger(__name__)
 
+NormMode = Literal["frozen", "train"]
+"""Batch-norm statistics during fine-tuning: kept from pretraining, or adapted."""
+
 
 @dataclass(frozen=True, slots=True)
 class TrainConfig:
@@ -43,13 +53,17 @@ class TrainConfig:
     Attributes:
         epochs: Pretraining epochs on the (noisy) labels.
         finetune_epochs: Epochs on the clean labels, when given.
-        freeze_encoder_epochs: First fine-tuning epochs with the encoder frozen.
+        freeze_encoder_epochs: First fine-tuning epochs with the encoder frozen (0 by
+            default: frozen normalisation and replayed noisy chips keep the pretrained
+            features from narrowing to the clean box without slowing fine-tuning down).
         chip_size: Chip side in pixels; must be divisible by ``2**depth``.
         train_chips: Training chips sampled (once) per stage.
         val_chips: Validation chips sampled from held-out blocks.
         batch_size: Chips per optimiser step.
         lr: AdamW learning rate of pretraining.
-        finetune_lr: Learning rate of fine-tuning (lower than ``lr``).
+        finetune_lr: Peak (one-cycle) learning rate of fine-tuning; by default that of
+            pretraining, whose warm-up already spares the pretrained weights large
+            first steps.
         weight_decay: AdamW weight decay.
         jaccard_weight: Weight of the soft Jaccard loss added to cross-entropy.
         jitter: Radiometric jitter: per-chip, per-band gain in ``1 ± jitter``.
@@ -79,17 +93,26 @@ class TrainConfig:
         rehearse_missing: During fine-tuning, keep training on pretraining chips for the
             classes the clean labels lack (their pixels only), so that fine-tuning on a
             small clean set does not make the model forget them.
+        finetune_norm: ``"frozen"`` keeps every batch-norm layer's running statistics
+            (and batch statistics) from pretraining during fine-tuning, so a model
+            fine-tuned on a small box still normalises with statistics of the whole
+            area; ``"train"`` lets them adapt to the fine-tuning batches.
+        finetune_noisy_share: Share, in ``[0, 1)``, of the fine-tuning chips replaced by
+            pretraining (noisy) chips with their labels: replay of chips from the whole
+            area, against forgetting what the small clean set does not show (its few
+            fields, its spectral variety). The clean chips still teach the boundaries
+            the noisy labels get wrong.
     """
 
     epochs: int = 10
     finetune_epochs: int = 5
-    freeze_encoder_epochs: int = 2
+    freeze_encoder_epochs: int = 0
     chip_size: int = 256
     train_chips: int = 128
     val_chips: int = 32
     batch_size: int = 8
     lr: float = 3e-3
-    finetune_lr: float = 5e-4
+    finetune_lr: float = 3e-3
     weight_decay: float = 1e-4
     jaccard_weight: float = 0.5
     jitter: float = 0.05
@@ -112,6 +135,8 @@ class TrainConfig:
     device: str | None = None
     precision: Precision = "auto"
     rehearse_missing: bool = True
+    finetune_norm: NormMode = "frozen"
+    finetune_noisy_share: float = 0.5
 
     def __post_init__(self) -> None:
         factor = 2**self.depth
@@ -131,12 +156,18 @@ class TrainConfig:
             ("bootstrap_mode", self.bootstrap_mode, ("soft", "hard")),
             ("context", self.context, ("none", "aspp")),
             ("precision", self.precision, PRECISIONS),
+            ("finetune_norm", self.finetune_norm, ("frozen", "train")),
         ):
             if value not in allowed:
                 raise InvalidParameterError(f"{name} must be one of {allowed}; got {value!r}")
         if self.jitter < 0 or self.elastic < 0:
             raise InvalidParameterError(
                 f"jitter and elastic must be >= 0; got {self.jitter} and {self.elastic}"
+            )
+        if not 0.0 <= self.finetune_noisy_share < 1.0:
+            raise InvalidParameterError(
+                f"finetune_noisy_share must be in [0, 1); got {self.finetune_noisy_share}: "
+                "fine-tuning needs clean chips"
             )
         if not 0.0 < self.gce_q <= 1.0:
             raise InvalidParameterError(f"gce_q must be in (0, 1]; got {self.gce_q}")
@@ -185,6 +216,7 @@ def stage_spec(config: TrainConfig, stage: str, chips: ChipSet, n_classes: int) 
         weight_decay=config.weight_decay,
         jitter=config.jitter,
         elastic=config.elastic,
+        freeze_norm=not pre and config.finetune_norm == "frozen",
     )
 
 

@@ -4,7 +4,9 @@ Device, precision and layout come from an `eoseg.models.accel.Accelerator` (by d
 bf16 autocast with channels-last tensors on CUDA, fp32 on the CPU so CPU runs are
 bit-reproducible). The loop can start from a saved epoch (optimiser and scheduler state
 restored) and reports each finished epoch to a checkpoint callback before the progress
-callback.
+callback. A stage may keep every batch-norm layer in inference mode (`StageSpec.freeze_norm`):
+fine-tuning on a small clean box then leaves the normalisation statistics of pretraining,
+gathered over the whole area, untouched.
 """
 
 from __future__ import annotations
@@ -89,6 +91,8 @@ class StageSpec:
         weight_decay: AdamW weight decay.
         jitter: Radiometric jitter of `augment`.
         elastic: Elastic deformation of `augment` (pixels; 0 = off).
+        freeze_norm: Keep every batch-norm layer in inference mode (running statistics
+            used and left unchanged) for the whole stage; its affine weights still train.
     """
 
     stage: str
@@ -100,6 +104,19 @@ class StageSpec:
     weight_decay: float
     jitter: float
     elastic: float = 0.0
+    freeze_norm: bool = False
+
+
+def _set_train_mode(model: UNet, *, frozen_encoder: bool, frozen_norm: bool) -> None:
+    """Training mode, except batch norm where its statistics must not move."""
+    model.train()
+    if frozen_norm:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+    if frozen_encoder:  # keep the frozen encoder's batch-norm statistics too
+        model.encoder.eval()
+        model.bottleneck.eval()
 
 
 def fit_stage(
@@ -152,10 +169,7 @@ def fit_stage(
         frozen = epoch < spec.freeze_epochs
         for p in encoder:
             p.requires_grad_(not frozen)
-        model.train()
-        if frozen:  # keep the frozen encoder's batch-norm statistics too
-            model.encoder.eval()
-            model.bottleneck.eval()
+        _set_train_mode(model, frozen_encoder=frozen, frozen_norm=spec.freeze_norm)
         perm = torch.randperm(len(chips), generator=gen)
         total_loss = 0.0
         for b in range(batches):

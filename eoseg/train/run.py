@@ -4,8 +4,11 @@ The model input is the per-pixel temporal median of valid observations
 (`eoseg.sampling.composite`), normalised with per-band statistics of the training chips
 (`eoseg.models.normalize`). Pretraining uses ``noisy_loss`` (cross-entropy, generalized
 cross-entropy or bootstrapping), fine-tuning cross-entropy; both add a soft Jaccard loss
-and ignore 255 (`eoseg.train.losses`). CPU runs are deterministic for a given seed, data
-and thread count, and resume bit for bit from the checkpoint written after each epoch.
+and ignore 255 (`eoseg.train.losses`). The fine-tuning chips are the clean chips, plus
+noisy chips for classes the clean labels lack (`rehearse_missing`), with a share of them
+replaced by noisy pretraining chips from the whole area (`replay_noisy`). CPU runs are
+deterministic for a given seed, data and thread count, and resume bit for bit from the
+checkpoint written after each epoch.
 """
 
 from __future__ import annotations
@@ -174,8 +177,8 @@ def _train(
             )
         _check_ids(train, schema, f"{stage} labels")
         _check_ids(val, schema, f"{stage} labels")
-        if stage == "finetune" and config.rehearse_missing:
-            train = rehearse_missing(train, sets["pretrain"][0], len(schema))
+        if stage == "finetune":
+            train = _finetune_chips(train, sets["pretrain"][0], config, len(schema), seed)
         sets[stage] = (train, val)
         logger.info("%s: %d training and %d validation chips", stage, len(train), len(val))
     if progress is not None:
@@ -259,6 +262,15 @@ def _train(
     return out
 
 
+def _finetune_chips(
+    clean: ChipSet, noisy: ChipSet, config: TrainConfig, n_classes: int, seed: int
+) -> ChipSet:
+    # Rehearsal first: which classes are missing is a property of the clean labels alone.
+    if config.rehearse_missing:
+        clean = rehearse_missing(clean, noisy, n_classes)
+    return replay_noisy(clean, noisy, config.finetune_noisy_share, seed)
+
+
 def rehearse_missing(clean: ChipSet, noisy: ChipSet, n_classes: int) -> ChipSet:
     """Add to the clean chips the noisy chips showing classes the clean chips lack.
 
@@ -281,5 +293,37 @@ def rehearse_missing(clean: ChipSet, noisy: ChipSet, n_classes: int) -> ChipSet:
         x=np.concatenate([clean.x, noisy.x[chosen]]),
         y=np.concatenate([clean.y, labels]),
         origins=np.concatenate([clean.origins, noisy.origins[chosen]]),
+        bands=clean.bands,
+    )
+
+
+def replay_noisy(clean: ChipSet, noisy: ChipSet, share: float, seed: int) -> ChipSet:
+    """Replace a random ``share`` of the fine-tuning chips by noisy pretraining chips.
+
+    The count stays that of ``clean``, so an epoch costs the same. Noisy chips keep all
+    their labels: they replay the whole area (its fields, its spectral variety) while the
+    clean chips, still the majority, correct what the noisy labels get wrong.
+
+    Args:
+        clean: Fine-tuning chips (clean, possibly with rehearsed noisy chips).
+        noisy: Pretraining chips.
+        share: Share of the result drawn from ``noisy``, in ``[0, 1)``.
+        seed: Seed of the choice of chips.
+
+    Returns:
+        ``clean`` itself when nothing is replaced, else the kept clean chips followed by
+        the replayed noisy ones.
+    """
+    k = min(round(share * len(clean)), len(noisy))
+    if k == 0:
+        return clean
+    rng = np.random.default_rng(seed)
+    keep = np.sort(rng.choice(len(clean), len(clean) - k, replace=False))
+    add = np.sort(rng.choice(len(noisy), k, replace=False))
+    logger.info("fine-tuning replays %d noisy chips in place of clean ones", k)
+    return ChipSet(
+        x=np.concatenate([clean.x[keep], noisy.x[add]]),
+        y=np.concatenate([clean.y[keep], noisy.y[add]]),
+        origins=np.concatenate([clean.origins[keep], noisy.origins[add]]),
         bands=clean.bands,
     )
