@@ -73,7 +73,8 @@ def _read_parquet(
 
 
 def vector_info(path: Path, *, bounds: bool = True) -> tuple[str | None, list[str], Bounds]:
-    """CRS (WKT, None when unknown), attribute fields and bounds of a vector file.
+    """CRS (WKT or an authority code such as "EPSG:32633"; None when unknown), attribute
+    fields and bounds of a vector file.
 
     Args:
         path: The file.
