@@ -103,7 +103,8 @@ class DemoSpec:
         label_shift_m: Standard deviation of the per-feature shift of noisy labels.
         omission_rate: Share of noisy label features dropped (left unlabelled).
         clean_fraction: Share of the area covered by the clean training box.
-        holdout_fraction: Share of the area covered by the held-out box.
+        holdout_fraction: Share of the area covered by the held-out box, which straddles
+            the zone boundary where it holds every class (see `BOX_MIN_CLASS_SHARE`).
         noise: Standard deviation of sensor noise, in reflectance.
     """
 
@@ -185,7 +186,7 @@ def make_demo_data(out_dir: Path, spec: DemoSpec = DemoSpec()) -> DemoData:
 
     truth = _vectorise(seg, seg_class, ref_tf, ref_crs)
     noisy = _noisy_labels(truth, roads, spec, rng, shapely.box(*_bounds(ref_tf, h, w)))
-    clean_bbox, holdout_bbox = _boxes(spec, ref_crs, ref_tf, h, w)
+    clean_bbox, holdout_bbox = _boxes(spec, ref_crs, ref_tf, cls)
     truth_ll = truth.to_crs(4326)
     a, b, c = (out_dir / f"{n}.gpkg" for n in ("labels_noisy", "labels_clean", "holdout_truth"))
     gpkgs = (a, b, c)
@@ -369,22 +370,84 @@ def _noisy_labels(
     return _polygons(gdf, min_area=spec.resolution**2 / 2)
 
 
-def _boxes(spec: DemoSpec, crs: CRS, tf: Affine, h: int, w: int) -> tuple[BBox, BBox]:
-    """Clean training box (north-west) and held-out box (south, across the zone boundary)."""
+BOX_MIN_CLASS_SHARE = 0.005
+"""Least share of its pixels each class should cover in the held-out box."""
+_BOX_STEP = 0.025
+"""Step, as a fraction of the area's side, between candidate box centres."""
+
+
+def _boxes(spec: DemoSpec, crs: CRS, tf: Affine, cls: np.ndarray) -> tuple[BBox, BBox]:
+    """Clean training box (north-west) and held-out box (across the zone boundary).
+
+    The clean box sits at a fixed place (25 % east, 72 % north), chosen without looking at
+    the landscape, as a small clean set would be: it may lack a rare class, which is what
+    noisy pretraining is for (and what fine-tuning's rehearsal covers).
+
+    The held-out box goes to the candidate position nearest its nominal one (centred on the
+    zone boundary, 30 % north) that keeps it across the boundary, clear of the clean box,
+    and where every class covers at least `BOX_MIN_CLASS_SHARE` of it; where no position
+    does, to the one where the most classes do. Why: a reference that lacks a class cannot
+    score it, and its mIoU then counts any false positive of that class as an IoU of 0
+    (`eoseg.metrics`), so a few stray pixels move the score by a sixth. At a fixed place
+    the box held no built-up pixel on some seeds. The search reads only the truth, never a
+    model, so the reference is the same for every training compared.
+    """
+    h, w = cls.shape
     x0, y0, x1, y1 = _bounds(tf, h, w)
     lon, lat = Transformer.from_crs(crs, 4326, always_xy=True).transform(
         [x0, x0, x1, x1], [y0, y1, y0, y1]
     )
     west, east = max(lon[0], lon[1]), min(lon[2], lon[3])
     south, north = max(lat[0], lat[2]), min(lat[1], lat[3])
+    n_classes = int(cls[cls != IGNORE_ID].max()) + 1
 
     def box(fx: float, fy: float, frac: float) -> BBox:
         hw, hh = np.sqrt(frac) / 2 * (east - west), np.sqrt(frac) / 2 * (north - south)
         cx, cy = west + fx * (east - west), south + fy * (north - south)
         return tuple(round(float(v), 7) for v in (cx - hw, cy - hh, cx + hw, cy + hh))  # type: ignore[return-value]
 
+    def classes_covered(b: BBox) -> int:
+        bx0, by0, bx1, by1 = transform_bounds(4326, crs, *b, densify_pts=21)
+        c0, c1 = (max(0, min(w, round((x - tf.c) / tf.a))) for x in (bx0, bx1))
+        r0, r1 = (max(0, min(h, round((y - tf.f) / tf.e))) for y in (by1, by0))
+        window = cls[r0:r1, c0:c1]
+        counts = np.bincount(window[window != IGNORE_ID], minlength=n_classes)[:n_classes]
+        return int((counts >= BOX_MIN_CLASS_SHARE * max(window.size, 1)).sum())
+
+    def place(
+        nominal: tuple[float, float], frac: float, xs: np.ndarray, avoid: BBox | None
+    ) -> BBox:
+        half = np.sqrt(frac) / 2
+        ys = np.arange(half, 1 - half + 1e-9, _BOX_STEP)
+        cands = [(float(x), float(y)) for x in xs for y in ys if half <= x <= 1 - half]
+        cands.sort(key=lambda c: (np.hypot(c[0] - nominal[0], c[1] - nominal[1]), c))
+        cands.insert(0, nominal)
+        best, best_n = box(*nominal, frac), -1
+        for fx, fy in cands:
+            b = box(fx, fy, frac)
+            if avoid is not None and shapely.box(*b).intersects(shapely.box(*avoid)):
+                continue
+            n = classes_covered(b)
+            if n > best_n:
+                best, best_n = b, n
+            if n == n_classes:
+                break
+        if best_n < n_classes:
+            log.warning(
+                "no %.0f %% box of the demo area holds all %d classes (best %d)",
+                100 * frac,
+                n_classes,
+                best_n,
+            )
+        return best
+
     fx = (round(spec.center_lon / 6) * 6 - west) / (east - west)
-    return box(0.25, 0.72, spec.clean_fraction), box(fx, 0.3, spec.holdout_fraction)
+    clean = box(0.25, 0.72, spec.clean_fraction)
+    # The held-out box slides east-west by at most 80 % of its half width: it keeps
+    # straddling the zone boundary, which is what it tests (the two scenes' mosaic).
+    reach = 0.8 * np.sqrt(spec.holdout_fraction) / 2
+    xs = fx + np.arange(-reach, reach + 1e-9, _BOX_STEP / 2)
+    return clean, place((fx, 0.3), spec.holdout_fraction, xs, clean)
 
 
 def _clip(gdf: gpd.GeoDataFrame, bbox: BBox) -> gpd.GeoDataFrame:

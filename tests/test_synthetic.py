@@ -10,17 +10,20 @@ import pystac
 import pytest
 import rasterio
 import shapely
-from pyproj import Transformer
+from affine import Affine
+from pyproj import CRS, Transformer
 from rasterio import features
 
 from eoseg.errors import InvalidParameterError
 from eoseg.synthetic import (
     BANDS,
+    BOX_MIN_CLASS_SHARE,
     CLOUD_ASSET,
     REFLECTANCE_SCALE,
     SPECTRA,
     DemoData,
     DemoSpec,
+    _boxes,
     make_demo_data,
 )
 
@@ -205,3 +208,55 @@ def test_noisy_labels_omit_part_of_the_area(demo: DemoData) -> None:
 def test_bad_spec_raises(kwargs: dict[str, float]) -> None:
     with pytest.raises(InvalidParameterError, match="must"):
         DemoSpec(**kwargs)  # type: ignore[arg-type]
+
+
+def _grid(spec: DemoSpec) -> tuple[CRS, Affine, int, int]:
+    """The reference grid of `make_demo_data` (EPSG:3035 centred on the spec's centre)."""
+    crs = CRS.from_user_input(spec.crs)
+    cx, cy = Transformer.from_crs(4326, crs, always_xy=True).transform(
+        spec.center_lon, spec.center_lat
+    )
+    w, h = round(spec.width_m / spec.resolution), round(spec.height_m / spec.resolution)
+    left = round((cx - w * spec.resolution / 2) / spec.resolution) * spec.resolution
+    top = round((cy + h * spec.resolution / 2) / spec.resolution) * spec.resolution
+    return crs, Affine(spec.resolution, 0, left, 0, -spec.resolution, top), h, w
+
+
+def _window(cls: np.ndarray, crs: CRS, tf: Affine, bbox: tuple[float, ...]) -> np.ndarray:
+    x0, y0, x1, y1 = rasterio.warp.transform_bounds(4326, crs, *bbox)
+    win = rasterio.windows.from_bounds(x0, y0, x1, y1, tf).round_offsets().round_lengths()
+    return cls[win.toslices()]
+
+
+def _all_classes(cls: np.ndarray, row: int, col: int, side: int) -> None:
+    """Paint a ``side`` px square of six horizontal stripes, one per class, at ``row, col``."""
+    for k in range(6):
+        cls[row + k * side // 6 : row + (k + 1) * side // 6, col : col + side] = k
+
+
+def test_holdout_box_moves_to_where_every_class_is_and_the_clean_box_stays() -> None:
+    spec = DemoSpec(clean_fraction=0.02)
+    crs, tf, h, w = _grid(spec)
+    cls = np.full((h, w), 3, np.uint8)  # cropland only, but for one patch
+    boundary = Transformer.from_crs(4326, crs, always_xy=True).transform(12.0, 48.0)[0]
+    _all_classes(cls, round(0.45 * h), round((boundary - tf.c) / tf.a) - 60, 120)
+    clean, holdout = _boxes(spec, crs, tf, cls)
+    assert clean == _boxes(spec, crs, tf, np.full((h, w), 3, np.uint8))[0]  # fixed place
+    assert not shapely.box(*clean).intersects(shapely.box(*holdout))
+    assert holdout[0] < 12.0 < holdout[2]  # still across the zone boundary
+    window = _window(cls, crs, tf, holdout)
+    share = np.bincount(window.ravel(), minlength=6) / window.size
+    assert (share >= BOX_MIN_CLASS_SHARE).all(), share
+
+
+def test_holdout_box_stays_put_with_a_warning_where_no_place_holds_every_class(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    spec = DemoSpec()
+    crs, tf, h, w = _grid(spec)
+    with caplog.at_level("WARNING", logger="eoseg.synthetic"):
+        clean, holdout = _boxes(spec, crs, tf, np.full((h, w), 3, np.uint8))
+    assert "holds all" in caplog.text
+    # The nominal boxes: the held-out one centred on the zone boundary, the clean one north.
+    assert (holdout[0] + holdout[2]) / 2 == pytest.approx(12.0, abs=1e-3)
+    assert clean[1] > holdout[3]
