@@ -47,16 +47,19 @@ def _table(scores: dict[str, TrainingScore]) -> str:
 
 @pytest.mark.slow
 def test_pretrain_finetune_beats_noisy_only_and_clean_only(tmp_path) -> None:
-    """Pretrain + fine-tune beats noisy-only by `MARGIN` and clean-only by 5 x `MARGIN`.
+    """Pretrain + fine-tune beats noisy-only and clean-only by `MARGIN` each.
 
-    Held-out mIoU at this budget (noisy-only / clean-only / pretrain + fine-tune), seed 0:
-    0.864 / 0.653 / 0.917. Before fine-tuning kept the batch-norm statistics, replayed
-    noisy chips and trained at the pretraining rate it was 0.785: fine-tuning underfit
-    the small clean box (roads IoU 0.05 after pretraining, 0.46 after fine-tuning).
+    The margin is above the run-to-run spread of one setting (about 0.01). Held-out mIoU
+    at this budget (noisy-only / clean-only / pretrain + fine-tune), seed 0: 0.864 / 0.653
+    / 0.917. Before fine-tuning kept the batch-norm statistics, replayed noisy chips and
+    trained at the pretraining rate it was 0.785: fine-tuning underfit the small clean box
+    (roads IoU 0.05 after pretraining, 0.46 after fine-tuning). Other seeds are in the
+    closing note of issue 4; where the clean box lacks a class, fine-tuning can fall back
+    to noisy-only's level.
     """
     scores = compare_trainings(tmp_path, SPEC, CONFIG)
     table = _table(scores)
     print(table)
     best = scores["pretrain+finetune"].miou
-    assert best >= scores["clean-only"].miou + 5 * MARGIN, f"not ahead of clean-only:\n{table}"
+    assert best >= scores["clean-only"].miou + MARGIN, f"not ahead of clean-only:\n{table}"
     assert best >= scores["noisy-only"].miou + MARGIN, f"not ahead of noisy-only:\n{table}"
