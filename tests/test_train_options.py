@@ -105,3 +105,39 @@ def test_cuda_on_a_machine_without_one_is_refused() -> None:
         resolve_accelerator("cuda")
     with pytest.raises(InvalidParameterError, match="not a torch device"):
         resolve_accelerator("gpu0")
+
+
+def test_noisy_chips_take_their_own_pixel_loss() -> None:
+    from torch.nn import functional as F  # noqa: N812
+
+    from eoseg.train.losses import SegmentationLoss, generalized_cross_entropy
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3, 8, 8)
+    target = torch.randint(0, 3, (4, 8, 8))
+    target[0, :2] = IGNORE_ID
+    loss = SegmentationLoss(kind="ce", noisy_kind="gce", q=0.7)
+    ce = F.cross_entropy(logits, target, ignore_index=IGNORE_ID)
+    no = torch.zeros(4, dtype=torch.bool)
+    assert torch.allclose(loss(logits, target, no), ce)  # no noisy chip: plain CE
+    assert torch.allclose(loss(logits, target, ~no), generalized_cross_entropy(logits, target))
+    # A mixed batch averages each kind over all labelled pixels.
+    flags = torch.tensor([True, False, False, True])
+    mixed = loss(logits, target, flags)
+    assert generalized_cross_entropy(logits, target) < mixed < ce
+
+
+def test_finetune_chips_flag_rehearsed_and_replayed_chips() -> None:
+    from eoseg.sampling import ChipSet
+    from eoseg.train.run import _finetune_chips
+
+    def chips(n: int, label: int, first: int) -> ChipSet:
+        y = np.full((n, 4, 4), label, dtype=np.uint8)
+        origins = np.stack([np.arange(first, first + n), np.zeros(n, int)], 1)
+        return ChipSet(np.zeros((n, 1, 4, 4), np.float32), y, origins, ("b",))
+
+    clean, noisy = chips(8, 0, 0), chips(6, 1, 100)  # class 1 only in the noisy chips
+    config = TrainConfig(chip_size=16, depth=2, finetune_noisy_share=0.5)
+    out, flags = _finetune_chips(clean, noisy, config, 2, seed=1)
+    assert len(out) == len(flags) == 14  # 8 clean + 6 rehearsed, half replaced
+    assert np.array_equal(flags, out.origins[:, 0] >= 100)

@@ -9,7 +9,10 @@ the pretraining learning rate (the clean labels must move boundaries by a pixel 
 teach classes the noisy labels get wrong, which a low rate over a few epochs does not do),
 with the batch-norm statistics of pretraining kept (``finetune_norm="frozen"``), and with
 half of its chips replayed from pretraining (``finetune_noisy_share``) so that the model
-keeps seeing the whole area rather than narrowing to the clean box.
+keeps seeing the whole area rather than narrowing to the clean box. Those noisy chips (and
+the ones rehearsing classes the clean set lacks) take generalized cross-entropy
+(``finetune_noisy_loss``), which gives less weight to pixels whose noisy label the model
+doubts, so that they keep the area in view without undoing what the clean chips correct.
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ class TrainConfig:
         class_weights: Cross-entropy class weights (one per class id), ``"balanced"``
             (from the label frequencies of each stage's training chips) or None.
         noisy_loss: Pixel loss of pretraining: ``"ce"``, ``"gce"`` (generalized
-            cross-entropy) or ``"bootstrap"``. Fine-tuning always uses cross-entropy.
+            cross-entropy) or ``"bootstrap"``. Fine-tuning uses cross-entropy on clean chips.
         gce_q: Exponent of generalized cross-entropy.
         bootstrap_beta: Trust in the labels of bootstrapping.
         bootstrap_mode: ``"soft"`` or ``"hard"`` bootstrapping.
@@ -102,6 +105,9 @@ class TrainConfig:
             area, against forgetting what the small clean set does not show (its few
             fields, its spectral variety). The clean chips still teach the boundaries
             the noisy labels get wrong.
+        finetune_noisy_loss: Pixel loss, during fine-tuning, of the noisy chips
+            (replayed and rehearsed): ``"gce"`` (default; with ``gce_q``), ``"ce"`` or
+            ``"bootstrap"``. The clean chips always take cross-entropy.
     """
 
     epochs: int = 10
@@ -137,6 +143,7 @@ class TrainConfig:
     rehearse_missing: bool = True
     finetune_norm: NormMode = "frozen"
     finetune_noisy_share: float = 0.5
+    finetune_noisy_loss: LossKind = "gce"
 
     def __post_init__(self) -> None:
         factor = 2**self.depth
@@ -157,6 +164,7 @@ class TrainConfig:
             ("context", self.context, ("none", "aspp")),
             ("precision", self.precision, PRECISIONS),
             ("finetune_norm", self.finetune_norm, ("frozen", "train")),
+            ("finetune_noisy_loss", self.finetune_noisy_loss, ("ce", "gce", "bootstrap")),
         ):
             if value not in allowed:
                 raise InvalidParameterError(f"{name} must be one of {allowed}; got {value!r}")
@@ -205,6 +213,7 @@ def stage_spec(config: TrainConfig, stage: str, chips: ChipSet, n_classes: int) 
         beta=config.bootstrap_beta,
         mode=config.bootstrap_mode,
         jaccard_weight=config.jaccard_weight,
+        noisy_kind=None if pre else config.finetune_noisy_loss,
     )
     return StageSpec(
         stage=stage,

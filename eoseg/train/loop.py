@@ -131,6 +131,7 @@ def fit_stage(
     progress: Progress | None = None,
     start: dict[str, Any] | None = None,
     on_epoch: OnEpoch | None = None,
+    noisy: np.ndarray | None = None,
 ) -> History:
     """Train ``model`` in place for one stage and return its per-epoch history.
 
@@ -145,6 +146,8 @@ def fit_stage(
         progress: Optional ``(stage, step, total, info)`` callback.
         start: Saved ``{"epoch", "optimizer", "scheduler", "history"}`` to resume from.
         on_epoch: Called after each epoch (before ``progress``), e.g. to checkpoint.
+        noisy: Optional ``(N,)`` bool flags of the training chips with noisy labels,
+            passed on to ``spec.loss`` (see `SegmentationLoss.noisy_kind`).
 
     Returns:
         ``{"train_loss": [...], "val_miou": [...]}``, one entry per epoch.
@@ -153,6 +156,7 @@ def fit_stage(
     if spec.epochs == 0 or len(chips) == 0:
         return history
     x_all, y_all = torch.from_numpy(chips.x), torch.from_numpy(chips.y).long()
+    noisy_all = None if noisy is None else torch.as_tensor(noisy, dtype=torch.bool)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     batches = -(-len(chips) // spec.batch_size)
     total = spec.epochs * batches
@@ -177,7 +181,8 @@ def fit_stage(
             x, y = augment(x_all[idx], y_all[idx], spec.jitter, gen, elastic=spec.elastic)
             with accel.autocast():
                 logits = model(accel.to_input(normalize(x, card)))
-            loss = spec.loss(logits.float(), y.to(accel.device))
+            flags = None if noisy_all is None else noisy_all[idx]
+            loss = spec.loss(logits.float(), y.to(accel.device), flags)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

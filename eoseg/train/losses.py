@@ -7,7 +7,8 @@ Losses are computed in float32 whatever the logits' dtype (bf16 autocast on CUDA
 
 The noise-robust losses are meant for pretraining on noisy labels (rasterised
 OpenStreetMap): generalized cross-entropy (Zhang & Sabuncu, NeurIPS 2018) and soft or
-hard bootstrapping (Reed et al., ICLR workshop 2015).
+hard bootstrapping (Reed et al., ICLR workshop 2015). During fine-tuning the noisy chips
+mixed in with the clean ones can take one of them too (`SegmentationLoss.noisy_kind`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,28 @@ BootstrapMode = Literal["soft", "hard"]
 def _labelled(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mask = target != IGNORE_ID
     return mask, torch.where(mask, target, torch.zeros_like(target)).long()
+
+
+def _pixel_loss(
+    kind: LossKind,
+    logits: torch.Tensor,
+    safe: torch.Tensor,
+    q: float,
+    beta: float,
+    mode: BootstrapMode,
+) -> torch.Tensor:
+    """Per-pixel ``(N, H, W)`` loss of ``kind`` against the label ids ``safe``."""
+    logp = F.log_softmax(logits.float(), dim=1)
+    log_py = logp.gather(1, safe.unsqueeze(1)).squeeze(1)
+    if kind == "gce":
+        return (1.0 - torch.exp(q * log_py)) / q  # p**q in log space: stable for tiny p
+    if kind == "bootstrap":
+        if mode == "soft":
+            own = -(logp.exp() * logp).sum(dim=1)
+        else:
+            own = -logp.gather(1, logp.detach().argmax(dim=1, keepdim=True)).squeeze(1)
+        return -beta * log_py + (1.0 - beta) * own
+    return -log_py
 
 
 def _weighted_mean(
@@ -160,6 +183,7 @@ class SegmentationLoss:
         beta: Bootstrapping trust in the labels.
         mode: Bootstrapping mode, ``"soft"`` or ``"hard"``.
         jaccard_weight: Weight of `soft_jaccard_loss` (0 disables it).
+        noisy_kind: Pixel loss of the chips flagged noisy in a call (None: ``kind``).
     """
 
     kind: LossKind = "ce"
@@ -168,13 +192,23 @@ class SegmentationLoss:
     beta: float = 0.95
     mode: BootstrapMode = "soft"
     jaccard_weight: float = 0.0
+    noisy_kind: LossKind | None = None
 
-    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Scalar loss of ``(N, C, H, W)`` logits against ``(N, H, W)`` ids (255 ignored)."""
+    def __call__(
+        self, logits: torch.Tensor, target: torch.Tensor, noisy: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Scalar loss of ``(N, C, H, W)`` logits against ``(N, H, W)`` ids (255 ignored).
+
+        ``noisy`` (``(N,)`` bool, optional) flags chips whose pixels take ``noisy_kind``;
+        the pixel loss is then averaged over all labelled pixels of the batch, each
+        with its own kind.
+        """
         w = None
         if self.weight is not None:
             w = torch.tensor(self.weight, dtype=torch.float32, device=logits.device)
-        if self.kind == "gce":
+        if noisy is not None and self.noisy_kind not in (None, self.kind) and bool(noisy.any()):
+            loss = self._mixed(logits, target, w, noisy.to(logits.device))
+        elif self.kind == "gce":
             loss = generalized_cross_entropy(logits, target, self.q, w)
         elif self.kind == "bootstrap":
             loss = bootstrap_loss(logits, target, self.beta, self.mode, w)
@@ -183,3 +217,18 @@ class SegmentationLoss:
         if self.jaccard_weight > 0:
             loss = loss + self.jaccard_weight * soft_jaccard_loss(logits, target)
         return loss
+
+    def _mixed(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        w: torch.Tensor | None,
+        noisy: torch.Tensor,
+    ) -> torch.Tensor:
+        mask, safe = _labelled(target)
+        own = _pixel_loss(self.kind, logits, safe, self.q, self.beta, self.mode)
+        robust = _pixel_loss(
+            self.noisy_kind or self.kind, logits, safe, self.q, self.beta, self.mode
+        )
+        per_pixel = torch.where(noisy.view(-1, 1, 1), robust, own)
+        return _weighted_mean(per_pixel, mask, safe, w)

@@ -3,10 +3,11 @@
 The model input is the per-pixel temporal median of valid observations
 (`eoseg.sampling.composite`), normalised with per-band statistics of the training chips
 (`eoseg.models.normalize`). Pretraining uses ``noisy_loss`` (cross-entropy, generalized
-cross-entropy or bootstrapping), fine-tuning cross-entropy; both add a soft Jaccard loss
-and ignore 255 (`eoseg.train.losses`). The fine-tuning chips are the clean chips, plus
+cross-entropy or bootstrapping), fine-tuning cross-entropy on clean chips; both add a soft
+Jaccard loss and ignore 255 (`eoseg.train.losses`). The fine-tuning chips are the clean chips, plus
 noisy chips for classes the clean labels lack (`rehearse_missing`), with a share of them
-replaced by noisy pretraining chips from the whole area (`replay_noisy`). CPU runs are
+replaced by noisy pretraining chips from the whole area (`replay_noisy`); those noisy
+chips take ``finetune_noisy_loss`` (generalized cross-entropy by default). CPU runs are
 deterministic for a given seed, data and thread count, and resume bit for bit from the
 checkpoint written after each epoch.
 """
@@ -162,6 +163,7 @@ def _train(
     if finetune_labels is not None:
         stages.append(("finetune", finetune_labels))
     sets: dict[str, tuple[ChipSet, ChipSet]] = {}
+    noisy_flags: dict[str, np.ndarray | None] = {"pretrain": None}
     for i, (stage, lab) in enumerate(stages):
         if progress is not None:
             progress("sample", i, len(stages), {"labels": stage})
@@ -178,7 +180,9 @@ def _train(
         _check_ids(train, schema, f"{stage} labels")
         _check_ids(val, schema, f"{stage} labels")
         if stage == "finetune":
-            train = _finetune_chips(train, sets["pretrain"][0], config, len(schema), seed)
+            train, noisy_flags[stage] = _finetune_chips(
+                train, sets["pretrain"][0], config, len(schema), seed
+            )
         sets[stage] = (train, val)
         logger.info("%s: %d training and %d validation chips", stage, len(train), len(val))
     if progress is not None:
@@ -252,6 +256,7 @@ def _train(
             progress=progress,
             start=start,
             on_epoch=on_epoch,
+            noisy=noisy_flags[stage],
         )
     if len(val):
         metrics.update(evaluate(model, val, card, accel=accel))
@@ -264,11 +269,30 @@ def _train(
 
 def _finetune_chips(
     clean: ChipSet, noisy: ChipSet, config: TrainConfig, n_classes: int, seed: int
-) -> ChipSet:
+) -> tuple[ChipSet, np.ndarray]:
+    """The fine-tuning chips and, per chip, whether its labels are the noisy ones."""
+    n_clean = len(clean)
     # Rehearsal first: which classes are missing is a property of the clean labels alone.
     if config.rehearse_missing:
         clean = rehearse_missing(clean, noisy, n_classes)
-    return replay_noisy(clean, noisy, config.finetune_noisy_share, seed)
+    flags = np.arange(len(clean)) >= n_clean  # rehearsed chips follow the clean ones
+    keep, add = _replay_choice(len(clean), len(noisy), config.finetune_noisy_share, seed)
+    if len(add):
+        flags = np.concatenate([flags[keep], np.ones(len(add), dtype=bool)])
+    return replay_noisy(clean, noisy, config.finetune_noisy_share, seed), flags
+
+
+def _replay_choice(
+    n_clean: int, n_noisy: int, share: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the kept fine-tuning chips and of the replayed noisy chips."""
+    k = min(round(share * n_clean), n_noisy)
+    if k == 0:
+        return np.arange(n_clean), np.arange(0)
+    rng = np.random.default_rng(seed)
+    keep = np.sort(rng.choice(n_clean, n_clean - k, replace=False))
+    add = np.sort(rng.choice(n_noisy, k, replace=False))
+    return keep, add
 
 
 def rehearse_missing(clean: ChipSet, noisy: ChipSet, n_classes: int) -> ChipSet:
@@ -314,13 +338,10 @@ def replay_noisy(clean: ChipSet, noisy: ChipSet, share: float, seed: int) -> Chi
         ``clean`` itself when nothing is replaced, else the kept clean chips followed by
         the replayed noisy ones.
     """
-    k = min(round(share * len(clean)), len(noisy))
-    if k == 0:
+    keep, add = _replay_choice(len(clean), len(noisy), share, seed)
+    if len(add) == 0:
         return clean
-    rng = np.random.default_rng(seed)
-    keep = np.sort(rng.choice(len(clean), len(clean) - k, replace=False))
-    add = np.sort(rng.choice(len(noisy), k, replace=False))
-    logger.info("fine-tuning replays %d noisy chips in place of clean ones", k)
+    logger.info("fine-tuning replays %d noisy chips in place of clean ones", len(add))
     return ChipSet(
         x=np.concatenate([clean.x[keep], noisy.x[add]]),
         y=np.concatenate([clean.y[keep], noisy.y[add]]),
