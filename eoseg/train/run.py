@@ -185,6 +185,14 @@ def _train(
             )
         sets[stage] = (train, val)
         logger.info("%s: %d training and %d validation chips", stage, len(train), len(val))
+        if n_val and not len(val):
+            # Blocks are split over the whole grid: a small labelled area can miss all
+            # validation blocks, and the card then has no validation mIoU for this stage.
+            logger.warning(
+                "%s: no validation chip (the %s labels cover no held-out block of %d px); "
+                "its validation mIoU stays empty: label a larger area or lower block_size",
+                stage, stage, config.block_size or 2 * config.chip_size,
+            )  # fmt: skip
     if progress is not None:
         progress("sample", len(stages), len(stages), {})
     pre_train, pre_val = sets["pretrain"]
