@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from eoseg.cli import data, demo, mapping, models, training
+from eoseg.cli.common import reflow_help
 
 app = typer.Typer(
     name="eoseg",
@@ -68,6 +69,8 @@ for command in (
 ):
     app.command()(command)
 app.add_typer(models.models_app)
+for info in (*app.registered_commands, *models.models_app.registered_commands):
+    info.help = info.help or reflow_help(info.callback.__doc__ if info.callback else None)
 
 
 def main() -> None:

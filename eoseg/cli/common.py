@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import tempfile
@@ -95,3 +96,15 @@ def flatten(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def reflow_help(doc: str | None) -> str | None:
+    """A command's docstring as help text: prose paragraphs joined into one line each, so the
+    terminal wraps them at its width; indented paragraphs (examples) stay as written."""
+    if doc is None:
+        return None
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(
+        p if p.startswith(" ") else " ".join(line.strip() for line in p.splitlines())
+        for p in paragraphs
+    )
