@@ -89,8 +89,7 @@ def generalized_cross_entropy(
     if not 0.0 < q <= 1.0:
         raise InvalidParameterError(f"GCE q must be in (0, 1]; got {q}")
     mask, safe = _labelled(target)
-    log_py = F.log_softmax(logits.float(), dim=1).gather(1, safe.unsqueeze(1)).squeeze(1)
-    per_pixel = (1.0 - torch.exp(q * log_py)) / q  # p**q in log space: stable for tiny p
+    per_pixel = _pixel_loss("gce", logits, safe, q, 1.0, "soft")
     return _weighted_mean(per_pixel, mask, safe, weight)
 
 
@@ -125,13 +124,8 @@ def bootstrap_loss(
     if mode not in ("soft", "hard"):
         raise InvalidParameterError(f"bootstrap mode must be 'soft' or 'hard'; got {mode!r}")
     mask, safe = _labelled(target)
-    logp = F.log_softmax(logits.float(), dim=1)
-    nll = -logp.gather(1, safe.unsqueeze(1)).squeeze(1)
-    if mode == "soft":
-        own = -(logp.exp() * logp).sum(dim=1)
-    else:
-        own = -logp.gather(1, logp.detach().argmax(dim=1, keepdim=True)).squeeze(1)
-    return _weighted_mean(beta * nll + (1.0 - beta) * own, mask, safe, weight)
+    per_pixel = _pixel_loss("bootstrap", logits, safe, 0.7, beta, mode)
+    return _weighted_mean(per_pixel, mask, safe, weight)
 
 
 def soft_jaccard_loss(
