@@ -298,12 +298,11 @@ def _burn_vector(source: LabelSource, box: GeoBox) -> tuple[np.ndarray, dict[str
     if source.class_map is not None:
         return _burn_mapped(source, source.class_map, frame.geometry[ok], values[ok], box)
     raw = values[ok]
-    fractional = raw[raw.astype("float64") % 1 != 0] if raw.dtype.kind == "f" else raw[:0]
-    if len(fractional):
+    if raw.dtype.kind == "f" and (raw % 1 != 0).any():  # astype would truncate 1.5 to 1
         raise UnreadableVectorError(
             f"{source.origin}: field {source.class_field!r} must hold whole class ids; found "
-            f"{sorted(set(fractional.tolist()))[:5]}: round them in the file, or translate "
-            "them with --class-map 'value=class,...'"
+            f"{sorted(set(raw[raw % 1 != 0].tolist()))[:5]}: round them in the file, or "
+            "translate them with --class-map 'value=class,...'"
         )
     ids = raw.astype("int64")
     bad = ids[(ids < 0) | (ids >= source.num_classes)]

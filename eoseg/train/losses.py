@@ -32,16 +32,19 @@ def _labelled(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mask, torch.where(mask, target, torch.zeros_like(target)).long()
 
 
+def _log_probs(logits: torch.Tensor) -> torch.Tensor:
+    return F.log_softmax(logits.float(), dim=1)
+
+
 def _pixel_loss(
     kind: LossKind,
-    logits: torch.Tensor,
+    logp: torch.Tensor,
     safe: torch.Tensor,
     q: float,
     beta: float,
     mode: BootstrapMode,
 ) -> torch.Tensor:
-    """Per-pixel ``(N, H, W)`` loss of ``kind`` against the label ids ``safe``."""
-    logp = F.log_softmax(logits.float(), dim=1)
+    """Per-pixel ``(N, H, W)`` loss of ``kind`` from log-probabilities against ``safe`` ids."""
     log_py = logp.gather(1, safe.unsqueeze(1)).squeeze(1)
     if kind == "gce":
         return (1.0 - torch.exp(q * log_py)) / q  # p**q in log space: stable for tiny p
@@ -89,7 +92,7 @@ def generalized_cross_entropy(
     if not 0.0 < q <= 1.0:
         raise InvalidParameterError(f"GCE q must be in (0, 1]; got {q}")
     mask, safe = _labelled(target)
-    per_pixel = _pixel_loss("gce", logits, safe, q, 1.0, "soft")
+    per_pixel = _pixel_loss("gce", _log_probs(logits), safe, q, 1.0, "soft")
     return _weighted_mean(per_pixel, mask, safe, weight)
 
 
@@ -124,7 +127,7 @@ def bootstrap_loss(
     if mode not in ("soft", "hard"):
         raise InvalidParameterError(f"bootstrap mode must be 'soft' or 'hard'; got {mode!r}")
     mask, safe = _labelled(target)
-    per_pixel = _pixel_loss("bootstrap", logits, safe, 0.7, beta, mode)
+    per_pixel = _pixel_loss("bootstrap", _log_probs(logits), safe, 0.7, beta, mode)
     return _weighted_mean(per_pixel, mask, safe, weight)
 
 
@@ -220,9 +223,8 @@ class SegmentationLoss:
         noisy: torch.Tensor,
     ) -> torch.Tensor:
         mask, safe = _labelled(target)
-        own = _pixel_loss(self.kind, logits, safe, self.q, self.beta, self.mode)
-        robust = _pixel_loss(
-            self.noisy_kind or self.kind, logits, safe, self.q, self.beta, self.mode
-        )
+        logp = _log_probs(logits)
+        own = _pixel_loss(self.kind, logp, safe, self.q, self.beta, self.mode)
+        robust = _pixel_loss(self.noisy_kind or self.kind, logp, safe, self.q, self.beta, self.mode)
         per_pixel = torch.where(noisy.view(-1, 1, 1), robust, own)
         return _weighted_mean(per_pixel, mask, safe, w)

@@ -283,24 +283,10 @@ def _finetune_chips(
     # Rehearsal first: which classes are missing is a property of the clean labels alone.
     if config.rehearse_missing:
         clean = rehearse_missing(clean, noisy, n_classes)
-    flags = np.arange(len(clean)) >= n_clean  # rehearsed chips follow the clean ones
-    keep, add = _replay_choice(len(clean), len(noisy), config.finetune_noisy_share, seed)
-    if len(add):
-        flags = np.concatenate([flags[keep], np.ones(len(add), dtype=bool)])
-    return replay_noisy(clean, noisy, config.finetune_noisy_share, seed), flags
-
-
-def _replay_choice(
-    n_clean: int, n_noisy: int, share: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the kept fine-tuning chips and of the replayed noisy chips."""
-    k = min(round(share * n_clean), n_noisy)
-    if k == 0:
-        return np.arange(n_clean), np.arange(0)
-    rng = np.random.default_rng(seed)
-    keep = np.sort(rng.choice(n_clean, n_clean - k, replace=False))
-    add = np.sort(rng.choice(n_noisy, k, replace=False))
-    return keep, add
+    rehearsed = np.arange(len(clean)) >= n_clean  # rehearsed chips follow the clean ones
+    chips, keep = _replay(clean, noisy, config.finetune_noisy_share, seed)
+    replayed = np.ones(len(chips) - len(keep), dtype=bool)
+    return chips, np.concatenate([rehearsed[keep], replayed])
 
 
 def rehearse_missing(clean: ChipSet, noisy: ChipSet, n_classes: int) -> ChipSet:
@@ -346,13 +332,22 @@ def replay_noisy(clean: ChipSet, noisy: ChipSet, share: float, seed: int) -> Chi
         ``clean`` itself when nothing is replaced, else the kept clean chips followed by
         the replayed noisy ones.
     """
-    keep, add = _replay_choice(len(clean), len(noisy), share, seed)
-    if len(add) == 0:
-        return clean
-    logger.info("fine-tuning replays %d noisy chips in place of clean ones", len(add))
-    return ChipSet(
+    return _replay(clean, noisy, share, seed)[0]
+
+
+def _replay(clean: ChipSet, noisy: ChipSet, share: float, seed: int) -> tuple[ChipSet, np.ndarray]:
+    """`replay_noisy`, and the indices of the chips of ``clean`` it keeps (in order)."""
+    k = min(round(share * len(clean)), len(noisy))
+    if k == 0:
+        return clean, np.arange(len(clean))
+    rng = np.random.default_rng(seed)
+    keep = np.sort(rng.choice(len(clean), len(clean) - k, replace=False))
+    add = np.sort(rng.choice(len(noisy), k, replace=False))
+    logger.info("fine-tuning replays %d noisy chips in place of clean ones", k)
+    chips = ChipSet(
         x=np.concatenate([clean.x[keep], noisy.x[add]]),
         y=np.concatenate([clean.y[keep], noisy.y[add]]),
         origins=np.concatenate([clean.origins[keep], noisy.origins[add]]),
         bands=clean.bands,
     )
+    return chips, keep
