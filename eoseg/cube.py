@@ -26,7 +26,6 @@ import shapely
 import xarray as xr
 from distributed import Client
 from odc.geo.geobox import GeoBox
-from odc.geo.xr import xr_coords
 
 from eoseg.catalog import Scene, scan_sources
 from eoseg.cluster import ProgressFn, run_tiles
@@ -37,6 +36,7 @@ from eoseg.grid import (
     Tile,
     crs_of,
     describe_grid,
+    grid_coords,
     iter_tiles,
     make_grid,
     parse_crs,
@@ -364,7 +364,7 @@ def _template(
     times: Sequence[str],
 ) -> xr.Dataset:
     ny, nx, nt, nb = grid.shape.y, grid.shape.x, len(times), len(bands)
-    coords = xr_coords(grid, crs_coord_name="spatial_ref")
+    coords = grid_coords(grid)
     when = np.array(
         [np.datetime64(t) if t else np.datetime64("NaT") for t in times], dtype="datetime64[ns]"
     )

@@ -17,6 +17,7 @@ import xarray as xr
 from odc.geo import CRS
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import BoundingBox, Geometry
+from odc.geo.xr import xr_coords
 
 from eoseg.errors import GeoreferenceError, InvalidParameterError, NoOverlapError
 
@@ -181,6 +182,26 @@ def crs_of(grid: GeoBox) -> CRS:
             "the grid has no CRS: expected a georeferenced store (spatial_ref); re-create it"
         )
     return grid.crs
+
+
+def grid_coords(grid: GeoBox) -> dict[str, xr.DataArray]:
+    """Coordinates of a grid for a store: ``y`` and ``x`` pixel centres and ``spatial_ref``.
+
+    One dimension name per axis whatever the CRS: odc-geo names geographic axes
+    ``latitude``/``longitude``, and a store whose variables use ``(y, x)`` beside such
+    coordinates is not georeferenced for rioxarray (it then sees pixel indices). The
+    coordinates keep their CF attributes (units, ``standard_name`` on geographic grids).
+    """
+    coords = xr_coords(grid, crs_coord_name="spatial_ref")
+    names = {"latitude": "y", "longitude": "x"}
+    out: dict[str, xr.DataArray] = {}
+    for name, coord in coords.items():
+        new = names.get(str(name), str(name))
+        if new != name:
+            coord = coord.rename({name: new})
+            coord.attrs["standard_name"] = str(name)
+        out[new] = coord
+    return out
 
 
 def raster_tiles(

@@ -36,7 +36,6 @@ import rasterio
 import xarray as xr
 from distributed import Client
 from odc.geo.geobox import GeoBox
-from odc.geo.xr import xr_coords
 from rasterio.enums import Resampling
 from rasterio.features import rasterize
 from rasterio.warp import reproject
@@ -44,7 +43,7 @@ from rasterio.warp import reproject
 from eoseg.classes import IGNORE_ID, ClassSchema, load_schema
 from eoseg.cluster import ProgressFn, run_tiles
 from eoseg.errors import EosegError, UnreadableRasterError, UnreadableVectorError
-from eoseg.grid import Tile, crs_of, iter_tiles
+from eoseg.grid import Tile, crs_of, grid_coords, iter_tiles
 from eoseg.label_mapping import (
     ClassMapping,
     ClassMapSpec,
@@ -248,7 +247,7 @@ def rasterize_labels(
 
 def labels_template(grid: GeoBox, tile_size: int) -> xr.Dataset:
     """The lazy labels dataset (one chunk per tile) whose metadata `create_store` writes."""
-    coords = xr_coords(grid, crs_coord_name="spatial_ref")
+    coords = grid_coords(grid)
     template = xr.Dataset(
         {"labels": (("y", "x"), da.zeros(grid.shape.yx, chunks=tile_size, dtype="uint8"))},
         coords=coords,

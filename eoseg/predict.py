@@ -28,15 +28,22 @@ import torch
 import xarray as xr
 from distributed import Client, WorkerPlugin
 from odc.geo.geobox import GeoBox
-from odc.geo.xr import xr_coords
 
 from eoseg.classes import IGNORE_ID
 from eoseg.cluster import ProgressFn, run_tiles
 from eoseg.cube import open_cube
-from eoseg.grid import Tile, iter_tiles
+from eoseg.grid import Tile, grid_coords, iter_tiles
 from eoseg.models.accel import Accelerator, resolve_accelerator
 from eoseg.models.card import ModelCard, check_bands, load_model, normalize, read_card
-from eoseg.store import check_output, create_store, done_tiles, open_product, publish, write_tile
+from eoseg.store import (
+    check_output,
+    create_store,
+    done_tiles,
+    open_product,
+    open_store,
+    publish,
+    write_tile,
+)
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +180,7 @@ def read_window(data: xr.DataArray, grid: GeoBox, tile: Tile, chip: int) -> np.n
 def predict_tile(tile: Tile, *, cube_path: str, model_dir: str, staging: Path) -> int:
     """Predict one tile and write its class and confidence; returns its pixel count."""
     model, card = get_model(model_dir)
-    cube = xr.open_zarr(cube_path, decode_coords="all", consolidated=False, chunks=None)
+    cube = open_store(cube_path, chunks=None)
     data = cube["data"].isel(time=0).sel(band=list(card.bands))
     grid: GeoBox = cube.odc.geobox
     window = read_window(data, grid, tile, card.chip_size)
@@ -219,7 +226,7 @@ def predict(
     signature = hashlib.sha256(
         json.dumps([cube.attrs["eoseg_signature"], card.version, tile_size]).encode()
     ).hexdigest()[:16]
-    coords = xr_coords(grid, crs_coord_name="spatial_ref")
+    coords = grid_coords(grid)
     zeros = da.zeros(grid.shape.yx, chunks=tile_size, dtype="uint8")
     template = xr.Dataset(
         {"class": (("y", "x"), zeros), "confidence": (("y", "x"), zeros)}, coords=coords

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import uuid
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -142,9 +143,38 @@ def publish(path: Path, *, overwrite: bool) -> Path:
     check_output(path, overwrite)
     group = zarr.open_group(str(staging), mode="r+")
     group.attrs["eoseg_complete"] = True
+    consolidate(staging)
     swap_into_place(staging, path)
     log.info("published %s", path)
     return path
+
+
+def consolidate(store: Path) -> None:
+    """Write consolidated metadata, so that opening the store reads one key, not one per array.
+
+    On object storage, listing every key of a large store costs seconds; readers that find
+    consolidated metadata (xarray does by default) skip it. Call it last: the consolidated
+    copy is not updated by later metadata writes.
+    """
+    with warnings.catch_warnings():
+        # Zarr 3 warns that consolidated metadata is not yet in the v3 specification; xarray,
+        # zarr-python and GDAL read it, and readers without it fall back to listing.
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        # Tile provenance records are plain JSON files inside the store, not Zarr nodes.
+        warnings.filterwarnings(
+            "ignore", message="Object at .* is not recognized", category=UserWarning
+        )
+        zarr.consolidate_metadata(str(store))
+
+
+def open_store(path: Path | str, **kwargs: Any) -> xr.Dataset:
+    """Open an eoseg store with xarray: consolidated metadata when present, CRS decoded."""
+    with warnings.catch_warnings():
+        # Stores written before eoseg consolidated their metadata are listed instead.
+        warnings.filterwarnings(
+            "ignore", message=".*consolidated metadata", category=RuntimeWarning
+        )
+        return xr.open_zarr(str(path), decode_coords="all", zarr_format=3, **kwargs)
 
 
 def swap_into_place(src: Path, out: Path) -> None:
@@ -195,7 +225,7 @@ def open_product(path: Path | str, product: str) -> xr.Dataset:
         )
         raise InputNotFoundError(f"no {product} store at {path}{hint}: check the path")
     try:
-        ds = xr.open_zarr(str(path), decode_coords="all", consolidated=False, zarr_format=3)
+        ds = open_store(path)
     except Exception as exc:
         raise InvalidStoreError(
             f"{path} is not a readable Zarr v3 store ({exc}): expected a {product} written "
