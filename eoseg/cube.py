@@ -30,7 +30,7 @@ from odc.geo.xr import xr_coords
 
 from eoseg.catalog import Scene, scan_sources
 from eoseg.cluster import ProgressFn, run_tiles
-from eoseg.composite import COMPOSITES, Composite, TileJob, ingest_tile
+from eoseg.composite import COMPOSITES, Composite, TileJob, ingest_tile, unused_scenes
 from eoseg.errors import BandMismatchError, InvalidParameterError
 from eoseg.grid import (
     DEFAULT_TILE_SIZE,
@@ -317,11 +317,7 @@ def ingest(
     records = tile_provenance(staging)
     used = {i for r in records for i in r["scenes"]}
     skipped = [(k.id or k.source, k.reason) for k in scan.skipped] + unwanted
-    skipped += [(s.id, "outside the grid") for s in outside] + [
-        (s.id, "no valid pixel on the grid (all nodata or clouded)")
-        for s in scenes
-        if s.id not in used and s not in outside
-    ]
+    skipped += unused_scenes(scenes, records, outside)
     for scene_id, reason in skipped:
         log.warning("scene %s contributed nothing: %s", scene_id, reason)
     publish(out, overwrite=overwrite)
