@@ -41,6 +41,7 @@ from eoseg.grid import (
     make_grid,
     parse_crs,
 )
+from eoseg.sensors import same_band
 from eoseg.store import (
     check_output,
     create_store,
@@ -201,13 +202,21 @@ def time_steps(scenes: Sequence[Scene], by_date: bool) -> list[tuple[str, list[S
 
 
 def _check_bands(scenes: Sequence[Scene]) -> tuple[str, ...]:
-    bands = scenes[0].band_names
+    first = scenes[0]
+    bands = first.band_names
     for s in scenes[1:]:
         if s.band_names != bands:
             raise BandMismatchError(
-                f"scene {s.id} has bands {s.band_names}; scene {scenes[0].id} has {bands}: "
+                f"scene {s.id} has bands {s.band_names}; scene {first.id} has {bands}: "
                 "a cube needs the same bands from every scene — ingest them separately or "
                 "select matching scenes"
+            )
+        odd = [b for b in bands if not same_band(first.sensor, s.sensor, b)]
+        if odd:
+            raise BandMismatchError(
+                f"band {odd[0]} of scene {s.id} ({s.sensor}) is another band than {odd[0]} "
+                f"of scene {first.id} ({first.sensor}): the sensors number their bands "
+                "differently; ingest each sensor into its own cube (--sensor)"
             )
     return bands
 

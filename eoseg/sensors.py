@@ -40,6 +40,7 @@ __all__ = [
     "get_profile",
     "invalid_by_mask",
     "normalize_key",
+    "same_band",
 ]
 
 
@@ -220,3 +221,18 @@ def detect_profile(
         if p.stac.by_platform(platform, constellation, instruments):
             return p
     return PROFILES["generic"]
+
+
+def same_band(sensor_a: str, sensor_b: str, band: str) -> bool:
+    """True unless two sensors give one band name to different physical bands.
+
+    ``SR_B1`` is blue for Landsat TM and ETM+ but coastal aerosol for OLI: those scenes
+    must not be composited as one band. A ``generic`` (or unknown) sensor says nothing
+    about its bands, so it agrees with every sensor.
+    """
+    found = [p.band(band) for name in (sensor_a, sensor_b) if (p := PROFILES.get(name))]
+    specs = [s for s in found if s is not None]
+    if len(specs) < 2:
+        return True
+    common = [{normalize_key(a) for a in s.aliases} for s in specs]
+    return not all(common) or common[0] == common[1]

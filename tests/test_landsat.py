@@ -12,8 +12,9 @@ from rasterio.transform import from_origin
 from test_sensors import write_item  # the static STAC item writer of the sensor tests
 
 from eoseg.cube import ingest, open_cube
+from eoseg.errors import BandMismatchError
 from eoseg.landsat import SR_OFFSET, SR_SCALE
-from eoseg.sensors import detect_profile, get_profile, invalid_by_mask
+from eoseg.sensors import detect_profile, get_profile, invalid_by_mask, same_band
 
 PRODUCT = "LC08_L2SP_042034_20200101_20200113_02_T1"
 SR = tuple(f"SR_B{i}" for i in range(1, 8))
@@ -211,3 +212,16 @@ def test_qa_pixel_cirrus_bit_counts_on_oli_only() -> None:
         (qa,) = get_profile(name).masks
         bad = invalid_by_mask(codes, qa.values, qa.invalid_bits)
         assert bad.tolist() == [False, cirrus, True, True, False]
+
+
+def test_sensors_numbering_bands_differently_are_never_composited(tmp_path: Path) -> None:
+    """SR_B1..SR_B3 are blue, green, red on Landsat 7 but coastal, blue, green on Landsat 8."""
+    assert same_band("landsat-tm-l2", "landsat-etm-l2", "SR_B1")
+    assert not same_band("landsat-etm-l2", "landsat-oli-l2", "SR_B1")
+    assert same_band("generic", "landsat-oli-l2", "SR_B1")
+    files = []
+    for product in (PRODUCT, "LE07_L2SP_042034_20200109_20200204_02_T1"):
+        for band in ("SR_B1", "SR_B2", "SR_B3"):
+            files.append(_tif(tmp_path / f"{product}_{band}.TIF", np.full((8, 8), 9000, "uint16")))
+    with pytest.raises(BandMismatchError, match=r"band SR_B1 of scene LE07.*another band"):
+        ingest(files, tmp_path / "c.zarr", tile_size=8)
