@@ -188,3 +188,9 @@ def test_real_band_files_given_explicitly_make_one_cube(
         assert np.isfinite(layer).mean() > 0.9
     firsts = [float(np.nanmedian(data.sel(band=b).values)) for b in bands]
     assert len(set(firsts)) == len(bands)
+    if folder == "sentinel2_l1c":  # the folder holds exactly these files: the same cube
+        whole = ingest([real_data / folder], tmp_path / "folder.zarr", tile_size=512)
+        assert whole.bands == bands
+        np.testing.assert_array_equal(
+            open_cube(whole.path)["data"].values, open_cube(result.path)["data"].values
+        )
