@@ -29,7 +29,7 @@ from odc.geo.geobox import GeoBox
 
 from eoseg.catalog import Scene, scan_sources
 from eoseg.cluster import ProgressFn, run_tiles
-from eoseg.composite import COMPOSITES, Composite, TileJob, ingest_tile
+from eoseg.composite import COMPOSITES, Composite, TileJob, ingest_tile, unused_scenes
 from eoseg.errors import BandMismatchError, InvalidParameterError
 from eoseg.grid import (
     DEFAULT_TILE_SIZE,
@@ -41,6 +41,7 @@ from eoseg.grid import (
     make_grid,
     parse_crs,
 )
+from eoseg.sensors import same_band
 from eoseg.store import (
     check_output,
     create_store,
@@ -201,13 +202,21 @@ def time_steps(scenes: Sequence[Scene], by_date: bool) -> list[tuple[str, list[S
 
 
 def _check_bands(scenes: Sequence[Scene]) -> tuple[str, ...]:
-    bands = scenes[0].band_names
+    first = scenes[0]
+    bands = first.band_names
     for s in scenes[1:]:
         if s.band_names != bands:
             raise BandMismatchError(
-                f"scene {s.id} has bands {s.band_names}; scene {scenes[0].id} has {bands}: "
+                f"scene {s.id} has bands {s.band_names}; scene {first.id} has {bands}: "
                 "a cube needs the same bands from every scene — ingest them separately or "
                 "select matching scenes"
+            )
+        odd = [b for b in bands if not same_band(first.sensor, s.sensor, b)]
+        if odd:
+            raise BandMismatchError(
+                f"band {odd[0]} of scene {s.id} ({s.sensor}) is another band than {odd[0]} "
+                f"of scene {first.id} ({first.sensor}): the sensors number their bands "
+                "differently; ingest each sensor into its own cube (--sensor)"
             )
     return bands
 
@@ -317,11 +326,7 @@ def ingest(
     records = tile_provenance(staging)
     used = {i for r in records for i in r["scenes"]}
     skipped = [(k.id or k.source, k.reason) for k in scan.skipped] + unwanted
-    skipped += [(s.id, "outside the grid") for s in outside] + [
-        (s.id, "no valid pixel on the grid (all nodata or clouded)")
-        for s in scenes
-        if s.id not in used and s not in outside
-    ]
+    skipped += unused_scenes(scenes, records, outside)
     for scene_id, reason in skipped:
         log.warning("scene %s contributed nothing: %s", scene_id, reason)
     publish(out, overwrite=overwrite)

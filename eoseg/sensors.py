@@ -1,235 +1,47 @@
 """Sensor profiles: what a sensor's bands are called and how its values are read.
 
 A profile is one declarative entry; adding a sensor means adding one `SensorProfile`
-to `PROFILES`. Scenes whose sensor is unknown use ``generic``: band names from the file
-(or ``band_1..n``), scale/offset from the file's metadata.
+to `PROFILES` (Landsat's are in `eoseg.landsat`, the types in `eoseg.sensor_profile`).
+Scenes whose sensor is unknown use ``generic``: band names from the file (or
+``band_1..n``), scale/offset from the file's metadata.
 
 Asset keys and aliases follow the catalogs scenes usually come from: Earth Search v1
 (``blue``, ``nir08``, ``scl``...), Planetary Computer (``B02``, ``SCL``, ``vv``,
-``sur_refl_b01``), INPE's STAC and the CBERS-on-AWS archive (``BAND5`` keys, ``..._BAND5.tif``
-files; ``B5`` in the AMS Kepler static catalog). Keys are compared after `normalize_key`,
-so ``band-5``, ``BAND_5`` and ``band5`` are one key.
+``sur_refl_b01``, ``landsat-c2-l2``), INPE's STAC and the CBERS-on-AWS archive (``BAND5``
+keys, ``..._BAND5.tif`` files; ``B5`` in the AMS Kepler static catalog).
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from fnmatch import fnmatchcase
-from typing import Any, Literal
-
-import numpy as np
-
 from eoseg.errors import InvalidParameterError
+from eoseg.landsat import LANDSAT_PROFILES
+from eoseg.sensor_profile import (
+    BandKind,
+    BandSpec,
+    BitTest,
+    Conversion,
+    PropertyOffset,
+    QualityMask,
+    SensorProfile,
+    StacMatch,
+    invalid_by_mask,
+    normalize_key,
+)
 
-BandKind = Literal["reflectance", "backscatter", "categorical"]
-Conversion = Literal["linear_to_db"]
-
-
-def normalize_key(key: str) -> str:
-    """Lower-case alphanumerics only: how asset keys, tokens and STAC values are compared."""
-    return re.sub(r"[^0-9a-z]", "", key.lower())
-
-
-def _normalize_pattern(pattern: str) -> str:
-    return re.sub(r"[^0-9a-z*?]", "", pattern.lower())
-
-
-@dataclass(frozen=True, slots=True)
-class BandSpec:
-    """One band of a sensor.
-
-    Attributes:
-        name: Band name in the cube (``"B04"``, ``"VV"``, ``"BAND5"``).
-        resolution: Native pixel size in metres.
-        kind: ``reflectance`` / ``backscatter`` (bilinear or average resampling) or
-            ``categorical`` (nearest).
-        aliases: Other asset keys / file-name tokens catalogs use for this band.
-    """
-
-    name: str
-    resolution: float
-    kind: BandKind = "reflectance"
-    aliases: tuple[str, ...] = ()
-
-    def matches(self, key: str) -> bool:
-        """True if ``key`` (an asset key, ``eo:bands`` name or file token) names this band."""
-        k = normalize_key(key)
-        return any(k == normalize_key(n) for n in (self.name, *self.aliases))
-
-
-@dataclass(frozen=True, slots=True)
-class BitTest:
-    """A bit field of a QA band and the field values that keep a pixel valid.
-
-    ``BitTest(first=0, count=2, valid=(0,))`` is MODIS "cloud state (bits 0-1) must be 00".
-    """
-
-    first: int
-    count: int
-    valid: tuple[int, ...]
-
-    def invalid(self, codes: np.ndarray) -> np.ndarray:
-        """True where the field's value is not one of ``valid``."""
-        field = (codes >> self.first) & ((1 << self.count) - 1)
-        return ~np.isin(field, np.asarray(self.valid))
-
-
-@dataclass(frozen=True, slots=True)
-class QualityMask:
-    """A sensor's quality/cloud mask asset and which of its pixels are invalid.
-
-    With neither ``invalid_values`` nor ``invalid_bits`` any non-zero value is invalid.
-
-    Attributes:
-        key: Asset key of the mask.
-        aliases: Other keys catalogs use for it.
-        invalid_values: Mask values meaning invalid (e.g. Sentinel-2 SCL classes).
-        invalid_bits: Bit tests; a pixel failing any of them is invalid.
-    """
-
-    key: str
-    aliases: tuple[str, ...] = ()
-    invalid_values: tuple[int, ...] = ()
-    invalid_bits: tuple[BitTest, ...] = ()
-
-    def matches(self, key: str) -> bool:
-        """True if ``key`` names this mask asset."""
-        k = normalize_key(key)
-        return any(k == normalize_key(n) for n in (self.key, *self.aliases))
-
-
-def invalid_by_mask(
-    codes: np.ndarray, values: tuple[int, ...] | None, bits: tuple[BitTest, ...] = ()
-) -> np.ndarray:
-    """True where integer mask ``codes`` mark a pixel invalid.
-
-    Args:
-        codes: Integer mask values.
-        values: Invalid values; ``None`` (and no ``bits``) means any non-zero value.
-        bits: Bit tests; failing any makes the pixel invalid.
-    """
-    if bits:
-        bad = np.zeros(codes.shape, dtype=bool)
-        for test in bits:
-            bad |= test.invalid(codes)
-        if values:
-            bad |= np.isin(codes, np.asarray(values))
-        return bad
-    if values is None:
-        return codes != 0
-    return np.isin(codes, np.asarray(values))
-
-
-@dataclass(frozen=True, slots=True)
-class StacMatch:
-    """How to recognise a sensor's STAC items (values compared with `normalize_key`).
-
-    An item matches when its collection id matches one of ``collections`` (glob
-    patterns), or when its ``platform`` or ``constellation`` is listed and, if
-    ``instruments`` is given, one of its instruments is listed too.
-    """
-
-    collections: tuple[str, ...] = ()
-    platforms: tuple[str, ...] = ()
-    constellations: tuple[str, ...] = ()
-    instruments: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class PropertyOffset:
-    """An offset implied by an item property at or above a version (used when the
-    catalog declares none), e.g. Sentinel-2 processing baseline 04.00 and later."""
-
-    prop: str
-    since: str
-    offset: float
-
-
-@dataclass(frozen=True, slots=True)
-class SensorProfile:
-    """How to read one sensor's scenes.
-
-    Attributes:
-        name: Profile id, e.g. ``"sentinel-2-l2a"``.
-        bands: Bands in the order a cube stores them (empty: take the scene's own).
-        band_sets: Alternative complete sets of band names (a scene holding any one of
-            them is complete); empty means all of ``bands``.
-        scale: Multiplier from stored integers to physical values.
-        offset: Added after scaling.
-        nodata: Stored value meaning "no data".
-        mask: Quality/cloud mask asset, if the sensor has one.
-        conversion: Applied after resampling, e.g. ``linear_to_db`` (10*log10, v <= 0
-            is nodata).
-        stac: How to recognise the sensor's STAC items.
-        offset_rules: Offsets implied by item properties when no offset is declared.
-    """
-
-    name: str
-    bands: tuple[BandSpec, ...] = ()
-    band_sets: tuple[tuple[str, ...], ...] = ()
-    scale: float | None = None
-    offset: float | None = None
-    nodata: float | None = None
-    mask: QualityMask | None = None
-    conversion: Conversion | None = None
-    stac: StacMatch = StacMatch()
-    offset_rules: tuple[PropertyOffset, ...] = ()
-
-    @property
-    def band_names(self) -> tuple[str, ...]:
-        """Names of the profile's bands in cube order."""
-        return tuple(b.name for b in self.bands)
-
-    @property
-    def complete_sets(self) -> tuple[tuple[str, ...], ...]:
-        """The band sets a scene may hold (at least one must be whole)."""
-        return self.band_sets or (self.band_names,)
-
-    @property
-    def mask_values(self) -> tuple[int, ...] | None:
-        """Invalid mask values for a scene; ``None`` (any non-zero) when none are listed."""
-        quality = self.mask
-        if quality is None or not (quality.invalid_values or quality.invalid_bits):
-            return None
-        return quality.invalid_values
-
-    def implied_offset(self, props: dict[str, Any]) -> float | None:
-        """The offset the first matching `PropertyOffset` rule gives an item, if any."""
-        for rule in self.offset_rules:
-            value = props.get(rule.prop)
-            if value is not None and _version(str(value)) >= _version(rule.since):
-                return rule.offset
-        return None
-
-    def band(self, key: str) -> BandSpec | None:
-        """The band ``key`` names (by name or alias), if any."""
-        return next((b for b in self.bands if b.matches(key)), None)
-
-    def matches_item(
-        self,
-        collection: str | None,
-        platform: str | None,
-        constellation: str | None,
-        instruments: tuple[str, ...],
-    ) -> bool:
-        """True if a STAC item with these properties comes from this sensor."""
-        rules = self.stac
-        if collection and any(
-            fnmatchcase(normalize_key(collection), _normalize_pattern(p)) for p in rules.collections
-        ):
-            return True
-        known = {normalize_key(p) for p in (*rules.platforms, *rules.constellations)}
-        if not known or not (
-            {normalize_key(platform or ""), normalize_key(constellation or "")} & known
-        ):
-            return False
-        wanted = {normalize_key(i) for i in rules.instruments}
-        return not wanted or bool(wanted & {normalize_key(i) for i in instruments})
-
-
-def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", text))
+__all__ = [
+    "PROFILES",
+    "BandKind",
+    "BandSpec",
+    "BitTest",
+    "Conversion",
+    "QualityMask",
+    "SensorProfile",
+    "detect_profile",
+    "get_profile",
+    "invalid_by_mask",
+    "normalize_key",
+    "same_band",
+]
 
 
 def _s2_band(name: str, res: float, *aliases: str) -> BandSpec:
@@ -264,7 +76,7 @@ PROFILES: dict[str, SensorProfile] = {
             offset=0.0,
             nodata=0,
             # SCL: 0 no data, 1 saturated, 3 cloud shadow, 8/9 cloud, 10 thin cirrus.
-            mask=QualityMask("SCL", invalid_values=(0, 1, 3, 8, 9, 10)),
+            masks=(QualityMask("SCL", invalid_values=(0, 1, 3, 8, 9, 10)),),
             stac=StacMatch(
                 collections=("sentinel-2-l2a*", "sentinel-s2-l2a*"),
                 platforms=("sentinel-2a", "sentinel-2b", "sentinel-2c", "sentinel-2d"),
@@ -301,10 +113,12 @@ PROFILES: dict[str, SensorProfile] = {
             offset=0.0,
             nodata=-28672,
             # state_1km / sur_refl_state_500m bits 0-1: cloud state, 00 = clear.
-            mask=QualityMask(
-                "state_1km",
-                aliases=("sur_refl_state_500m", "state_500m", "qa", "state"),
-                invalid_bits=(BitTest(first=0, count=2, valid=(0,)),),
+            masks=(
+                QualityMask(
+                    "state_1km",
+                    aliases=("sur_refl_state_500m", "state_500m", "qa", "state"),
+                    invalid_bits=(BitTest(first=0, count=2, valid=(0,)),),
+                ),
             ),
             stac=StacMatch(
                 collections=(
@@ -363,6 +177,7 @@ PROFILES: dict[str, SensorProfile] = {
             nodata=0,
             stac=StacMatch(collections=("CBERS4AWPM*",), platforms=_CBERS4A, instruments=("WPM",)),
         ),
+        *LANDSAT_PROFILES,
     )
 }
 
@@ -387,16 +202,37 @@ def detect_profile(
     platform: str | None = None,
     constellation: str | None = None,
     instruments: tuple[str, ...] = (),
+    item_id: str | None = None,
 ) -> SensorProfile:
-    """The profile whose STAC rules match an item's properties; ``generic`` if none does.
+    """The profile whose rules match a STAC item; ``generic`` if none does.
 
-    Collection rules are tried for every profile before platform rules, so a collection
-    id decides even when the platform would fit another profile.
+    A scene name (``item_id``, e.g. a Landsat product id, which names sensor and level)
+    decides first; then collection rules, tried for every profile before platform rules,
+    so a collection id decides even when the platform would fit another profile.
     """
+    if item_id:
+        for p in PROFILES.values():
+            if p.names_scene(item_id):
+                return p
     for p in PROFILES.values():
-        if p.matches_item(collection, None, None, ()):
+        if p.stac.by_collection(collection, platform, constellation, instruments):
             return p
     for p in PROFILES.values():
-        if p.matches_item(None, platform, constellation, instruments):
+        if p.stac.by_platform(platform, constellation, instruments):
             return p
     return PROFILES["generic"]
+
+
+def same_band(sensor_a: str, sensor_b: str, band: str) -> bool:
+    """True unless two sensors give one band name to different physical bands.
+
+    ``SR_B1`` is blue for Landsat TM and ETM+ but coastal aerosol for OLI: those scenes
+    must not be composited as one band. A ``generic`` (or unknown) sensor says nothing
+    about its bands, so it agrees with every sensor.
+    """
+    found = [p.band(band) for name in (sensor_a, sensor_b) if (p := PROFILES.get(name))]
+    specs = [s for s in found if s is not None]
+    if len(specs) < 2:
+        return True
+    common = [{normalize_key(a) for a in s.aliases} for s in specs]
+    return not all(common) or common[0] == common[1]

@@ -21,10 +21,10 @@ from rasterio import windows
 from rasterio.enums import Resampling
 from rasterio.warp import reproject, transform_bounds
 
-from eoseg.catalog import BandSource, Scene
 from eoseg.errors import UnreadableRasterError
 from eoseg.grid import crs_of
-from eoseg.sensors import invalid_by_mask
+from eoseg.scene import BandSource, Scene
+from eoseg.sensor_profile import invalid_by_mask
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,11 @@ from eoseg.cli.common import (
 
 def ingest(
     sources: Annotated[
-        list[Path], typer.Argument(help="GeoTIFF/COG files, folders, or STAC JSON.")
+        list[Path],
+        typer.Argument(
+            help="GeoTIFF/COG files, folders, or STAC JSON. Band files sharing a stem "
+            "(x_B02.tif x_B03.tif, USGS Landsat files) are one scene."
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", help="Cube store to write (a .zarr folder).")],
     crs: Annotated[
@@ -56,10 +60,14 @@ def ingest(
 ) -> None:
     """Ingest scenes into a cube: one grid, chunked by tile, in a Zarr v3 store.
 
-    Scenes in other CRSs (other UTM zones, MODIS sinusoidal) are reprojected onto the
-    grid; clouds and nodata are masked; where scenes overlap, the first valid value (in
-    the order given) or the median of valid values is kept. A killed run, re-run, writes
-    only the missing tiles. The report lists scenes that contributed nothing, and why.
+    Band files that share a stem and end in a band token (x_B02.tif, x_SR_B4.TIF,
+    x_VV.tif) form one multi-band scene, given as a folder or one by one; a Landsat
+    QA_PIXEL/BQA file is the scene's cloud mask. Scenes in other CRSs (other UTM zones,
+    MODIS sinusoidal) are reprojected onto the grid; clouds and nodata are masked; where
+    scenes overlap, the first valid value (in the order given) or the median of valid
+    values is kept. A killed run, re-run, writes only the missing tiles. The report lists
+    scenes that contributed nothing, and why (outside the grid, covered by earlier
+    scenes, no valid pixel).
     """
     from eoseg.cube import ingest as run
     from eoseg.grid import parse_bbox
