@@ -150,3 +150,87 @@ def test_card_records_the_model_input(tmp_path: Path) -> None:
     bad["input"]["time"] = "mean"
     with pytest.raises(InvalidParameterError, match="per-date"):
         ModelCard.from_dict(bad)
+
+
+def write_dated_scenes(root: Path) -> tuple[Path, np.ndarray, tuple[slice, slice]]:
+    """Two 96 px scenes (4 bands, EPSG:32633) of different dates as a STAC catalog.
+
+    The ground is 16 px cells of water, forest and cropland; in the patch, water on the
+    first date is forest on the second. Returns the catalog, the (timeless) labels of the
+    ground (255 on the patch, which has no single class) and the patch.
+    """
+    import pystac
+    import rasterio
+    from affine import Affine
+    from rasterio.warp import transform_bounds
+
+    from eoseg.synthetic import BANDS, REFLECTANCE_SCALE, SPECTRA
+
+    rng = np.random.default_rng(3)
+    cells = rng.choice([0, 1, 3], size=(6, 6))
+    cells[0, :3] = (0, 1, 3)  # every class shows outside the patch
+    truth = np.kron(cells, np.ones((16, 16), np.int64))
+    patch = np.s_[32:64, 32:64]
+    labels = truth.astype(np.uint8)
+    labels[patch] = 255
+    tf = Affine(10.0, 0, 500000.0, 0, -10.0, 5300000.0)
+    box = transform_bounds("EPSG:32633", "EPSG:4326", 500000.0, 5299040.0, 500960.0, 5300000.0)
+    geom = {
+        "type": "Polygon",
+        "coordinates": [[(box[0], box[1]), (box[2], box[1]), (box[2], box[3]), (box[0], box[3])]],
+    }
+    catalog = pystac.Catalog("two-dates", "two dates of one place")
+    for day, patch_class in (("2024-05-10", 0), ("2024-08-20", 1)):
+        ground = truth.copy()
+        ground[patch] = patch_class
+        refl = SPECTRA[ground].transpose(2, 0, 1) * rng.normal(1, 0.03, (4, 1, 1))
+        refl += rng.normal(0, 0.004, refl.shape)
+        dn = np.clip(np.rint(refl / REFLECTANCE_SCALE), 1, 65535).astype(np.uint16)
+        when = np.datetime64(day).astype("datetime64[s]").item()
+        item = pystac.Item(f"scene-{day}", geom, list(box), when, {"platform": "synthetic"})
+        folder = root / item.id
+        folder.mkdir(parents=True)
+        for k, band in enumerate(BANDS):
+            path = folder / f"{band}.tif"
+            profile = {"driver": "GTiff", "width": 96, "height": 96, "count": 1}
+            profile.update(dtype="uint16", crs="EPSG:32633", transform=tf, nodata=0)
+            with rasterio.open(path, "w", **profile) as dst:
+                dst.write(dn[k], 1)
+            raster = {"nodata": 0, "scale": REFLECTANCE_SCALE, "offset": 0}
+            extra = {"raster:bands": [raster]}
+            item.add_asset(band, pystac.Asset(str(path), band, None, None, ["data"], extra))
+        catalog.add_item(item)
+    catalog.normalize_hrefs(str(root))
+    catalog.save(pystac.CatalogType.ABSOLUTE_PUBLISHED)
+    return root / "catalog.json", labels, patch
+
+
+def test_two_date_cube_gives_a_two_date_class_map(tmp_path: Path) -> None:
+    """Acceptance (issue 9, defect 6): a by-date cube trains on chips of each date and
+    predicts every date; the map changes where the ground changes, and only there."""
+    from eoseg.predict import open_classmap
+    from eoseg.train import TrainConfig, train_model
+
+    catalog, labels, patch = write_dated_scenes(tmp_path / "scenes")
+    result = ingest([catalog], tmp_path / "cube.zarr", tile_size=48, by_date=True)
+    assert result.times == ("2024-05-10", "2024-08-20")
+    cube = open_cube(tmp_path / "cube.zarr")
+    assert cube.attrs["by_date"] is True and cube_time_mode(cube) == "per-date"
+    config = TrainConfig(
+        chip_size=32, depth=2, base_width=8, epochs=12, train_chips=48, val_chips=8,
+        batch_size=8, lr=1e-2, block_size=48, num_threads=1,
+    )  # fmt: skip
+    lab = xr.DataArray(labels, dims=("y", "x"))
+    card = train_model(cube, lab, tmp_path / "model", schema=DEMO_CLASSES, config=config)
+    assert card.time == "per-date"
+    predict.predict(tmp_path / "cube.zarr", tmp_path / "model", tmp_path / "map.zarr")
+    cmap = open_classmap(tmp_path / "map.zarr")
+    assert cmap["class"].dims == ("time", "y", "x")
+    np.testing.assert_array_equal(cmap["time"].values, cube["time"].values)
+    cls = cmap["class"].values
+    assert (cls != 255).all()  # both dates are valid everywhere
+    first, second = cls[0][patch], cls[1][patch]
+    assert np.mean(first == 0) > 0.9 and np.mean(second == 1) > 0.9  # water, then forest
+    outside = labels != 255
+    assert np.mean(cls[0][outside] == cls[1][outside]) > 0.95  # elsewhere the dates agree
+    assert np.mean(cls[0][outside] == labels[outside]) > 0.9
