@@ -305,6 +305,7 @@ def ingest(
         "scenes": [s.id for s in scenes],
         "sensor": scenes[0].sensor,
         "composite": composite,
+        "by_date": by_date,  # models read such cubes date by date (eoseg.model_input)
         "grid": describe_grid(grid),
         **geozarr_attrs(grid),
     }

@@ -20,6 +20,7 @@ import xarray as xr
 from rich.table import Table
 
 from eoseg.classes import IGNORE_ID, ClassSchema
+from eoseg.dates import check_one_date
 from eoseg.errors import InvalidParameterError, NoOverlapError
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,7 @@ def evaluate(pred: ArrayLike, truth: ArrayLike, schema: ClassSchema) -> Accuracy
         NoOverlapError: No pixel is valid in both rasters.
         InvalidParameterError: Shapes differ or ids fall outside the schema.
     """
+    check_one_date(pred, "evaluate")
     return report_from_confusion(confusion_matrix(pred, truth, len(schema)), schema.names)
 
 

@@ -20,6 +20,7 @@ from odc.geo.geobox import GeoBox
 from rasterio.windows import Window
 
 from eoseg.classes import IGNORE_ID, ClassSchema
+from eoseg.dates import DATE_FIELD, DateChoice, select_date, selected_date
 from eoseg.grid import crs_of, iter_tiles
 from eoseg.predict import open_classmap
 from eoseg.store import check_output
@@ -32,14 +33,28 @@ def classmap_schema(path: Path | str) -> ClassSchema:
     return ClassSchema.from_dict(open_classmap(path).attrs["classes"])
 
 
-def write_cog(classmap_path: Path, out: Path, *, overwrite: bool = False) -> Path:
-    """Write the ``class`` layer of a class map as a Cloud-Optimized GeoTIFF.
+def write_cog(
+    classmap_path: Path, out: Path, *, overwrite: bool = False, date: DateChoice = None
+) -> Path:
+    """Write the ``class`` layer of a class map (of one date) as a Cloud-Optimized GeoTIFF.
+
+    Args:
+        classmap_path: The class map store.
+        out: The GeoTIFF to write.
+        overwrite: Replace an existing ``out``.
+        date: The date of a multi-date class map (see `eoseg.dates.select_date`).
 
     Returns:
-        ``out``, holding uint8 class ids (nodata 255), a colour table and overviews.
+        ``out``, holding uint8 class ids (nodata 255), a colour table and overviews; its
+        ``date`` tag names the date of a multi-date map.
+
+    Raises:
+        InvalidParameterError: A multi-date map without ``date``, or a date it lacks.
     """
     check_output(out, overwrite)
-    ds = open_classmap(classmap_path)
+    purpose = f"or put {DATE_FIELD} in the --cog path to export each"
+    ds = select_date(open_classmap(classmap_path), date, purpose=purpose)
+    day = selected_date(ds)
     grid: GeoBox = ds.odc.geobox
     schema = ClassSchema.from_dict(ds.attrs["classes"])
     tile_size = int(ds.attrs["tile_size"])
@@ -68,7 +83,9 @@ def write_cog(classmap_path: Path, out: Path, *, overwrite: bool = False) -> Pat
             dst.write_colormap(1, {c.id: (*c.rgb(), 255) for c in schema})
             dst.update_tags(1, **{f"class_{c.id}": c.name for c in schema})
             dst.update_tags(
-                model=ds.attrs.get("model_version", ""), run_id=ds.attrs.get("run_id", "")
+                model=ds.attrs.get("model_version", ""),
+                run_id=ds.attrs.get("run_id", ""),
+                **({"date": day} if day else {}),
             )
         final_tmp = Path(tmp) / "cog.tif"
         rasterio.shutil.copy(
@@ -86,9 +103,14 @@ def write_cog(classmap_path: Path, out: Path, *, overwrite: bool = False) -> Pat
 
 
 def write_quicklook(
-    classmap_path: Path, out: Path, *, max_size: int = 1024, title: str | None = None
+    classmap_path: Path,
+    out: Path,
+    *,
+    max_size: int = 1024,
+    title: str | None = None,
+    date: DateChoice = None,
 ) -> Path:
-    """Render a small PNG of the class map with a legend.
+    """Render a small PNG of the class map (of one date: see `write_cog`) with a legend.
 
     The map is decimated by striding (nearest), so memory stays small for any map size.
     """
@@ -99,7 +121,8 @@ def write_quicklook(
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    ds = open_classmap(classmap_path)
+    purpose = f"or put {DATE_FIELD} in the --quicklook path to render each"
+    ds = select_date(open_classmap(classmap_path), date, purpose=purpose)
     schema = ClassSchema.from_dict(ds.attrs["classes"])
     ny, nx = ds.sizes["y"], ds.sizes["x"]
     step = max(1, -(-max(ny, nx) // max_size))
@@ -109,7 +132,9 @@ def write_quicklook(
     fig, ax = plt.subplots(figsize=(8, 8 * small.shape[0] / max(small.shape[1], 1) + 0.6))
     ax.imshow(masked, cmap=cmap, vmin=-0.5, vmax=len(schema) - 0.5, interpolation="nearest")
     ax.set_axis_off()
-    ax.set_title(title or f"class map ({ds.attrs.get('model_version', '')})")
+    day = selected_date(ds)
+    when = f", {day}" if day else ""
+    ax.set_title(title or f"class map ({ds.attrs.get('model_version', '')}{when})")
     handles = [Patch(color=c.color, label=c.name) for c in schema]
     ax.legend(
         handles=handles,

@@ -8,6 +8,10 @@ global, a pixel gets the same prediction whichever tile computes it: tiles (and 
 the mosaic) have no seams. Each tile reads its own window plus half a chip of halo
 straight from the cube's Zarr store.
 
+The input is the model card's (`eoseg.model_input`): a median model maps the composite of
+the cube's dates into a ``(y, x)`` class map; a per-date model maps every date, into a
+``(time, y, x)`` class map on the cube's dates, each date masked by its own validity.
+
 The model is loaded once per worker (`ModelPlugin`); tasks carry only the model path.
 """
 
@@ -32,7 +36,9 @@ from odc.geo.geobox import GeoBox
 from eoseg.classes import IGNORE_ID
 from eoseg.cluster import ProgressFn, run_tiles
 from eoseg.cube import open_cube
+from eoseg.dates import date_labels
 from eoseg.grid import Tile, grid_coords, iter_tiles
+from eoseg.model_input import input_stack, time_slices
 from eoseg.models.accel import Accelerator, resolve_accelerator
 from eoseg.models.card import ModelCard, check_bands, load_model, normalize, read_card
 from eoseg.store import (
@@ -60,6 +66,7 @@ class PredictResult:
     tiles: int
     megapixels: float
     seconds: float
+    dates: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (what ``eoseg predict --json`` prints)."""
@@ -69,6 +76,7 @@ class PredictResult:
             "tiles": self.tiles,
             "megapixels": self.megapixels,
             "seconds": round(self.seconds, 2),
+            **({"dates": list(self.dates)} if self.dates else {}),
         }
 
 
@@ -161,7 +169,8 @@ def read_window(data: xr.DataArray, grid: GeoBox, tile: Tile, chip: int) -> np.n
     """Read a tile plus halo from the cube, mirrored where it passes the grid edge.
 
     The window starts half a chip before the tile and is rounded up to whole strides, so
-    chips fall on the global lattice.
+    chips fall on the global lattice. ``data``'s last two axes are ``(y, x)``; leading
+    axes (time, band) are read whole.
     """
     stride = chip // 2
     half = chip // 2
@@ -171,32 +180,61 @@ def read_window(data: xr.DataArray, grid: GeoBox, tile: Tile, chip: int) -> np.n
     y1, x1 = tile.y0 + rows + half, tile.x0 + cols + half
     ny, nx = grid.shape.y, grid.shape.x
     sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y1, ny), min(x1, nx)
-    core = np.asarray(data[:, sy0:sy1, sx0:sx1].values, dtype="float32")
-    pads = ((0, 0), (sy0 - y0, y1 - sy1), (sx0 - x0, x1 - sx1))
-    mode = "reflect" if min(core.shape[1:]) > max(max(p) for p in pads[1:]) else "edge"
+    core = np.asarray(data[..., sy0:sy1, sx0:sx1].values, dtype="float32")
+    lead = ((0, 0),) * (core.ndim - 2)
+    pads = (*lead, (sy0 - y0, y1 - sy1), (sx0 - x0, x1 - sx1))
+    mode = "reflect" if min(core.shape[-2:]) > max(max(p) for p in pads[-2:]) else "edge"
     return np.pad(core, pads, mode=mode)  # type: ignore[call-overload]
 
 
+def tile_input(
+    cube: xr.Dataset, card: ModelCard, tile: Tile, steps: slice
+) -> tuple[np.ndarray, np.ndarray]:
+    """The model input of a tile plus halo from the cube time steps ``steps``.
+
+    Returns:
+        ``(window, valid)``: float32 ``(band, H, W)`` for `predict_window` (from
+        `eoseg.model_input.input_stack`, as training chips are), and bool
+        ``(tile.height, tile.width)``, true where the input has a value.
+    """
+    grid: GeoBox = cube.odc.geobox
+    chip = card.chip_size
+    data = cube["data"].isel(time=steps).sel(band=list(card.bands))
+    valid = cube["valid"].isel(time=steps)
+    images, ok = input_stack(
+        read_window(data, grid, tile, chip), read_window(valid, grid, tile, chip), card.time
+    )
+    half = chip // 2
+    return images[0], ok[0, half : half + tile.height, half : half + tile.width]
+
+
 def predict_tile(tile: Tile, *, cube_path: str, model_dir: str, staging: Path) -> int:
-    """Predict one tile and write its class and confidence; returns its pixel count."""
+    """Predict one tile (each date, for a per-date model) and write its class and
+    confidence; returns its pixel count (over all dates)."""
     model, card = get_model(model_dir)
     cube = open_store(cube_path, chunks=None)
-    data = cube["data"].isel(time=0).sel(band=list(card.bands))
-    grid: GeoBox = cube.odc.geobox
-    window = read_window(data, grid, tile, card.chip_size)
-    probs = predict_window(model, card, window)[:, : tile.height, : tile.width]
-    valid = np.asarray(cube["valid"][0, tile.ys, tile.xs].values, dtype=bool)
-    cls = probs.argmax(axis=0).astype("uint8")
-    conf = np.clip(np.rint(probs.max(axis=0) * 255), 0, 255).astype("uint8")
-    cls[~valid] = IGNORE_ID
-    conf[~valid] = 0
+    classes, confidences = [], []
+    for steps in time_slices(int(cube.sizes["time"]), card.time):
+        window, valid = tile_input(cube, card, tile, steps)
+        probs = predict_window(model, card, window)[:, : tile.height, : tile.width]
+        cls = probs.argmax(axis=0).astype("uint8")
+        conf = np.clip(np.rint(probs.max(axis=0) * 255), 0, 255).astype("uint8")
+        cls[~valid] = IGNORE_ID
+        conf[~valid] = 0
+        classes.append(cls)
+        confidences.append(conf)
+    # A median model makes one (y, x) map; a per-date model one per date, (time, y, x).
+    squeeze = card.time == "median"
     write_tile(
         staging,
         tile,
-        {"class": cls, "confidence": conf},
+        {
+            "class": classes[0] if squeeze else np.stack(classes),
+            "confidence": confidences[0] if squeeze else np.stack(confidences),
+        },
         {"model": card.version, "cube": cube.attrs.get("eoseg_signature")},
     )
-    return tile.height * tile.width
+    return tile.height * tile.width * len(classes)
 
 
 def predict(
@@ -227,10 +265,15 @@ def predict(
         json.dumps([cube.attrs["eoseg_signature"], card.version, tile_size]).encode()
     ).hexdigest()[:16]
     coords = grid_coords(grid)
-    zeros = da.zeros(grid.shape.yx, chunks=tile_size, dtype="uint8")
-    template = xr.Dataset(
-        {"class": (("y", "x"), zeros), "confidence": (("y", "x"), zeros)}, coords=coords
-    )
+    dims, dates = class_map_dims(card, cube)
+    shape: tuple[int, ...] = grid.shape.yx
+    chunks: tuple[int, ...] = (tile_size, tile_size)
+    if "time" in dims:  # one map per date, each date its own chunks
+        shape, chunks = (len(dates), *shape), (1, *chunks)
+    zeros = da.zeros(shape, chunks=chunks, dtype="uint8")
+    template = xr.Dataset({"class": (dims, zeros), "confidence": (dims, zeros)}, coords=coords)
+    if "time" in dims:
+        template = template.assign_coords(time=cube["time"].values)
     template["class"].attrs.update(long_name="class id, 255 = nodata", grid_mapping="spatial_ref")
     template["confidence"].attrs.update(
         long_name="top-class probability x 255", grid_mapping="spatial_ref"
@@ -243,6 +286,7 @@ def predict(
         "model_version": card.version,
         "cube": str(cube_path),
         "cube_signature": cube.attrs["eoseg_signature"],
+        "input_time": card.time,
     }
     staging = create_store(out, template, product="classmap", signature=signature, attrs=attrs)
     todo = [t for t in tiles if t.name not in done_tiles(staging)]
@@ -263,11 +307,24 @@ def predict(
         path=out,
         model=f"{card.name}@{card.version}",
         tiles=len(tiles),
-        megapixels=grid.shape.y * grid.shape.x / 1e6,
+        megapixels=grid.shape.y * grid.shape.x * max(len(dates), 1) / 1e6,
         seconds=time.perf_counter() - start,
+        dates=dates,
     )
 
 
+def class_map_dims(card: ModelCard, cube: xr.Dataset) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Dimensions of the class map a model makes of a cube, and its dates.
+
+    A median model makes one ``(y, x)`` map (no dates); a per-date model a
+    ``(time, y, x)`` map on the cube's dates (ISO days).
+    """
+    if card.time == "median":
+        return ("y", "x"), ()
+    return ("time", "y", "x"), date_labels(cube)
+
+
 def open_classmap(path: Path | str) -> xr.Dataset:
-    """Open a class map lazily (``class``, ``confidence``)."""
+    """Open a class map lazily (``class``, ``confidence``): ``(y, x)``, or
+    ``(time, y, x)`` for a per-date model (choose a date with `eoseg.dates.select_date`)."""
     return open_product(path, "classmap")

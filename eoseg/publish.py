@@ -11,7 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import geopandas as gpd
+import pandas as pd
+import xarray as xr
+
 from eoseg.classes import ClassSchema
+from eoseg.dates import DATE_FIELD, DateChoice, date_index, date_labels, dated_path, select_date
+from eoseg.errors import InvalidParameterError
 from eoseg.label_mapping import ClassMapping, ClassMapSpec, load_class_map
 from eoseg.labels import open_truth
 from eoseg.metrics import AccuracyReport, evaluate
@@ -32,27 +38,101 @@ def export_classmap(
     quicklook: Path | None = None,
     simplify: float | None = None,
     overwrite: bool = False,
+    date: DateChoice = None,
 ) -> dict[str, Any]:
-    """Write the requested exports of a class map; returns their paths and timings."""
+    """Write the requested exports of a class map; returns their paths and timings.
+
+    A multi-date class map (of a per-date model) exports ``date`` (see
+    `eoseg.dates.select_date`), or without it every date: ``{date}`` in a path is
+    replaced by each date's ISO day (one file per date); polygons without it go to one
+    file with a ``date`` column; a COG or quicklook path without it is an error that
+    names ``--date``. Polygons of a multi-date map always carry their ``date``.
+
+    Raises:
+        InvalidParameterError: See above, or a ``date`` the map lacks.
+    """
     doc: dict[str, Any] = {"classmap": classmap}
-    for target in (cog, polygons, quicklook):
-        if target is not None:
-            check_output(target, overwrite)
     ds = open_classmap(classmap)
-    if cog is not None:
+    picks = _export_dates(ds, date)
+    cogs = _targets(ds, picks, cog, "--cog", "export each")
+    looks = _targets(ds, picks, quicklook, "--quicklook", "render each")
+    shapes = _targets(ds, picks, polygons, "--polygons", None)
+    for _, target in (*cogs, *looks, *shapes):
+        check_output(target, overwrite)
+    if cogs:
         start = time.perf_counter()
-        doc["cog"] = write_cog(classmap, cog, overwrite=overwrite)
+        paths = [write_cog(classmap, p, overwrite=overwrite, date=_one(i)) for i, p in cogs]
+        doc["cog"] = _one_or_all(paths)
         doc["cog_seconds"] = round(time.perf_counter() - start, 2)
-    if polygons is not None:
+    if shapes:
         start = time.perf_counter()
         schema = ClassSchema.from_dict(ds.attrs["classes"])
-        frame = vectorize(ds["class"], schema=schema, simplify_tolerance=simplify)
-        doc["polygons"] = write_polygons(frame, polygons)
-        doc["polygon_count"] = len(frame)
+        frames = [(_polygons(ds, dates, schema, simplify), p) for dates, p in shapes]
+        doc["polygons"] = _one_or_all([write_polygons(f, p) for f, p in frames])
+        doc["polygon_count"] = sum(len(f) for f, _ in frames)
         doc["polygons_seconds"] = round(time.perf_counter() - start, 2)
-    if quicklook is not None:
-        doc["quicklook"] = write_quicklook(classmap, quicklook)
+    if looks:
+        doc["quicklook"] = _one_or_all(
+            [write_quicklook(classmap, p, date=_one(i)) for i, p in looks]
+        )
     return doc
+
+
+def _export_dates(ds: xr.Dataset, date: DateChoice) -> list[int] | None:
+    """Indices of the dates to export (all without ``date``); None for a map without dates."""
+    labels = date_labels(ds)
+    if not labels:
+        select_date(ds, date)  # refuses a date for a map without dates
+        return None
+    return list(range(len(labels))) if date is None else [date_index(labels, date)]
+
+
+def _targets(
+    ds: xr.Dataset, picks: list[int] | None, path: Path | None, flag: str, each: str | None
+) -> list[tuple[list[int] | None, Path]]:
+    """``(dates, file)`` per file to write for one kind of export (see `export_classmap`).
+
+    ``each`` says what ``{date}`` does for this kind; None: one file may hold every date.
+    """
+    if path is None:
+        return []
+    dated = DATE_FIELD in str(path)
+    labels = date_labels(ds)
+    if picks is None:
+        if dated:
+            raise InvalidParameterError(
+                f"{flag} {path} holds {DATE_FIELD} but the class map has no dates (one map "
+                f"of the median of the cube's dates): drop {DATE_FIELD} from the path"
+            )
+        return [(None, path)]
+    if dated:
+        return [([i], dated_path(path, labels[i])) for i in picks]
+    if len(picks) > 1 and each is not None:
+        select_date(ds, None, purpose=f"or put {DATE_FIELD} in the {flag} path to {each}")
+    return [(picks, path)]
+
+
+def _polygons(
+    ds: xr.Dataset, dates: list[int] | None, schema: ClassSchema, simplify: float | None
+) -> gpd.GeoDataFrame:
+    """Polygons of the map, or of the given dates with a ``date`` column."""
+    if dates is None:
+        return vectorize(ds["class"], schema=schema, simplify_tolerance=simplify)
+    labels = date_labels(ds)
+    frames = []
+    for i in dates:
+        frame = vectorize(ds["class"].isel(time=i), schema=schema, simplify_tolerance=simplify)
+        frame.insert(0, "date", labels[i])
+        frames.append(frame)
+    return gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs)
+
+
+def _one(dates: list[int] | None) -> int | None:
+    return None if dates is None else dates[0]
+
+
+def _one_or_all(paths: list[Path]) -> Path | list[Path]:
+    return paths[0] if len(paths) == 1 else paths
 
 
 def evaluate_classmap(
@@ -62,13 +142,16 @@ def evaluate_classmap(
     class_field: str = "class_id",
     class_map: ClassMapSpec | ClassMapping | None = None,
     workdir: Path,
+    date: DateChoice = None,
 ) -> AccuracyReport:
-    """Compare a class map with reference labels (store, class-id GeoTIFF or vector).
+    """Compare a class map (of one ``date``, for a multi-date map) with reference labels
+    (store, class-id GeoTIFF or vector).
 
     A vector's text class field holds class names of the map's schema; ``class_map``
     translates other codes or names (see `eoseg.label_mapping`).
     """
-    ds = open_classmap(classmap)
+    purpose = "the truth is compared with one date"
+    ds = select_date(open_classmap(classmap), date, purpose=purpose)
     schema = ClassSchema.from_dict(ds.attrs["classes"])
     mapping = None if class_map is None else load_class_map(class_map, schema)
     reference = open_truth(
@@ -77,9 +160,21 @@ def evaluate_classmap(
     return evaluate(ds["class"], reference, schema)
 
 
-def query_areas(classmap: Path, aoi: str | None) -> ClassAreas:
-    """Area per class (km², ellipsoidal) inside ``aoi`` (file or lon/lat box); all if None."""
-    ds = open_classmap(classmap)
+def query_areas(classmap: Path, aoi: str | None, *, date: DateChoice = None) -> ClassAreas:
+    """Area per class (km², ellipsoidal) inside ``aoi`` (file or lon/lat box; all if None),
+    of one ``date`` for a multi-date class map (see `query_areas_by_date` for all)."""
+    ds = select_date(open_classmap(classmap), date, purpose="or leave it out to get every date")
     schema = ClassSchema.from_dict(ds.attrs["classes"])
     shape = read_aoi(aoi) if aoi else None
     return class_areas(ds["class"], schema, aoi=shape)
+
+
+def query_areas_by_date(classmap: Path, aoi: str | None) -> dict[str, ClassAreas]:
+    """`query_areas` of every date of a class map, by ISO day (``{}`` without dates)."""
+    ds = open_classmap(classmap)
+    schema = ClassSchema.from_dict(ds.attrs["classes"])
+    shape = read_aoi(aoi) if aoi else None
+    return {
+        day: class_areas(ds["class"].isel(time=i), schema, aoi=shape)
+        for i, day in enumerate(date_labels(ds))
+    }

@@ -14,7 +14,6 @@ window otherwise; the whole raster is never loaded.
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,6 +22,9 @@ import xarray as xr
 
 from eoseg.classes import IGNORE_ID
 from eoseg.errors import BandMismatchError, InvalidParameterError
+from eoseg.model_input import TimeMode, composite, input_stack, pick_date
+
+__all__ = ["BlockSplit", "ChipSet", "composite", "read_window", "sample_chips", "split_blocks"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +107,8 @@ class ChipSet:
     """Chips cut from a cube with their labels.
 
     Attributes:
-        x: ``(N, C, H, W)`` float32 reflectance composites, NaN where nodata.
+        x: ``(N, C, H, W)`` float32 model input images (`eoseg.model_input`), NaN
+            where nodata.
         y: ``(N, H, W)`` uint8 class ids, 255 where unlabelled, invalid or nodata.
         origins: ``(N, 2)`` int64 top-left ``(row, col)`` of each chip in the raster.
         bands: Band names of the channel axis.
@@ -120,31 +123,18 @@ class ChipSet:
         return int(self.x.shape[0])
 
 
-def composite(data: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-    """Per-pixel median over time of the valid observations.
-
-    Args:
-        data: ``(time, band, y, x)`` float reflectance, NaN = nodata.
-        valid: Optional ``(time, y, x)`` mask, nonzero where an observation is usable.
-
-    Returns:
-        ``(band, y, x)`` float32; NaN where a pixel has no valid observation.
-    """
-    arr = np.asarray(data, dtype=np.float32)
-    if valid is not None:
-        arr = np.where(np.asarray(valid)[:, None] != 0, arr, np.float32(np.nan))
-    if arr.shape[0] == 1:
-        return np.ascontiguousarray(arr[0])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels stay NaN
-        return np.nanmedian(arr, axis=0).astype(np.float32)
-
-
-def read_window(cube: xr.Dataset, band_index: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
-    """Read and composite one window of a (possibly lazy) cube: ``(band, h, w)`` float32."""
+def read_window(
+    cube: xr.Dataset,
+    band_index: np.ndarray,
+    rows: slice,
+    cols: slice,
+    time: TimeMode = "median",
+) -> np.ndarray:
+    """Read one window of a (possibly lazy) cube as model input images (`input_stack`):
+    ``(n, band, h, w)`` float32, one image for the median, one per date otherwise."""
     data = cube["data"].isel(band=band_index, y=rows, x=cols).values
     valid = cube["valid"].isel(y=rows, x=cols).values if "valid" in cube else None
-    return composite(data, valid)
+    return input_stack(data, valid, time)[0]
 
 
 def _band_index(
@@ -188,6 +178,7 @@ def sample_chips(
     bands: tuple[str, ...] | None = None,
     min_labelled: float = 0.25,
     max_block_bytes: int = 256 * 2**20,
+    time: TimeMode = "median",
 ) -> ChipSet:
     """Sample labelled chips from a cube, optionally class-balanced and from one part.
 
@@ -207,6 +198,9 @@ def sample_chips(
         min_labelled: Least share of a chip that must be labelled and valid.
         max_block_bytes: Blocks whose imagery is smaller than this are read once;
             larger ones are read chip window by chip window.
+        time: Model input over the dates (`eoseg.model_input`): ``"median"`` chips are
+            composites; ``"per-date"`` chips are each one date (drawn among the dates
+            that meet ``min_labelled``) with the same labels.
 
     Returns:
         The chips; ``y`` is 255 wherever the label is ``ignore`` or the imagery is nodata.
@@ -268,7 +262,7 @@ def sample_chips(
         lab = np.asarray(labels.isel(y=slice(r0, r1), x=slice(c0, c1)).values)
         nbytes = n_time * len(band_names) * (r1 - r0) * (c1 - c0) * 4
         block_img = (
-            read_window(cube, band_index, slice(r0, r1), slice(c0, c1))
+            read_window(cube, band_index, slice(r0, r1), slice(c0, c1), time)
             if nbytes <= max_block_bytes
             else None
         )
@@ -280,16 +274,17 @@ def sample_chips(
                 rx = int(np.clip(px - half, 0, (c1 - c0) - chip_size))
                 win = np.s_[ry : ry + chip_size, rx : rx + chip_size]
                 if block_img is not None:
-                    x = block_img[(slice(None), *win)]
+                    images = block_img[(slice(None), slice(None), *win)]
                 else:
                     rows = slice(r0 + ry, r0 + ry + chip_size)
                     cols = slice(c0 + rx, c0 + rx + chip_size)
-                    x = read_window(cube, band_index, rows, cols)
-                y = lab[win].copy()
-                y[np.isnan(x).any(axis=0) | (y == ignore)] = IGNORE_ID
-                if np.mean(y != IGNORE_ID) >= min_labelled:
-                    xs.append(np.ascontiguousarray(x, dtype=np.float32))
-                    ys.append(y.astype(np.uint8))
+                    images = read_window(cube, band_index, rows, cols, time)
+                chip = pick_date(
+                    images, lab[win], ignore=ignore, min_labelled=min_labelled, rng=rng
+                )
+                if chip is not None:
+                    xs.append(chip[0])
+                    ys.append(chip[1])
                     origins.append((r0 + ry, c0 + rx))
                     break
     if len(xs) < count:

@@ -29,6 +29,7 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from eoseg.classes import IGNORE_ID, ClassSchema
+from eoseg.dates import check_one_date
 from eoseg.errors import (
     GeoreferenceError,
     InputNotFoundError,
@@ -154,6 +155,7 @@ def class_areas(
         NoOverlapError: The AOI covers no pixel centre of the map.
         InvalidParameterError: The map holds class ids outside ``schema``.
     """
+    check_one_date(classmap, "class_areas")
     geobox, data, slices = raster_tiles(classmap)
     aoi_map, aoi_km2 = _aoi_in_map_crs(aoi, geobox)
 

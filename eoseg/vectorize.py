@@ -32,6 +32,7 @@ import xarray as xr
 from rasterio.transform import Affine
 
 from eoseg.classes import IGNORE_ID, ClassSchema
+from eoseg.dates import check_one_date
 from eoseg.errors import InvalidParameterError
 from eoseg.grid import raster_tiles
 
@@ -65,6 +66,7 @@ def vectorize(
         GeoreferenceError: The map has no CRS/transform.
         InvalidParameterError: ``simplify_tolerance`` is negative.
     """
+    check_one_date(classmap, "vectorize")
     if simplify_tolerance is not None and simplify_tolerance < 0:
         raise InvalidParameterError(f"simplify_tolerance must be >= 0; found {simplify_tolerance}")
     geobox, data, slices = raster_tiles(classmap)

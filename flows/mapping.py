@@ -9,8 +9,9 @@ from typing import Any
 from prefect import flow, task
 
 from eoseg.cluster import connect
-from eoseg.predict import predict
-from eoseg.publish import evaluate_classmap, export_classmap, query_areas
+from eoseg.dates import DATE_FIELD, date_labels
+from eoseg.predict import open_classmap, predict
+from eoseg.publish import evaluate_classmap, export_classmap, query_areas, query_areas_by_date
 from eoseg.registry import fetch_model
 
 
@@ -33,33 +34,59 @@ def predict_task(
 
 
 @task(name="export")
-def export_task(classmap: str, outdir: str, *, overwrite: bool = False) -> dict[str, Any]:
-    """COG, polygons (GeoParquet) and a quicklook PNG of the class map."""
+def export_task(
+    classmap: str, outdir: str, *, overwrite: bool = False, date: str | None = None
+) -> dict[str, Any]:
+    """COG, polygons (GeoParquet) and a quicklook PNG of the class map.
+
+    A multi-date map exports ``date``, or each date (``classmap_<day>.tif``, ...; the
+    polygons of every date in one file with a ``date`` column).
+    """
     out = Path(outdir)
+    each = date is None and len(date_labels(open_classmap(classmap))) > 1
+    suffix = f"_{DATE_FIELD}" if each else ""
     doc = export_classmap(
         Path(classmap),
-        cog=out / "classmap.tif",
+        cog=out / f"classmap{suffix}.tif",
         polygons=out / "polygons.parquet",
-        quicklook=out / "quicklook.png",
+        quicklook=out / f"quicklook{suffix}.png",
         overwrite=overwrite,
+        date=date,
     )
-    return {k: str(v) if isinstance(v, Path) else v for k, v in doc.items()}
+    return {k: _jsonable(v) for k, v in doc.items()}
 
 
 @task(name="evaluate")
-def evaluate_task(classmap: str, truth: str, *, class_field: str = "class_id") -> dict[str, Any]:
-    """Accuracy report against reference labels."""
+def evaluate_task(
+    classmap: str, truth: str, *, class_field: str = "class_id", date: str | None = None
+) -> dict[str, Any]:
+    """Accuracy report against reference labels; of each date of a multi-date map (under
+    ``dates``) unless ``date`` names one."""
+    days = date_labels(open_classmap(classmap))
+    picks: list[str | None] = list(days) if date is None and len(days) > 1 else [date]
+    reports = {}
     with tempfile.TemporaryDirectory(dir=Path(classmap).parent, prefix=".truth-") as tmp:
-        report = evaluate_classmap(
-            Path(classmap), Path(truth), class_field=class_field, workdir=Path(tmp)
-        )
-    return report.to_dict()
+        for pick in picks:
+            reports[pick] = evaluate_classmap(
+                Path(classmap), Path(truth), class_field=class_field, workdir=Path(tmp), date=pick
+            ).to_dict()
+    return reports[date] if picks == [date] else {"dates": reports}
 
 
 @task(name="areas")
-def areas_task(classmap: str, aoi: str | None = None) -> dict[str, Any]:
-    """Class areas in km² on the ellipsoid (whole map, or inside an AOI)."""
-    return query_areas(Path(classmap), aoi).to_dict()
+def areas_task(classmap: str, aoi: str | None = None, date: str | None = None) -> dict[str, Any]:
+    """Class areas in km² on the ellipsoid (whole map, or inside an AOI); of each date of a
+    multi-date map (under ``dates``) unless ``date`` names one."""
+    if date is None and len(date_labels(open_classmap(classmap))) > 1:
+        by_date = query_areas_by_date(Path(classmap), aoi)
+        return {"dates": {day: areas.to_dict() for day, areas in by_date.items()}}
+    return query_areas(Path(classmap), aoi, date=date).to_dict()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
 
 
 @flow(name="eoseg-mapping")
@@ -72,8 +99,12 @@ def mapping_flow(
     overwrite: bool = False,
     registry: str | None = None,
     version: str | None = None,
+    date: str | None = None,
 ) -> dict[str, Any]:
     """Predict, export, evaluate (if ``truth``) and compute areas for one cube.
+
+    A per-date model maps every date of the cube; exports, accuracy and areas are then
+    of each date, or of ``date`` (ISO day, a prefix naming one, or an index) when given.
 
     ``model`` is a model folder, or with ``registry`` (a folder or fsspec URL) a model
     name whose production version (or ``version``) is used, so a scheduled run picks
@@ -83,8 +114,10 @@ def mapping_flow(
         model = str(fetch_model(registry, model, version))
     pred = predict_task(cube, model, out, scheduler=scheduler, overwrite=overwrite)
     result: dict[str, Any] = {"predict": pred, "model": model}
-    result["export"] = export_task(pred["classmap"], str(Path(out).parent), overwrite=overwrite)
+    result["export"] = export_task(
+        pred["classmap"], str(Path(out).parent), overwrite=overwrite, date=date
+    )
     if truth:
-        result["evaluate"] = evaluate_task(pred["classmap"], truth)
-    result["areas"] = areas_task(pred["classmap"])
+        result["evaluate"] = evaluate_task(pred["classmap"], truth, date=date)
+    result["areas"] = areas_task(pred["classmap"], date=date)
     return result

@@ -49,11 +49,15 @@ def labels_path(demo_data, cube_path: Path) -> Path:  # type: ignore[no-untyped-
     return out
 
 
-def save_untrained_model(out: Path, bands: tuple[str, ...], name: str = "test-unet") -> Path:
-    """A seeded, untrained U-Net (base width 8, depth 2, 32 px chips) saved as a model folder."""
+def save_untrained_model(
+    out: Path, bands: tuple[str, ...], name: str = "test-unet", time: str = "median"
+) -> Path:
+    """A seeded, untrained U-Net (base width 8, depth 2, 32 px chips) saved as a model folder;
+    ``time`` is its input over the cube's dates (``"median"`` or ``"per-date"``)."""
     import torch
 
     from eoseg.classes import DEMO_CLASSES
+    from eoseg.model_input import check_time_mode
     from eoseg.models.card import ModelCard, save_model
     from eoseg.models.unet import UNet
 
@@ -67,6 +71,7 @@ def save_untrained_model(out: Path, bands: tuple[str, ...], name: str = "test-un
         classes=DEMO_CLASSES,
         chip_size=32,
         architecture={"name": "unet", "base_width": 8, "depth": 2},
+        time=check_time_mode(time),
     )
     save_model(model, card, out)
     return out

@@ -318,3 +318,70 @@ def test_ingest_options_reach_the_cube(demo_data, client, tmp_path: Path) -> Non
         ],
     )
     assert result.exit_code == 2 and "composite must be one of" in result.stderr
+
+
+def test_multi_date_class_map_through_the_cli(
+    demo_data,
+    client,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """A --by-date cube and a per-date model: predict maps every date; export, query and
+    evaluate take --date, export every date where the path says how, and ask for --date
+    where one map is needed."""
+    import rasterio
+    from conftest import save_untrained_model
+
+    from eoseg.predict import open_classmap
+
+    cube, cmap = tmp_path / "cube.zarr", tmp_path / "map.zarr"
+    address = ["--scheduler", client.scheduler.address]
+    args = ["ingest", str(demo_data.catalog), "--out", str(cube), "--by-date", "--tile-size", "96"]
+    assert runner.invoke(app, [*args, *address]).exit_code == 0
+    model = save_untrained_model(tmp_path / "m", ("B02", "B03", "B04", "B08"), time="per-date")
+    args = ["predict", "--cube", str(cube), "--model", str(model), "--out", str(cmap), "--json"]
+    result = runner.invoke(app, [*args, *address])
+    assert result.exit_code == 0, result.output
+    days = ["2024-06-12", "2024-06-14"]
+    assert json.loads(result.stdout)["dates"] == days
+    assert open_classmap(cmap)["class"].dims == ("time", "y", "x")
+
+    result = runner.invoke(app, ["export", str(cmap), "--cog", str(tmp_path / "one.tif")])
+    assert result.exit_code == 2 and "--date" in result.stderr and "{date}" in result.stderr
+    assert not (tmp_path / "one.tif").exists()
+    each = ["--cog", str(tmp_path / "m_{date}.tif"), "--polygons", str(tmp_path / "p.parquet")]
+    each += ["--quicklook", str(tmp_path / "q_{date}.png")]
+    result = runner.invoke(app, ["export", str(cmap), *each, "--json"])
+    assert result.exit_code == 0, result.output
+    for i, day in enumerate(days):
+        with rasterio.open(tmp_path / f"m_{day}.tif") as src:
+            assert src.tags()["date"] == day
+            assert (src.read(1) == open_classmap(cmap)["class"][i].values).all()
+        assert (tmp_path / f"q_{day}.png").stat().st_size > 0
+    polygons = gpd.read_parquet(tmp_path / "p.parquet")
+    assert sorted(set(polygons["date"])) == days
+    result = runner.invoke(
+        app, ["export", str(cmap), "--date", "-1", "--cog", str(tmp_path / "one.tif")]
+    )
+    assert result.exit_code == 0, result.output
+    with rasterio.open(tmp_path / "one.tif") as src:
+        assert src.tags()["date"] == days[1]
+
+    aoi = ["--aoi", ",".join(map(str, demo_data.holdout_bbox))]
+    result = runner.invoke(app, ["query", str(cmap), *aoi, "--json"])
+    assert result.exit_code == 0, result.output
+    series = json.loads(result.stdout)["dates"]
+    assert sorted(series) == days
+    result = runner.invoke(app, ["query", str(cmap), *aoi, "--date", "2024-06-14", "--json"])
+    assert json.loads(result.stdout) == series[days[1]]
+    result = runner.invoke(app, ["query", str(cmap), *aoi, "--date", "2024-07"])
+    assert result.exit_code == 2 and "2024-06-12, 2024-06-14" in result.stderr
+
+    truth = ["--truth", str(demo_data.holdout_truth)]
+    result = runner.invoke(app, ["evaluate", str(cmap), *truth])
+    assert result.exit_code == 2 and "--date" in result.stderr
+    result = runner.invoke(app, ["evaluate", str(cmap), *truth, "--date", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["n_pixels"] > 0
+    args = ["train", "--cube", str(cube), "--labels", str(tmp_path / "l.zarr"), "--out", "m2"]
+    result = runner.invoke(app, [*args, "--time", "mean"])
+    assert result.exit_code == 2 and "'per-date'" in result.stderr

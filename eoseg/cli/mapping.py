@@ -20,6 +20,16 @@ from eoseg.cli.common import (
     report,
 )
 
+DateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--date",
+        help="Date of a multi-date class map (from a per-date model on a --by-date cube): "
+        "an ISO day (2024-06-12), a prefix naming one date (2024-06) or an index (0, -1).",
+        show_default=False,
+    ),
+]
+
 
 def predict(
     cube: Annotated[Path, typer.Option("--cube", help="Cube to map.")],
@@ -29,7 +39,12 @@ def predict(
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Predict a seamless class map, tile by tile, with smooth overlap blending."""
+    """Predict a seamless class map, tile by tile, with smooth overlap blending.
+
+    The model card says how it reads the cube's dates: a median model makes one (y, x)
+    map; a per-date model (trained on a --by-date cube) maps every date into a
+    (time, y, x) class map on the cube's dates, e.g. one map per month.
+    """
     from eoseg.predict import predict as run
 
     def body() -> None:
@@ -59,10 +74,18 @@ def export(
     simplify: Annotated[
         float | None, typer.Option(help="Polygon simplification tolerance (map units).")
     ] = None,
+    date: DateOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Export a class map as COG (with overviews and colours), polygons and a quicklook."""
+    """Export a class map as COG (with overviews and colours), polygons and a quicklook.
+
+    A multi-date class map exports the --date given, or every date: {date} in a path
+    becomes each date's ISO day (one file per date), and polygons without {date} go to
+    one file with a date column:
+
+      eoseg export monthly.zarr --cog 'map_{date}.tif' --polygons polygons.parquet
+    """
     from eoseg.publish import export_classmap
 
     def body() -> None:
@@ -79,6 +102,7 @@ def export(
             quicklook=quicklook,
             simplify=simplify,
             overwrite=overwrite,
+            date=date,
         )
         report("export", doc, json_out)
 
@@ -106,9 +130,12 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
+    date: DateOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Accuracy of a class map: overall accuracy, per-class precision/recall/F1/IoU, mIoU.
+
+    A multi-date class map is compared with the truth on one --date.
 
     Truth in another nomenclature (e.g. CORINE codes) is translated with --class-map:
 
@@ -120,7 +147,12 @@ def evaluate(
     def body() -> None:
         with tempfile.TemporaryDirectory(prefix=".eoseg-truth-", dir=classmap.parent) as tmp:
             accuracy = evaluate_classmap(
-                classmap, truth, class_field=class_field, class_map=class_map, workdir=Path(tmp)
+                classmap,
+                truth,
+                class_field=class_field,
+                class_map=class_map,
+                workdir=Path(tmp),
+                date=date,
             )
         if json_out:
             console.emit_json(accuracy.to_dict())
@@ -138,14 +170,24 @@ def query(
             "--aoi", help="GeoJSON/GeoPackage polygon, or minx,miny,maxx,maxy in EPSG:4326."
         ),
     ],
+    date: DateOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Area of each class (km², on the ellipsoid) inside an area of interest."""
-    from eoseg.publish import query_areas
+    """Area of each class (km², on the ellipsoid) inside an area of interest.
+
+    A multi-date class map gives the areas of every date (a time series, under
+    "dates"), or of one --date.
+    """
+    from eoseg.dates import date_labels
+    from eoseg.predict import open_classmap
+    from eoseg.publish import query_areas, query_areas_by_date
 
     def body() -> None:
-        areas = query_areas(classmap, aoi)
-        doc = areas.to_dict()
+        if date is None and len(date_labels(open_classmap(classmap))) > 1:
+            by_date = query_areas_by_date(classmap, aoi)
+            doc = {"dates": {day: areas.to_dict() for day, areas in by_date.items()}}
+        else:
+            doc = query_areas(classmap, aoi, date=date).to_dict()
         if json_out:
             console.emit_json(doc)
         else:

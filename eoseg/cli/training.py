@@ -72,6 +72,14 @@ def train(
         str | None,
         typer.Option(help="auto (bf16 + channels-last on CUDA, fp32 on CPU), bf16 or fp32."),
     ] = None,
+    time: Annotated[
+        str | None,
+        typer.Option(
+            help="Model input over the cube's dates: median (one composite; a (y, x) class "
+            "map) or per-date (chips of each date; predict maps every date) [per-date for "
+            "a --by-date cube, else median]."
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed [0].")] = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -109,6 +117,7 @@ def train(
             device=device,
             precision=precision,
             seed=seed,
+            time=time,
         )
         with console.train_progress() as bar:
             card = train_from_stores(
@@ -125,6 +134,7 @@ def train(
             "name": card.name,
             "version": card.version,
             "bands": card.bands,
+            "time": card.time,
             "parameters": card.parameters,
             "flops_per_pixel": card.flops_per_pixel,
             "val_miou": card.metrics.get("val_miou"),

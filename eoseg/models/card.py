@@ -26,6 +26,7 @@ from torch import nn
 
 from eoseg.classes import ClassSchema
 from eoseg.errors import BandMismatchError, InputNotFoundError, InvalidStoreError
+from eoseg.model_input import TimeMode, input_record, read_input_record
 from eoseg.models.unet import DEFAULT_RATES, UNet
 from eoseg.store import staged_folder
 
@@ -50,6 +51,10 @@ class ModelCard:
         chip_size: Side in pixels of the chips the model was trained on.
         architecture: ``{"name": "unet", "base_width": ..., "depth": ...}``, or name
             ``"unet-aspp"`` with ``"rates"`` (`UNet.architecture`).
+        time: How the model reads the cube's dates: ``"median"`` (one composite, a
+            ``(y, x)`` class map) or ``"per-date"`` (a class map per date); see
+            `eoseg.model_input`. The card writes it with ``bands``, ``mean`` and ``std``
+            as its ``input`` entry; cards without one read as ``"median"``.
         parameters: Number of trainable parameters.
         flops_per_pixel: Forward FLOPs per output pixel.
         metrics: Training metrics (e.g. per-epoch validation mIoU).
@@ -65,6 +70,7 @@ class ModelCard:
     classes: ClassSchema
     chip_size: int
     architecture: dict[str, Any]
+    time: TimeMode = "median"
     version: str = ""
     parameters: int = 0
     flops_per_pixel: float = 0.0
@@ -75,22 +81,25 @@ class ModelCard:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict of the card."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d["bands"] = list(self.bands)
-        d["mean"] = list(self.mean)
-        d["std"] = list(self.std)
+        inputs = ("bands", "mean", "std", "time")
+        d = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in inputs
+        }
+        d["input"] = input_record(self.bands, self.mean, self.std, self.time)
         d["classes"] = self.classes.to_dict()
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelCard:
-        """Build a card from the output of `to_dict`."""
+        """Build a card from the output of `to_dict` (or of an older eoseg)."""
+        bands, mean, std, time = read_input_record(d)
         return cls(
             name=str(d["name"]),
             version=str(d.get("version", "")),
-            bands=tuple(str(b) for b in d["bands"]),
-            mean=tuple(float(v) for v in d["mean"]),
-            std=tuple(float(v) for v in d["std"]),
+            bands=bands,
+            mean=mean,
+            std=std,
+            time=time,
             classes=ClassSchema.from_dict(d["classes"]),
             chip_size=int(d["chip_size"]),
             architecture=dict(d["architecture"]),

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from eoseg.errors import InputNotFoundError, InvalidParameterError
+from eoseg.model_input import TIME_MODES, TimeMode
 from eoseg.models.accel import PRECISIONS, Precision
 from eoseg.models.unet import Context
 from eoseg.sampling import ChipSet
@@ -80,6 +81,10 @@ class TrainConfig:
         min_labelled: Least labelled+valid share of a chip.
         balance: Class-balanced chip sampling.
         bands: Bands to train on, in order; default all cube bands.
+        time: How the model reads the cube's dates (`eoseg.model_input`): ``"median"``
+            (one composite; the class map is ``(y, x)``) or ``"per-date"`` (chips of
+            each date with the same labels; prediction maps every date). Default: per
+            date for a ``--by-date`` cube, else median.
         seed: Seed of sampling, initialisation and augmentation.
         num_threads: Torch intra-op threads; default all cores.
         context: ``"aspp"`` adds an ASPP context module at the U-Net bottleneck.
@@ -130,6 +135,7 @@ class TrainConfig:
     min_labelled: float = 0.25
     balance: bool = True
     bands: tuple[str, ...] | None = None
+    time: TimeMode | None = None
     seed: int = 0
     num_threads: int | None = None
     context: Context = "none"
@@ -165,6 +171,7 @@ class TrainConfig:
             ("precision", self.precision, PRECISIONS),
             ("finetune_norm", self.finetune_norm, ("frozen", "train")),
             ("finetune_noisy_loss", self.finetune_noisy_loss, ("ce", "gce", "bootstrap")),
+            ("time", self.time, (None, *TIME_MODES)),
         ):
             if value not in allowed:
                 raise InvalidParameterError(f"{name} must be one of {allowed}; got {value!r}")

@@ -1,8 +1,9 @@
 """A training run: sample chips, pretrain on noisy labels, fine-tune on clean ones, save.
 
-The model input is the per-pixel temporal median of valid observations
-(`eoseg.sampling.composite`), normalised with per-band statistics of the training chips
-(`eoseg.models.normalize`). Pretraining uses ``noisy_loss`` (cross-entropy, generalized
+The model input (`eoseg.model_input`) is the per-pixel temporal median of valid
+observations, or, for a ``--by-date`` cube, each date on its own (``TrainConfig.time``),
+normalised with per-band statistics of the training chips (`eoseg.models.normalize`).
+Pretraining uses ``noisy_loss`` (cross-entropy, generalized
 cross-entropy or bootstrapping), fine-tuning cross-entropy on clean chips; both add a soft
 Jaccard loss and ignore 255 (`eoseg.train.losses`). The fine-tuning chips are the clean chips, plus
 noisy chips for classes the clean labels lack (`rehearse_missing`), with a share of them
@@ -28,6 +29,7 @@ import xarray as xr
 
 from eoseg.classes import IGNORE_ID, ClassSchema
 from eoseg.errors import InvalidParameterError
+from eoseg.model_input import cube_time_mode
 from eoseg.models import ModelCard, UNet, count_flops_per_pixel, count_parameters, save_model
 from eoseg.models.accel import resolve_accelerator
 from eoseg.sampling import ChipSet, sample_chips, split_blocks
@@ -152,7 +154,9 @@ def _train(
         val_fraction=config.val_fraction,
         seed=config.seed,
     )
+    time = config.time or cube_time_mode(cube)
     common: dict[str, Any] = {
+        "time": time,
         "chip_size": config.chip_size,
         "balance": config.balance,
         "split": split,
@@ -210,6 +214,7 @@ def _train(
         classes=schema,
         chip_size=config.chip_size,
         architecture=model.architecture,
+        time=time,
         parameters=count_parameters(model),
         flops_per_pixel=count_flops_per_pixel(model, len(pre_train.bands), config.chip_size),
         fingerprint=_fingerprint(config, schema, [c for pair in sets.values() for c in pair]),
