@@ -1,0 +1,454 @@
+"""The real samples through the CLI as a new user runs them, beside a random forest.
+
+For each sample in ``../shared/data/real`` that carries land-cover labels, runs ``eoseg
+ingest``, ``rasterize``, ``train``, ``predict`` and ``evaluate`` with default options
+first; a step that fails is retried with the fewest explicit options that make it run
+(smaller chips and U-Net, then ``min_labelled = 0`` from a ``--config`` file), and each
+failure is recorded with its message. Then `benchmarks/baseline.py` trains a per-pixel
+random forest on the same cube and labels and scores both maps on the same held-out truth.
+
+* ``eolearn_slovenia``: three dates (ingested as given: one composite), 35 polygons;
+  held-out truth = ``lulc.tif`` with every pixel a training polygon touches masked.
+* ``amazon_s2_l2a``: 25 polygons on an EPSG:4326 grid, split per class (seeded) into
+  ~2/3 training and ~1/3 held-out polygons.
+* ``spacenet_atlanta``: buildings, west 2/3 of the image trained, east 1/3 held out (as
+  ``tests/test_realdata_train.py``).
+
+Usage: python benchmarks/realdata.py [--workdir DIR] [--sample NAME ...] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+from rasterio.features import rasterize
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = ROOT.parent / "shared" / "data" / "real"
+PALETTE = ("#fee08b", "#1b7837", "#a6dba0", "#8c510a", "#d73027", "#1f78b4", "#762a83")
+IGNORE = 255
+
+# Training attempts, in order: defaults first, then the fewest options that make it run
+# ("{config}" is a TOML file setting min_labelled = 0, which has no flag of its own).
+CPU_SIZES = ("--base-width", "16", "--depth", "3")
+LADDER: tuple[tuple[str, ...], ...] = (
+    (),
+    ("--chip-size", "64", *CPU_SIZES),  # the CPU sizes 'eoseg train --help' suggests
+    ("--chip-size", "64", *CPU_SIZES, "--config", "{config}"),
+    ("--chip-size", "32", *CPU_SIZES),
+    ("--chip-size", "32", *CPU_SIZES, "--config", "{config}"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One command run: what, how it ended, and its JSON output or last error line."""
+
+    step: str
+    attempt: str
+    command: tuple[str, ...]
+    rc: int
+    seconds: float
+    message: str
+    doc: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What a user brings for one sample, in files eoseg reads."""
+
+    sources: tuple[Path, ...]
+    train_labels: Path
+    truth: Path
+    classes: Path
+    class_map: Path | None = None
+    notes: tuple[str, ...] = ()
+    probes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # extra commands whose outcome we note
+
+
+@dataclass(slots=True)
+class Run:
+    """All steps of one sample and its figures."""
+
+    sample: str
+    steps: list[Step] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def eoseg_command(args: Sequence[str]) -> list[str]:
+    """The eoseg CLI of this checkout."""
+    return [sys.executable, "-m", "eoseg", *args]
+
+
+def run_command(step: str, attempt: str, cmd: Sequence[str], timeout: float) -> Step:
+    """Run a command with ``--json``; keep its JSON output, or its last error lines."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("MKL_NUM_THREADS", "1")
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(
+            [*cmd, "--json"], capture_output=True, text=True, timeout=timeout, env=env, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return Step(step, attempt, tuple(cmd), -1, timeout, f"timed out after {timeout:.0f} s")
+    seconds = time.perf_counter() - start
+    if done.returncode == 0:
+        return Step(step, attempt, tuple(cmd), 0, seconds, "", json.loads(done.stdout))
+    return Step(step, attempt, tuple(cmd), done.returncode, seconds, _error_text(done.stderr))
+
+
+def _error_text(stderr: str) -> str:
+    """The error message of a failed command: from 'error:' on, else the last lines."""
+    text = stderr.replace("\r", "\n")
+    at = text.rfind("error:")
+    tail = text[at:] if at >= 0 else "\n".join(text.strip().splitlines()[-3:])
+    return " ".join(tail.split())
+
+
+def write_schema(names: Sequence[str], path: Path) -> Path:
+    """A JSON class schema (ids 0..n-1 in order) for ``eoseg --classes``."""
+    doc = [{"id": i, "name": n, "color": PALETTE[i % len(PALETTE)]} for i, n in enumerate(names)]
+    path.write_text(json.dumps(doc, indent=1))
+    return path
+
+
+def schema_from_classes_json(sample: Path, work: Path) -> tuple[Path, Path, tuple[str, ...]]:
+    """A schema and a code map from a sample's ``classes.json`` (``{"code": "name"}``).
+
+    eoseg's class ids are 0..n-1, so the sample's codes (1..4, or 1, 2, 3, 4, 8) are
+    renumbered by a ``--class-map`` file; ``no data`` is dropped (ignored).
+    """
+    codes = json.loads((sample / "classes.json").read_text())
+    kept = sorted((int(c), n) for c, n in codes.items() if n != "no data")
+    names = tuple(n for _, n in kept)
+    mapping: dict[str, int | str] = {str(c): i for i, (c, _) in enumerate(kept)}
+    mapping.update({c: "ignore" for c, n in codes.items() if n == "no data"})
+    (work / "codes.json").write_text(json.dumps(mapping, indent=1))
+    return write_schema(names, work / "classes.json"), work / "codes.json", names
+
+
+def prepare_slovenia(data: Path, work: Path, seed: int) -> Prepared:
+    """Three dates, 35 polygons, held-out truth = lulc.tif minus the training polygons."""
+    sample = data / "eolearn_slovenia"
+    classes, codes, _ = schema_from_classes_json(sample, work)
+    polygons = gpd.read_file(sample / "training_polygons.gpkg")
+    with rasterio.open(sample / "lulc.tif") as src:
+        lulc = src.read(1)
+        profile = src.profile | {"nodata": IGNORE}
+        # all_touched: also mask pixels a polygon only grazes, so that no training pixel
+        # survives the truth's resampling onto the cube grid (its pixels are not square).
+        burnt = rasterize(
+            polygons.to_crs(src.crs).geometry,
+            out_shape=lulc.shape,
+            transform=src.transform,
+            all_touched=True,
+        ).astype(bool)
+    truth = np.where(burnt | (lulc == 0), IGNORE, lulc).astype(np.uint8)
+    with rasterio.open(work / "heldout.tif", "w", **profile) as dst:
+        dst.write(truth, 1)
+    dates = tuple(sorted(sample.glob("s2_l1c_*.tif")))
+    # What a new user tries first: the three dates as three time steps, and the class
+    # ids of classes.json as they are.
+    given = json.loads((sample / "classes.json").read_text())
+    as_given = [{"id": int(c), "name": n, "color": "#808080"} for c, n in given.items()]
+    (work / "classes_as_given.json").write_text(json.dumps(as_given))
+    by_date = ("ingest", *map(str, dates), "--out", str(work / "bydate.zarr"), "--by-date")
+    naive: tuple[str, ...] = ("rasterize", str(sample / "training_polygons.gpkg"), "--cube")
+    naive += ("{cube}", "--out", str(work / "naive.zarr"))
+    naive += ("--classes", str(work / "classes_as_given.json"))
+    return Prepared(
+        sources=dates,
+        train_labels=sample / "training_polygons.gpkg",
+        truth=work / "heldout.tif",
+        classes=classes,
+        class_map=codes,
+        notes=(f"held-out truth: {int((truth != IGNORE).sum())} px of lulc.tif",),
+        probes=(("ingest --by-date", by_date), ("rasterize, classes.json ids as given", naive)),
+    )
+
+
+def prepare_amazon(data: Path, work: Path, seed: int) -> Prepared:
+    """25 polygons split per class into ~2/3 training and ~1/3 held-out polygons (seeded)."""
+    sample = data / "amazon_s2_l2a"
+    classes, codes, _ = schema_from_classes_json(sample, work)
+    polygons = gpd.read_file(sample / "training_polygons.gpkg")
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(polygons), bool)
+    for _, rows in polygons.groupby("class_id").indices.items():
+        order = rng.permutation(rows)
+        held[order[: max(1, round(len(rows) / 3))]] = True
+    polygons[~held].to_file(work / "train.gpkg")
+    polygons[held].to_file(work / "heldout.gpkg")
+    per_class = polygons[held].groupby("class_name").size().to_dict()
+    return Prepared(
+        sources=(sample / "s2_l2a.tif",),
+        train_labels=work / "train.gpkg",
+        truth=work / "heldout.gpkg",
+        classes=classes,
+        class_map=codes,
+        notes=(f"{int(held.sum())}/{len(polygons)} polygons held out (seed {seed}): {per_class}",),
+    )
+
+
+def prepare_spacenet(data: Path, work: Path, seed: int) -> Prepared:
+    """Buildings: the west 600 columns trained, the east 300 held out."""
+    sample = data / "spacenet_atlanta"
+    scene = sample / "sample_geotiff.tif"
+    footprints = gpd.read_file(sample / "geotiff_labels.geojson")
+    with rasterio.open(scene) as src:
+        mask = rasterize(
+            footprints.to_crs(src.crs).geometry,
+            out_shape=(src.height, src.width),
+            transform=src.transform,
+            fill=0,
+            dtype="uint8",
+        )
+        profile = {
+            "driver": "GTiff",
+            "width": src.width,
+            "height": src.height,
+            "count": 1,
+            "dtype": "uint8",
+            "crs": src.crs,
+            "transform": src.transform,
+            "nodata": IGNORE,
+        }
+    for name, keep in (("train.tif", slice(0, 600)), ("heldout.tif", slice(600, None))):
+        part = np.full_like(mask, IGNORE)
+        part[:, keep] = mask[:, keep]
+        with rasterio.open(work / name, "w", **profile) as dst:
+            dst.write(part, 1)
+    return Prepared(
+        sources=(scene,),
+        train_labels=work / "train.tif",
+        truth=work / "heldout.tif",
+        classes=write_schema(("background", "building"), work / "classes.json"),
+    )
+
+
+SAMPLES: dict[str, Callable[[Path, Path, int], Prepared]] = {
+    "eolearn_slovenia": prepare_slovenia,
+    "amazon_s2_l2a": prepare_amazon,
+    "spacenet_atlanta": prepare_spacenet,
+}
+
+
+def train_ladder(
+    cube: Path,
+    labels: Path,
+    model: Path,
+    prepared: Prepared,
+    work: Path,
+    timeout: float,
+    skip_defaults: bool,
+) -> list[Step]:
+    """``eoseg train`` with defaults, then with the fewest explicit options that run."""
+    config = work / "train.toml"
+    config.write_text("min_labelled = 0.0\n")
+    steps: list[Step] = []
+    for i, options in enumerate(LADDER):
+        if skip_defaults and not options:
+            continue
+        label = " ".join(options).replace("{config}", "train.toml") or "defaults"
+        out = model.with_name(f"{model.name}-{i}")  # a failed attempt leaves no checkpoint
+        args = ["train", "--cube", str(cube), "--labels", str(labels), "--out", str(out)]
+        args += ["--classes", str(prepared.classes)]
+        args += [o.replace("{config}", str(config)) for o in options]
+        steps.append(run_command("train", label, eoseg_command(args), timeout))
+        if steps[-1].rc == 0:
+            model.symlink_to(out.name)
+            break
+    return steps
+
+
+def run_sample(name: str, prepared: Prepared, work: Path, args: argparse.Namespace) -> Run:
+    """Every CLI step of one sample, then the forest; stops at a step that cannot run."""
+    run = Run(name, notes=list(prepared.notes))
+    cube, labels = work / "cube.zarr", work / "labels.zarr"
+    model, classmap = work / "model", work / "classmap.zarr"
+    codes = ["--class-map", str(prepared.class_map)] if prepared.class_map else []
+    vector = prepared.train_labels.suffix in {".gpkg", ".geojson", ".shp", ".parquet"}
+    plan = [
+        ("ingest", ["ingest", *map(str, prepared.sources), "--out", str(cube)]),
+        (
+            "rasterize",
+            [
+                "rasterize",
+                str(prepared.train_labels),
+                "--cube",
+                str(cube),
+                "--out",
+                str(labels),
+                "--classes",
+                str(prepared.classes),
+                *codes,
+                *(["--class-field", "class_id"] if vector else []),
+            ],
+        ),
+    ]
+    for step, cmd in plan:
+        run.steps.append(run_command(step, "defaults", eoseg_command(cmd), args.timeout))
+        if run.steps[-1].rc:
+            return run
+    for label, probe in prepared.probes:
+        probe_cmd = eoseg_command([c.replace("{cube}", str(cube)) for c in probe])
+        run.steps.append(run_command("probe", label, probe_cmd, args.timeout))
+    trained = train_ladder(
+        cube, labels, model, prepared, work, args.train_timeout, name in args.skip_defaults
+    )
+    run.steps += trained
+    if trained[-1].rc:
+        return run
+    tail = [
+        (
+            "predict",
+            eoseg_command(
+                ["predict", "--cube", str(cube), "--model", str(model), "--out", str(classmap)]
+            ),
+        ),
+        (
+            "evaluate",
+            eoseg_command(["evaluate", str(classmap), "--truth", str(prepared.truth), *codes]),
+        ),
+        (
+            "baseline",
+            [
+                sys.executable,
+                str(ROOT / "benchmarks" / "baseline.py"),
+                "--cube",
+                str(cube),
+                "--labels",
+                str(labels),
+                "--truth",
+                str(prepared.truth),
+                "--classmap",
+                str(classmap),
+                *codes,
+            ],
+        ),
+    ]
+    for step, cmd in tail:
+        run.steps.append(run_command(step, "defaults", cmd, args.timeout))
+        if run.steps[-1].rc:
+            return run
+    run.figures = figures(run.steps)
+    return run
+
+
+def figures(steps: list[Step]) -> dict[str, Any]:
+    """OA, mIoU and training time of the U-Net and the forest, from the steps' JSON."""
+    by_step = {s.step: s for s in steps if s.rc == 0}
+    card = by_step["train"].doc
+    evaluated, baseline = by_step["evaluate"].doc, by_step["baseline"].doc
+    forest = baseline["forest"]
+    return {
+        "unet": {
+            "overall_accuracy": evaluated["overall_accuracy"],
+            "miou": evaluated["miou"],
+            "train_seconds": round(by_step["train"].seconds, 1),
+            "options": by_step["train"].attempt,
+            "card_val_miou": card.get("val_miou") if isinstance(card, dict) else None,
+            "iou": {c["name"]: c["iou"] for c in evaluated["classes"]},
+        },
+        "forest": {
+            "overall_accuracy": forest["overall_accuracy"],
+            "miou": forest["miou"],
+            "train_seconds": round(forest["train_seconds"], 1),
+            "train_pixels": forest["train_pixels"],
+            "iou": {c["name"]: c["iou"] for c in forest["report"]["classes"]},
+        },
+        "heldout_pixels": evaluated["n_pixels"],
+        # The same scoring twice: evaluate's figures and the baseline's eoseg row agree.
+        "baseline_eoseg_miou": baseline["eoseg"]["miou"],
+    }
+
+
+def report(runs: list[Run]) -> str:
+    """Plain-text tables: per sample, the figures and every step that failed."""
+    lines = []
+    for run in runs:
+        lines.append(f"\n== {run.sample} ==")
+        lines += [f"  note: {n}" for n in run.notes]
+        for s in run.steps:
+            status = "ok" if s.rc == 0 else f"FAILED (rc {s.rc})"
+            lines.append(f"  {s.step:9s} [{s.attempt}] {status} {s.seconds:.1f} s")
+            if s.rc:
+                lines.append(f"      {s.message}")
+        f = run.figures
+        if not f:
+            lines.append("  no figures: a step could not run")
+            continue
+        lines.append(f"  {'map':14s} {'OA':>6s} {'mIoU':>6s} {'train s':>8s}  options")
+        for key, label in (("unet", "eoseg U-Net"), ("forest", "random forest")):
+            r = f[key]
+            opts = r.get("options", f"200 trees, {r.get('train_pixels')} px")
+            lines.append(
+                f"  {label:14s} {_f(r['overall_accuracy'])} {_f(r['miou'])} "
+                f"{r['train_seconds']:8.1f}  {opts}"
+            )
+        lines.append(
+            f"  held-out pixels {f['heldout_pixels']}, model card val_miou "
+            f"{f['unet']['card_val_miou']}"
+        )
+    return "\n".join(lines)
+
+
+def _f(v: float | None) -> str:
+    return "     –" if v is None else f"{v:6.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/eoseg-bench-realdata"))
+    parser.add_argument("--data", type=Path, default=REAL_DATA)
+    parser.add_argument("--sample", action="append", choices=sorted(SAMPLES))
+    parser.add_argument("--seed", type=int, default=0, help="held-out polygon split")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per step")
+    parser.add_argument("--train-timeout", type=float, default=1800, help="seconds per training")
+    parser.add_argument(
+        "--skip-defaults",
+        action="append",
+        default=[],
+        metavar="SAMPLE",
+        help="do not try default training on this sample (GPU-sized: hours on a CPU)",
+    )
+    parser.add_argument("--json", action="store_true", help="also print all steps as JSON")
+    args = parser.parse_args()
+    runs = []
+    for name in args.sample or list(SAMPLES):
+        work = args.workdir / name
+        if work.exists():
+            import shutil
+
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        run = run_sample(name, SAMPLES[name](args.data, work, args.seed), work, args)
+        runs.append(run)
+        (work / "run.json").write_text(json.dumps(asdict(run), indent=1, default=str))
+        sys.stdout.write(report([run]) + "\n")
+        sys.stdout.flush()
+    if args.json:
+        sys.stdout.write(json.dumps([asdict(r) for r in runs], indent=1, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
