@@ -97,10 +97,9 @@ def test_product_opens_georeferenced_with_plain_xarray(products: Products, produ
             f"(dims {var.dims}, dataset dims {dict(ds.sizes)}): defect 1, geographic grids "
             "lose their coordinates"
         )
-    col_centres = products.transform * (np.arange(width) + 0.5, np.full(width, 0.5))
-    row_centres = products.transform * (np.full(height, 0.5), np.arange(height) + 0.5)
-    np.testing.assert_allclose(var[var.rio.x_dim].values, col_centres[0])
-    np.testing.assert_allclose(var[var.rio.y_dim].values, row_centres[1])
+    t = products.transform  # north-up: pixel centres are c + (i + 0.5) * a, f + (j + 0.5) * e
+    np.testing.assert_allclose(var[var.rio.x_dim].values, t.c + (np.arange(width) + 0.5) * t.a)
+    np.testing.assert_allclose(var[var.rio.y_dim].values, t.f + (np.arange(height) + 0.5) * t.e)
     # rioxarray recomputes the same transform from those coordinates.
     np.testing.assert_allclose(
         tuple(var.rio.transform(recalc=True))[:6], tuple(products.transform)[:6]
