@@ -15,7 +15,7 @@ import pytest
 import rasterio
 
 from benchmarks.baseline import compare
-from benchmarks.realdata import prepare_amazon, prepare_slovenia
+from benchmarks.realdata_samples import prepare_amazon, prepare_slovenia
 from eoseg.cube import ingest
 from eoseg.labels import rasterize_labels
 
