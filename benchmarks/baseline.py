@@ -130,7 +130,7 @@ def training_pixels(
         lab = np.asarray(labels.isel(y=rows, x=cols).values)
         if not (lab != IGNORE_ID).any():
             continue  # no label here: skip reading the imagery
-        img = read_window(cube, bands, rows, cols)  # (band, h, w): eoseg's model input
+        img = read_window(cube, bands, rows, cols)[0]  # (band, h, w): the median model input
         keep = (lab != IGNORE_ID) & np.isfinite(img).all(axis=0)
         xs.append(img[:, keep].T)
         ys.append(lab[keep])
@@ -169,7 +169,7 @@ def predict_forest(
     height, width = cube.sizes["y"], cube.sizes["x"]
     out = np.full((height, width), IGNORE_ID, dtype=np.uint8)
     for rows, cols in windows(height, width, options.window):
-        img = read_window(cube, bands, rows, cols)
+        img = read_window(cube, bands, rows, cols)[0]
         ok = np.isfinite(img).all(axis=0)
         if ok.any():
             block = out[rows, cols]
