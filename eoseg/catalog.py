@@ -7,7 +7,9 @@ folder and for the files given on the command line (`eoseg.scene_files`): single
 files sharing a stem and ending in a band token (``x_B04.tif``, ``x_B8A.jp2``,
 ``x_SR_B4.TIF``, ``x_VV.tif``) are one multi-band scene, and names that start with a
 Landsat product id are scenes of the matching Landsat profile, their ``QA_PIXEL`` /
-``BQA`` file the mask. STAC items are read by `eoseg.stac`.
+``BQA`` file the mask. STAC items are read by `eoseg.stac`. A scene's date is the STAC
+``datetime`` or the Landsat product id's; a plain file's comes from its acquisition tags
+or its name (`eoseg.scene_dates`), and each scene records where (``datetime_source``).
 
 `scan_sources` skips bad scenes with a reason and goes on; `discover_scenes` is strict.
 """
@@ -184,6 +186,7 @@ def _scene_from_group(group: FileGroup) -> Scene:
         group.bands,
         profile=group.profile,
         datetime=group.datetime,
+        datetime_source=f"product id {group.id}",
         mask=mask,
         quality=quality,
     )

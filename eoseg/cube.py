@@ -85,7 +85,8 @@ class CubeEncoding:
 
 @dataclass(frozen=True, slots=True)
 class IngestResult:
-    """The run report of an ingest: what was written, what was skipped and why."""
+    """The run report of an ingest: what was written, what was skipped and why, and each
+    scene's date with where it was read (``dates``: scene id, ISO date, source)."""
 
     path: Path
     grid: dict[str, Any]
@@ -93,6 +94,7 @@ class IngestResult:
     times: tuple[str, ...]
     scenes: tuple[str, ...]
     skipped: tuple[tuple[str, str], ...]
+    dates: tuple[tuple[str, str | None, str | None], ...]
     tiles: int
     tiles_written: int
     valid_fraction: float
@@ -107,6 +109,7 @@ class IngestResult:
             "bands": list(self.bands),
             "times": list(self.times),
             "scenes": list(self.scenes),
+            "scene_dates": [{"scene": s, "date": d, "from": f} for s, d, f in self.dates],
             "skipped": [{"scene": s, "reason": r} for s, r in self.skipped],
             "tiles": self.tiles,
             "tiles_written": self.tiles_written,
@@ -189,11 +192,15 @@ def time_steps(scenes: Sequence[Scene], by_date: bool) -> list[tuple[str, list[S
     if not by_date:
         dates = sorted(s.datetime[:10] for s in scenes if s.datetime)
         return [(dates[0] if dates else "", list(scenes))]
-    undated = [s.id for s in scenes if not s.datetime]
+    undated = [s for s in scenes if not s.datetime]
     if undated:
+        why = "; ".join(f"{s.id}: {s.datetime_source or 'none'}" for s in undated[:3])
         raise InvalidParameterError(
-            f"--by-date needs acquisition dates; scenes {undated[:3]} have none: give STAC "
-            "items with datetime, or ingest one composite without --by-date"
+            f"--by-date needs acquisition dates; {len(undated)} scene(s) have none ({why}): "
+            "expected an acquisition tag (ACQUISITION_TIME, DATE_ACQUIRED, SENSING_TIME) or "
+            "a date in the file name (x_20240612.tif); rename the files, tag them "
+            "('gdal_edit.py -mo ACQUISITION_TIME=2024-06-12 x.tif'), give STAC items with "
+            "datetime, or ingest one composite without --by-date"
         )
     steps: dict[str, list[Scene]] = {}
     for s in scenes:
@@ -339,6 +346,7 @@ def ingest(
         times=tuple(d for d, _ in steps),
         scenes=tuple(s.id for s in scenes if s.id in used),
         skipped=tuple(skipped),
+        dates=tuple((s.id, s.datetime, s.datetime_source) for s in scenes),
         tiles=len(tiles),
         tiles_written=len(todo),
         valid_fraction=sum(r["valid_fraction"] * r["pixels"] for r in records) / pixels,

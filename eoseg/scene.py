@@ -25,6 +25,7 @@ from eoseg.errors import (
     InputNotFoundError,
     UnreadableRasterError,
 )
+from eoseg.scene_dates import CREATION_KEY, file_date
 from eoseg.scene_files import BandFile
 from eoseg.sensor_profile import BandKind, BitTest, Conversion, QualityMask, SensorProfile
 from eoseg.sensors import PROFILES
@@ -61,6 +62,8 @@ class Scene:
         offset: Added after scaling.
         mask_bits: Bit tests on the mask; a pixel failing any is invalid.
         conversion: Applied after resampling (``linear_to_db``), if any.
+        datetime_source: Where ``datetime`` was read (``STAC datetime``, ``tag
+            ACQUISITION_TIME``, ``file name x_20240612.tif``), or why there is none.
     """
 
     id: str
@@ -78,6 +81,7 @@ class Scene:
     offset: float
     mask_bits: tuple[BitTest, ...] = ()
     conversion: Conversion | None = None
+    datetime_source: str | None = None
 
     @property
     def band_names(self) -> tuple[str, ...]:
@@ -96,6 +100,7 @@ def scene_from_files(
     *,
     profile: SensorProfile | None = None,
     datetime: str | None = None,
+    datetime_source: str = "catalog",
     mask: BandSource | None = None,
     quality: QualityMask | None = None,
     declared: dict[str, float] | None = None,
@@ -103,7 +108,9 @@ def scene_from_files(
     """Build a scene from its band files, reading their headers.
 
     Scale, offset and nodata come from the catalog's declaration (``declared``), else
-    the sensor profile, else the file's own tags.
+    the sensor profile, else the file's own tags. Without a ``datetime`` (a STAC item's,
+    a product id's, labelled ``datetime_source``), the date is read from the band files'
+    acquisition tags, else their names (`eoseg.scene_dates`).
 
     Raises:
         InputNotFoundError: A file does not exist, or the scene has no band file.
@@ -113,16 +120,17 @@ def scene_from_files(
         BandMismatchError: Two files hold the same band.
     """
     profile = profile or PROFILES["generic"]
-    bands, meta, best_res = _band_sources(scene_id, files)
+    bands, meta, best_res, tags = _band_sources(scene_id, files)
     declared = dict(declared or {})
     for key in ("scale", "offset", "nodata"):
         if key not in declared and getattr(profile, key) is not None:
             declared[key] = getattr(profile, key)
     meta = {**meta, **declared}
+    when, source = (datetime, datetime_source) if datetime else _files_date(files, tags)
     return Scene(
         id=scene_id,
         sensor=profile.name,
-        datetime=datetime,
+        datetime=when,
         bands=bands,
         mask=mask,
         mask_invalid=quality.values if quality else None,
@@ -135,13 +143,29 @@ def scene_from_files(
         offset=float(meta["offset"]),
         mask_bits=quality.invalid_bits if quality else (),
         conversion=profile.conversion,
+        datetime_source=source,
     )
+
+
+def _files_date(
+    files: Sequence[BandFile], tags: Sequence[dict[str, str]]
+) -> tuple[str | None, str]:
+    """The first date the band files' tags or names give and its source, else why none."""
+    for file, file_tags in zip(files, tags, strict=True):
+        found = file_date(file_tags, Path(file.path).name)
+        if found is not None:
+            return found.value, found.source
+    created = next((t[CREATION_KEY] for t in tags if CREATION_KEY in t), None)
+    if created is not None:
+        return None, f"none: {CREATION_KEY} {created} is the file's creation time, not used"
+    return None, "none: no acquisition tag, no date in the file name"
 
 
 def _band_sources(
     scene_id: str, files: Sequence[BandFile]
-) -> tuple[tuple[BandSource, ...], dict[str, Any], float]:
-    """The scene's bands, the header of its finest band file, and that resolution."""
+) -> tuple[tuple[BandSource, ...], dict[str, Any], float, list[dict[str, str]]]:
+    """The scene's bands, the header of its finest band file, that resolution, and
+    each file's metadata tags."""
     if not files:
         raise InputNotFoundError(
             f"scene {scene_id} has no band file, only its mask or other product layers: "
@@ -150,8 +174,10 @@ def _band_sources(
     bands: list[BandSource] = []
     meta: dict[str, Any] = {}
     best_res = float("inf")
+    tags: list[dict[str, str]] = []
     for file in files:
         info = raster_info(file.path)
+        tags.append(info["tags"])
         name = file.name
         if info["count"] > 1 and name is not None:
             if len(files) > 1:
@@ -180,12 +206,12 @@ def _band_sources(
             "expected one file per band; keep one of them, or rename the files so that "
             "each names its own band (x_B02.tif, x_B03.tif)"
         )
-    return tuple(bands), meta, best_res
+    return tuple(bands), meta, best_res, tags
 
 
 def raster_info(href: str) -> dict[str, Any]:
     """Header facts of a raster: band count and names, CRS, bounds, resolution, dtype,
-    nodata, scale and offset.
+    nodata, scale, offset and metadata tags (the dataset's over its first band's).
 
     Raises:
         InputNotFoundError: The file does not exist.
@@ -215,6 +241,7 @@ def raster_info(href: str) -> dict[str, Any]:
                 "nodata": src.nodata,
                 "scale": float(src.scales[0] or 1.0),
                 "offset": float(src.offsets[0] or 0.0),
+                "tags": {**src.tags(1), **src.tags()},
             }
     except rasterio.errors.RasterioError as exc:
         if not is_remote(href) and not Path(href).exists():

@@ -168,6 +168,7 @@ def _scene_from_item(item: pystac.Item) -> Scene:
         files,
         profile=profile,
         datetime=when,
+        datetime_source="STAC datetime",
         mask=mask,
         quality=quality,
         declared=declared,

@@ -48,7 +48,12 @@ def ingest(
         str, typer.Option(help="Where scenes overlap: 'first' valid value, or 'median'.")
     ] = "first",
     by_date: Annotated[
-        bool, typer.Option("--by-date", help="One time step per acquisition date.")
+        bool,
+        typer.Option(
+            "--by-date",
+            help="One time step per acquisition date: STAC datetime, a file's acquisition "
+            "tag (ACQUISITION_TIME...) or a date in its name (x_20240612.tif).",
+        ),
     ] = False,
     sensor: Annotated[
         list[str] | None,
@@ -67,7 +72,7 @@ def ingest(
     scenes overlap, the first valid value (in the order given) or the median of valid
     values is kept. A killed run, re-run, writes only the missing tiles. The report lists
     scenes that contributed nothing, and why (outside the grid, covered by earlier
-    scenes, no valid pixel).
+    scenes, no valid pixel) and where each scene's date was read.
     """
     from eoseg.cube import ingest as run
     from eoseg.grid import parse_bbox
