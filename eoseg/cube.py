@@ -143,17 +143,28 @@ def plan_grid(
     resolution: float | None = None,
     bbox: tuple[float, float, float, float] | None = None,
 ) -> GeoBox:
-    """The grid of a cube: the first scene's CRS and resolution unless given."""
-    grid_crs = parse_crs(crs) if crs else scenes[0].crs
-    res = resolution or scenes[0].resolution
-    if crs and not resolution and grid_crs.units != scenes[0].crs.units:
+    """The grid of a cube: the first scene's CRS and pixel grid unless given.
+
+    Without ``resolution``, a grid in the first scene's CRS keeps that scene's pixels
+    exactly (their corner and x and y sizes, non-square ones too), so a single scene
+    ingests without resampling and lines up with other rasters on its grid (labels);
+    the grid extends over the other scenes by whole such pixels. A ``resolution``, or
+    another CRS, gives square pixels of that size (default: the first scene's x size).
+    """
+    first = scenes[0]
+    grid_crs = parse_crs(crs) if crs else first.crs
+    if crs and not resolution and grid_crs.units != first.crs.units:
         raise InvalidParameterError(
             f"--crs {crs} has units {grid_crs.units} but the sources are in "
-            f"{scenes[0].crs.units}: give --resolution in the grid's units"
+            f"{first.crs.units}: give --resolution in the grid's units"
         )
-    first = scenes[0]
-    origin = (first.bounds[0], first.bounds[3]) if grid_crs == first.crs else (0.0, 0.0)
-    return make_grid([s.footprint for s in scenes], grid_crs, float(res), bbox, origin)
+    same_crs = grid_crs == first.crs
+    res: float | tuple[float, float] = float(resolution or first.resolution)
+    t = first.transform
+    if not resolution and same_crs and t is not None and t.b == t.d == 0 and t.a > 0 > t.e:
+        res = (t.a, -t.e)  # north-up: the scene's own pixel sizes
+    origin = (first.bounds[0], first.bounds[3]) if same_crs else (0.0, 0.0)
+    return make_grid([s.footprint for s in scenes], grid_crs, res, bbox, origin)
 
 
 def plan_jobs(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import dask.array
 import numpy as np
 import xarray as xr
+from affine import Affine
 from odc.geo import CRS
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import BoundingBox, Geometry
@@ -105,25 +106,27 @@ def parse_bbox(text: str) -> tuple[float, float, float, float]:
 def make_grid(
     footprints: Sequence[Geometry],
     crs: CRS,
-    resolution: float,
+    resolution: float | tuple[float, float],
     bbox: tuple[float, float, float, float] | None = None,
     origin: tuple[float, float] = (0.0, 0.0),
 ) -> GeoBox:
-    """Build the grid covering the union of footprints, snapped to the resolution.
+    """Build the north-up grid covering the union of footprints, snapped to its pixels.
 
     Args:
         footprints: Scene footprints in any CRS.
         crs: CRS of the grid.
-        resolution: Pixel size in CRS units (square pixels, north-up).
+        resolution: Pixel size in CRS units: one number for square pixels, or the
+            ``(x, y)`` sizes of non-square ones (both positive).
         bbox: Optional ``minx,miny,maxx,maxy`` in EPSG:4326 that the grid is clipped to.
-        origin: A point on pixel corners of the grid: edges are snapped outward to
-            ``origin + k * resolution`` (the first scene's corner keeps its pixels intact).
+        origin: The top-left corner of a pixel of the grid (the first scene's corner keeps
+            its pixels intact): edges are snapped outward to ``origin + k * size``.
 
     Raises:
         NoOverlapError: The bbox misses every footprint.
         InvalidParameterError: Non-positive resolution.
     """
-    if not resolution > 0:
+    sx, sy = resolution if isinstance(resolution, tuple) else (resolution, resolution)
+    if not (sx > 0 and sy > 0):
         raise InvalidParameterError(f"resolution must be positive; found {resolution}")
     if not footprints:
         raise GeoreferenceError("no scene footprints to build a grid from: give at least one")
@@ -141,15 +144,16 @@ def make_grid(
         union = clipped
     minx, miny, maxx, maxy = union.boundingbox
     ox, oy = origin
-    # Snap outward to whole pixels; the epsilon absorbs float noise from reprojection.
+    # Snap outward to whole pixels counted from the origin (columns east, rows south);
+    # the epsilon absorbs float noise from reprojection. Counting in pixels keeps the
+    # origin's own corner exact: a single scene's grid is its pixel grid, bit for bit.
     eps = 1e-6
-    snapped = (
-        ox + math.floor((minx - ox) / resolution + eps) * resolution,
-        oy + math.floor((miny - oy) / resolution + eps) * resolution,
-        ox + math.ceil((maxx - ox) / resolution - eps) * resolution,
-        oy + math.ceil((maxy - oy) / resolution - eps) * resolution,
-    )
-    return GeoBox.from_bbox(snapped, crs, resolution=resolution, tight=True)
+    col0 = math.floor((minx - ox) / sx + eps)
+    col1 = math.ceil((maxx - ox) / sx - eps)
+    row0 = math.floor((oy - maxy) / sy + eps)
+    row1 = math.ceil((oy - miny) / sy - eps)
+    affine = Affine(sx, 0.0, ox + col0 * sx, 0.0, -sy, oy - row0 * sy)
+    return GeoBox((row1 - row0, col1 - col0), affine, crs)
 
 
 def _lonlat_bounds(geom: Geometry) -> str:
@@ -237,12 +241,16 @@ def raster_tiles(
 
 
 def describe_grid(grid: GeoBox) -> dict[str, object]:
-    """A JSON-friendly summary of a grid (CRS, resolution, shape, bounds)."""
+    """A JSON-friendly summary of a grid (CRS, resolution, shape, bounds).
+
+    The resolution is one number for square pixels, ``[x, y]`` sizes for non-square ones.
+    """
     b = grid.boundingbox
     crs = crs_of(grid)
+    sx, sy = abs(grid.resolution.x), abs(grid.resolution.y)
     return {
         "crs": f"EPSG:{crs.epsg}" if crs.epsg else crs.to_wkt(),
-        "resolution": abs(grid.resolution.x),
+        "resolution": sx if sx == sy else [sx, sy],
         "shape": [grid.shape.y, grid.shape.x],
         "bounds": [b.left, b.bottom, b.right, b.top],
     }

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import rasterio
+from affine import Affine
 from odc.geo import CRS
 from odc.geo.geom import BoundingBox, Geometry
 from rasterio.windows import Window
@@ -64,6 +65,8 @@ class Scene:
         conversion: Applied after resampling (``linear_to_db``), if any.
         datetime_source: Where ``datetime`` was read (``STAC datetime``, ``tag
             ACQUISITION_TIME``, ``file name x_20240612.tif``), or why there is none.
+        transform: Pixel grid (affine) of the finest band: a default grid in the
+            scene's CRS keeps it, non-square pixels included.
     """
 
     id: str
@@ -82,6 +85,7 @@ class Scene:
     mask_bits: tuple[BitTest, ...] = ()
     conversion: Conversion | None = None
     datetime_source: str | None = None
+    transform: Affine | None = None
 
     @property
     def band_names(self) -> tuple[str, ...]:
@@ -144,6 +148,7 @@ def scene_from_files(
         mask_bits=quality.invalid_bits if quality else (),
         conversion=profile.conversion,
         datetime_source=source,
+        transform=meta["transform"],
     )
 
 
@@ -210,8 +215,9 @@ def _band_sources(
 
 
 def raster_info(href: str) -> dict[str, Any]:
-    """Header facts of a raster: band count and names, CRS, bounds, resolution, dtype,
-    nodata, scale, offset and metadata tags (the dataset's over its first band's).
+    """Header facts of a raster: band count and names, CRS, bounds, transform,
+    resolution, dtype, nodata, scale, offset and metadata tags (the dataset's over its
+    first band's).
 
     Raises:
         InputNotFoundError: The file does not exist.
@@ -236,6 +242,7 @@ def raster_info(href: str) -> dict[str, Any]:
                 "descriptions": list(src.descriptions),
                 "crs": CRS(src.crs.to_wkt()),
                 "bounds": (min(xs), min(ys), max(xs), max(ys)),
+                "transform": t,
                 "res": float(math.hypot(t.a, t.d)),
                 "dtype": src.dtypes[0],
                 "nodata": src.nodata,

@@ -8,6 +8,7 @@ import pytest
 import rasterio
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import zarr
+from affine import Affine
 
 from eoseg.cube import ingest, open_cube
 from eoseg.errors import BandMismatchError, OutputExistsError
@@ -285,3 +286,94 @@ def test_sigkilled_ingest_resumes_to_identical_result(demo_data, tmp_path: Path)
     a, b = zarr.open_group(str(out), mode="r"), zarr.open_group(str(ref.path), mode="r")
     np.testing.assert_array_equal(a["data"][:], b["data"][:])
     np.testing.assert_array_equal(a["valid"][:], b["valid"][:])
+
+
+# -- non-square source pixels -------------------------------------------------------------
+
+NON_SQUARE = Affine(10.0, 0.0, 500003.7, 0.0, -12.0, 5300001.3)  # 10 x 12 m pixels
+
+
+def _non_square_scene(path: Path) -> Path:
+    """A 40x64 two-band scene of 10 x 12 m pixels, off the 10 m lattice, values 1..2560."""
+    values = np.arange(1, 40 * 64 + 1, dtype="uint16").reshape(40, 64)
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=64,
+        height=40,
+        count=2,
+        dtype="uint16",
+        crs="EPSG:32632",
+        transform=NON_SQUARE,
+        nodata=0,
+    ) as dst:
+        dst.write(np.stack([values, values + 3000]))
+    return path
+
+
+def test_non_square_scene_keeps_its_pixel_grid(tmp_path: Path) -> None:
+    """Without --resolution the cube is the scene's own grid: same transform, shape and
+    values, no nodata row; --resolution still gives square pixels."""
+    scene = _non_square_scene(tmp_path / "scene.tif")
+    result = ingest([scene], tmp_path / "c.zarr", tile_size=32)
+    cube = open_cube(result.path)
+    assert tuple(cube.rio.transform())[:6] == tuple(NON_SQUARE)[:6]
+    assert (cube.sizes["y"], cube.sizes["x"]) == (40, 64)
+    assert result.grid["resolution"] == [10.0, 12.0] and result.valid_fraction == 1.0
+    with rasterio.open(scene) as src:
+        np.testing.assert_array_equal(cube["data"].isel(time=0).values, src.read())
+    square = ingest([scene], tmp_path / "s.zarr", tile_size=32, resolution=10.0)
+    grid = open_cube(square.path).odc.geobox
+    assert (grid.resolution.x, grid.resolution.y) == (10.0, -10.0)
+    assert (grid.shape.y, grid.shape.x) == (48, 64)  # 40 rows of 12 m = 48 of 10 m
+
+
+def test_non_square_grid_downstream(tmp_path: Path) -> None:
+    """Labels, prediction, COG export and ellipsoidal areas all keep the 10 x 12 m grid."""
+    import geopandas as gpd
+    from conftest import save_untrained_model
+    from shapely.geometry import box
+
+    from eoseg.labels import open_labels, rasterize_labels
+    from eoseg.mosaic import classmap_schema, write_cog
+    from eoseg.predict import open_classmap, predict
+    from eoseg.stats import class_areas
+
+    cube = ingest([_non_square_scene(tmp_path / "scene.tif")], tmp_path / "c.zarr", tile_size=32)
+    # A field of 10 columns x 5 rows of pixels: 50 pixels of 120 m².
+    x0, y0 = NON_SQUARE * (20, 10)
+    field = box(x0, y0 - 5 * 12.0, x0 + 10 * 10.0, y0)
+    frame = gpd.GeoDataFrame({"class_id": [2]}, geometry=[field], crs="EPSG:32632")
+    frame.to_crs("EPSG:4326").to_file(tmp_path / "field.gpkg")
+    rasterize_labels(tmp_path / "field.gpkg", cube.path, tmp_path / "labels.zarr")
+    labels = open_labels(tmp_path / "labels.zarr").values
+    assert labels.shape == (40, 64)
+    assert (labels == 2).sum() == 50 and (labels[10:15, 20:30] == 2).all()
+    model = save_untrained_model(tmp_path / "model", cube.bands)
+    predict(cube.path, model, tmp_path / "map.zarr")
+    classmap = open_classmap(tmp_path / "map.zarr")["class"]
+    assert tuple(classmap.rio.transform())[:6] == tuple(NON_SQUARE)[:6]
+    with rasterio.open(write_cog(tmp_path / "map.zarr", tmp_path / "map.tif")) as cog:
+        assert tuple(cog.transform)[:6] == tuple(NON_SQUARE)[:6]
+        assert cog.shape == (40, 64)
+    areas = class_areas(classmap, classmap_schema(tmp_path / "map.zarr"))
+    # 2560 pixels of 120 m² on the grid; UTM's scale factor 0.9996 near the central
+    # meridian makes each 0.08% larger on the ellipsoid.
+    assert areas.total_km2 == pytest.approx(2560 * 120 / 0.9996**2 / 1e6, rel=1e-4)
+
+
+@pytest.mark.realdata
+def test_real_non_square_scene_lines_up_with_its_label_raster(
+    real_data: Path, tmp_path: Path
+) -> None:
+    """eo-learn's 9.995 x 9.997 m pixels: the cube is lulc.tif's grid, values unresampled."""
+    folder = real_data / "eolearn_slovenia"
+    result = ingest([folder / "s2_l1c_20150711.tif"], tmp_path / "c.zarr", tile_size=64)
+    cube = open_cube(result.path)
+    with rasterio.open(folder / "lulc.tif") as lulc:
+        assert tuple(cube.rio.transform()) == tuple(lulc.transform)
+        assert (cube.sizes["y"], cube.sizes["x"]) == lulc.shape == (101, 100)
+    with rasterio.open(folder / "s2_l1c_20150711.tif") as src:
+        np.testing.assert_array_equal(cube["data"].isel(time=0).values, src.read())
+    assert result.valid_fraction == 1.0  # no nodata row added

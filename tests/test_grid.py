@@ -4,7 +4,7 @@ import pytest
 from odc.geo.geom import BoundingBox
 
 from eoseg.errors import GeoreferenceError, InvalidParameterError, NoOverlapError
-from eoseg.grid import iter_tiles, make_grid, parse_bbox, parse_crs
+from eoseg.grid import describe_grid, iter_tiles, make_grid, parse_bbox, parse_crs
 
 
 def test_tiles_cover_grid_exactly_once() -> None:
@@ -23,6 +23,23 @@ def test_grid_snaps_to_origin_and_reprojects() -> None:
     assert grid.affine.c == 500003 and grid.affine.f == 5300999 + 2  # snapped outward
     other = make_grid([fp], parse_crs("EPSG:32633"), 10.0)
     assert other.crs.epsg == 32633 and other.affine.c % 10 == 0
+
+
+def test_non_square_grid_keeps_its_corner_and_pixel_sizes() -> None:
+    """(x, y) pixel sizes: the origin's corner stays exact, other edges snap by whole pixels."""
+    ox, oy = 500003.7, 5300001.3
+    scene = BoundingBox(ox, oy - 50 * 12.0, ox + 100 * 10.0, oy, crs="EPSG:32632").polygon
+    grid = make_grid([scene], parse_crs("EPSG:32632"), (10.0, 12.0), origin=(ox, oy))
+    assert tuple(grid.affine)[:6] == (10.0, 0.0, ox, 0.0, -12.0, oy)
+    assert (grid.shape.y, grid.shape.x) == (50, 100)
+    assert describe_grid(grid)["resolution"] == [10.0, 12.0]
+    # A second footprint 5 m west and 30 m south: one more column, three more rows.
+    other = BoundingBox(ox - 5, oy - 50 * 12.0 - 30, ox + 10, oy - 12, crs="EPSG:32632").polygon
+    wider = make_grid([scene, other], parse_crs("EPSG:32632"), (10.0, 12.0), origin=(ox, oy))
+    assert (wider.affine.c, wider.affine.f) == (ox - 10.0, oy)
+    assert (wider.shape.y, wider.shape.x) == (53, 101)
+    square = make_grid([scene], parse_crs("EPSG:32632"), 10.0, origin=(ox, oy))
+    assert describe_grid(square)["resolution"] == 10.0 and square.shape.y == 60
 
 
 def test_bbox_outside_sources_is_refused() -> None:

@@ -48,7 +48,7 @@ class Products:
     sample: str
     stores: dict[str, Path]
     crs: rasterio.crs.CRS
-    transform: Affine  # the grid's, from the first source: origin and x pixel size
+    transform: Affine  # the grid's: the first source's own (non-square on eolearn_slovenia)
 
 
 @pytest.fixture(scope="module", params=sorted(SAMPLES))
@@ -75,10 +75,8 @@ def products(
     bands = tuple(str(b) for b in open_cube(stores["cube"])["band"].values)
     model = save_untrained_model(work / "model", bands)
     predict(stores["cube"], model, stores["classmap"])
-    with rasterio.open(folder / sources[0]) as src:
-        res = src.transform.a
-        transform = Affine(res, 0.0, src.bounds.left, 0.0, -res, src.bounds.top)
-        return Products(name, stores, src.crs, transform)
+    with rasterio.open(folder / sources[0]) as src:  # the default grid is its pixel grid
+        return Products(name, stores, src.crs, src.transform)
 
 
 @pytest.mark.parametrize("product", list(VARIABLES))

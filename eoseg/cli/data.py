@@ -32,7 +32,11 @@ def ingest(
         str | None, typer.Option(help="Grid CRS, e.g. EPSG:32632. Default: first source's.")
     ] = None,
     resolution: Annotated[
-        float | None, typer.Option(help="Pixel size in grid CRS units. Default: first source's.")
+        float | None,
+        typer.Option(
+            help="Square pixel size in grid CRS units. Default: the first source's pixel "
+            "grid (kept exactly, non-square pixels too, in its CRS)."
+        ),
     ] = None,
     bbox: Annotated[
         str | None, typer.Option(help="Clip to minx,miny,maxx,maxy (EPSG:4326).")
