@@ -38,7 +38,8 @@ _Result = tuple[np.ndarray, np.ndarray, list[str], list[str]]
 OUTSIDE = "outside the grid"
 COVERED = (
     "covered by earlier scenes: with --composite first each pixel keeps the first valid "
-    "value in source order; give this scene earlier, or use --composite median"
+    "value in source order; give this scene earlier, use --composite median, or --by-date "
+    "to keep every date (one time step each)"
 )
 EMPTY = "no valid pixel on the grid (all nodata or clouded)"
 
