@@ -129,7 +129,7 @@ def test_noisy_chips_take_their_own_pixel_loss() -> None:
 
 def test_finetune_chips_flag_rehearsed_and_replayed_chips() -> None:
     from eoseg.sampling import ChipSet
-    from eoseg.train.run import _finetune_chips
+    from eoseg.train.finetune import finetune_chips
 
     def chips(n: int, label: int, first: int) -> ChipSet:
         y = np.full((n, 4, 4), label, dtype=np.uint8)
@@ -137,7 +137,6 @@ def test_finetune_chips_flag_rehearsed_and_replayed_chips() -> None:
         return ChipSet(np.zeros((n, 1, 4, 4), np.float32), y, origins, ("b",))
 
     clean, noisy = chips(8, 0, 0), chips(6, 1, 100)  # class 1 only in the noisy chips
-    config = TrainConfig(chip_size=16, depth=2, finetune_noisy_share=0.5)
-    out, flags = _finetune_chips(clean, noisy, config, 2, seed=1)
+    out, flags = finetune_chips(clean, noisy, 2, rehearse=True, share=0.5, seed=1)
     assert len(out) == len(flags) == 14  # 8 clean + 6 rehearsed, half replaced
     assert np.array_equal(flags, out.origins[:, 0] >= 100)
