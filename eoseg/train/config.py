@@ -81,7 +81,8 @@ class TrainConfig:
         depth: U-Net downsampling steps.
         block_size: Side of the spatial blocks of the train/validation split (derived).
         val_fraction: Share of the blocks holding labels held out for validation.
-        min_labelled: Least labelled+valid share of a chip (derived).
+        min_labelled: Least labelled+valid share of a training chip (derived); a
+            validation chip needs one labelled, valid pixel.
         balance: Class-balanced chip sampling.
         bands: Bands to train on, in order; default all cube bands.
         seed: Seed of sampling, initialisation and augmentation.

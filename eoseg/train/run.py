@@ -210,7 +210,7 @@ def _train(
             metrics[stage] = histories[stage]  # stage finished before the interruption
             continue
         if saved is not None and saved["stage"] == stage:
-            start = {k: saved[k] for k in ("epoch", "optimizer", "scheduler", "best")}
+            start = {k: saved.get(k) for k in ("epoch", "optimizer", "scheduler", "best")}
             start["history"] = histories[stage]
 
         def on_epoch(
@@ -281,8 +281,10 @@ def sample_training_chips(
         seed = config.seed + 10 * i
         t_lab, t_part = plan.source(stage, lab, "train")
         train = sample_chips(cube, t_lab, count=sp.train_chips, seed=seed, part=t_part, **common)
+        # A validation chip needs one labelled, valid pixel: each counts, however few.
         v_lab, v_part = plan.source(stage, lab, "val")
-        val = sample_chips(cube, v_lab, count=sp.val_chips, seed=seed + 1, part=v_part, **common)
+        val = sample_chips(cube, v_lab, count=sp.val_chips, seed=seed + 1, part=v_part,
+                           **{**common, "min_labelled": 1 / plan.chip_size**2})  # fmt: skip
         if len(train) == 0:
             raise InvalidParameterError(
                 f"no training chip of {plan.chip_size} px has {sp.min_labelled:.2%} labelled, "
@@ -309,8 +311,8 @@ def sample_training_chips(
 def _val_note(plan: SamplingPlan, stage: str) -> str:
     note = plan.stage(stage).val_note
     return note or (
-        f"no chip of the {stage} labels in the validation blocks met min_labelled "
-        f"{plan.stage(stage).min_labelled}: lower --min-labelled or --chip-size"
+        f"the validation blocks hold no labelled pixel of the {stage} labels on valid "
+        "imagery: check the cube's valid mask there, or lower --block-size / --chip-size"
     )
 
 
