@@ -196,3 +196,21 @@ def test_derived_values_follow_explicit_block_size() -> None:
         {"pretrain": labels_of(dense(512))}, dataclasses.replace(base, block_size=80)
     )
     assert plan.block_size == 80 and plan.chip_size == 64  # the largest chip a block holds
+
+
+def test_four_polygons_on_a_large_scene_train_with_an_explicit_chip() -> None:
+    """The issue's case: a 2000 px scene with four class polygons and --chip-size 64 used
+    to find no chip 25 % labelled; the derived labelled share lets every polygon give
+    chips, and validation holds one of them."""
+    lab = np.full((2000, 2000), IGNORE_ID, np.uint8)
+    for k, (r, c) in enumerate([(300, 400), (900, 1500), (1500, 300), (1700, 1700)]):
+        lab[r : r + 12, c : c + 15] = k
+    config = TrainConfig(chip_size=64)
+    plan = plan_sampling({"pretrain": labels_of(lab)}, config)
+    stage = plan.stage("pretrain")
+    assert stage.min_labelled <= 0.5 * 180 / 64**2 and stage.val_regions == 1
+    sets, _ = sample_training_chips(cube_for(lab), {"pretrain": labels_of(lab)}, plan, config,
+                                    generic_schema(4))  # fmt: skip
+    train, val = sets["pretrain"]
+    assert len(train) == stage.train_chips == 32 and len(val) == stage.val_chips == 8
+    assert len(np.unique(train.y[train.y != IGNORE_ID])) == 3  # the three training polygons

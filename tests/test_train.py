@@ -302,3 +302,21 @@ def test_validation_miou_counts_only_classes_present_in_the_reference() -> None:
     out = evaluate(Halves(), chips, card)
     assert out["val_miou"] == pytest.approx(0.5) and out["val_accuracy"] == pytest.approx(0.5)
     assert out["val_iou"] == {"water": pytest.approx(0.5), "forest": None, "urban": None}
+
+
+def test_stage_keeps_its_best_epoch_and_may_stop_early(scene, tmp_path) -> None:
+    cube, noisy, _ = scene
+    config = dataclasses.replace(TINY, epochs=8, finetune_epochs=0, patience=2, lr=0.05)
+    card = train_model(cube, noisy, tmp_path / "m", schema=SCHEMA, config=config)
+    history = card.metrics["pretrain"]
+    scores, best = history["val_miou"], history["best_epoch"]
+    assert scores[best - 1] == max(scores) and best == max(
+        i + 1 for i, v in enumerate(scores) if v == max(scores)
+    )  # ties go to the later epoch
+    assert len(scores) - best == 2  # stopped after two epochs without progress
+    # the saved weights are the best epoch's: the final figure is that epoch's figure
+    assert card.metrics["val_miou"] == pytest.approx(scores[best - 1], abs=1e-12)
+    plain = dataclasses.replace(config, keep_best=False, patience=None)
+    last = train_model(cube, noisy, tmp_path / "last", schema=SCHEMA, config=plain)
+    assert last.metrics["pretrain"]["best_epoch"] is None
+    assert last.metrics["val_miou"] == pytest.approx(last.metrics["pretrain"]["val_miou"][-1])

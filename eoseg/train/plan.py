@@ -27,6 +27,7 @@ scene train as readily as labels that cover the whole scene:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -371,7 +372,7 @@ def _stage_plan(
         min_labelled = config.min_labelled
     else:
         share = 0.5 * survey.share(chip, 0.1)
-        min_labelled = float(f"{max(min(share, DENSE_MIN_LABELLED), 1 / chip**2):.2g}")
+        min_labelled = _two_digits_down(max(min(share, DENSE_MIN_LABELLED), 1 / chip**2))
     train_chips = config.train_chips or int(np.clip(4 * n_train, 32, 128))
     if config.val_chips is not None:
         val_chips = config.val_chips if note is None else 0
@@ -380,3 +381,10 @@ def _stage_plan(
     return StagePlan(
         stage, min_labelled, train_chips, val_chips, survey.labelled, n_train, n_val, note
     )
+
+
+def _two_digits_down(value: float) -> float:
+    """``value`` rounded down to two significant digits (a readable threshold that no
+    chip meeting ``value`` fails)."""
+    unit = 10.0 ** (math.floor(math.log10(value)) - 1)
+    return round(math.floor(value / unit + 1e-9) * unit, 12)
