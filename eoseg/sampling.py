@@ -3,8 +3,10 @@
 Windows are drawn inside square spatial *blocks*; each block belongs wholly to the
 training or the validation part (`split_blocks`), so validation chips never overlap or
 touch training chips. With ``balance=True`` a target class is drawn uniformly among the
-classes present, then a pixel of that class, and the chip is centred on it: rare classes
-appear in far more chips than their pixel share.
+classes present, then a *region* of that class (a connected patch of its pixels within a
+block: a polygon, or the part of one in the block), then a pixel of it, and the chip is
+centred on that pixel: rare classes appear in far more chips than their pixel share, and
+one large polygon does not crowd out the small ones of its class.
 
 Memory stays bounded: labels are read one block at a time (for per-block class counts),
 and imagery is read per block when the block is small (``max_block_bytes``) or per chip
@@ -14,11 +16,13 @@ window otherwise; the whole raster is never loaded.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import xarray as xr
+from scipy import ndimage
 
 from eoseg.classes import IGNORE_ID
 from eoseg.errors import BandMismatchError, InvalidParameterError
@@ -35,9 +39,13 @@ Part = Literal["train", "val", "all"]
 class BlockSplit:
     """A grid of square blocks over a raster, each assigned to train or validation.
 
+    The last block row and column absorb the remainder of the raster (they are up to
+    ``2 * block_size - 1`` px), so every block holds a ``block_size`` window when the
+    raster does.
+
     Attributes:
         shape: ``(height, width)`` of the raster.
-        block_size: Side of a block in pixels (edge blocks may be smaller).
+        block_size: Least side of a block in pixels.
         val_blocks: ``(block_row, block_col)`` of the validation blocks.
     """
 
@@ -49,7 +57,7 @@ class BlockSplit:
     def grid(self) -> tuple[int, int]:
         """Number of block rows and columns."""
         h, w = self.shape
-        return -(-h // self.block_size), -(-w // self.block_size)
+        return max(1, h // self.block_size), max(1, w // self.block_size)
 
     def blocks(self, part: Part) -> list[tuple[int, int]]:
         """Block indices of one part (``"train"``, ``"val"`` or ``"all"``), row-major."""
@@ -64,23 +72,38 @@ class BlockSplit:
 
     def bounds(self, block: tuple[int, int]) -> tuple[int, int, int, int]:
         """Pixel bounds ``(row0, row1, col0, col1)`` of a block, clipped to the raster."""
-        by, bx = block
-        b = self.block_size
-        return by * b, min((by + 1) * b, self.shape[0]), bx * b, min((bx + 1) * b, self.shape[1])
+        (by, bx), (rows, cols), b = block, self.grid, self.block_size
+        h, w = self.shape
+        return (
+            by * b,
+            h if by == rows - 1 else (by + 1) * b,
+            bx * b,
+            w if bx == cols - 1 else (bx + 1) * b,
+        )
 
 
 def split_blocks(
-    shape: tuple[int, int], *, block_size: int, val_fraction: float = 0.25, seed: int = 0
+    shape: tuple[int, int],
+    *,
+    block_size: int,
+    val_fraction: float = 0.25,
+    seed: int = 0,
+    groups: Sequence[Collection[tuple[int, int]]] | None = None,
 ) -> BlockSplit:
     """Assign the blocks of a raster to training and validation at random.
 
-    At least one block goes to each part when there are two or more blocks.
+    Validation blocks are drawn within each group of blocks: ``val_fraction`` of it, and
+    at least one block to each part from a group of two or more.
 
     Args:
         shape: ``(height, width)`` of the raster.
         block_size: Side of a block in pixels (at least the chip size).
         val_fraction: Share of blocks held out for validation (0 disables validation).
         seed: Seed of the assignment.
+        groups: Disjoint groups of ``(block_row, block_col)``, e.g. the blocks holding
+            clean labels, then those holding only noisy ones: validation then holds
+            labels of each kind whenever two blocks do. Blocks in no group are training
+            blocks. Default: one group of all blocks.
 
     Returns:
         The split.
@@ -89,17 +112,21 @@ def split_blocks(
         InvalidParameterError: If ``block_size`` or ``val_fraction`` is out of range.
     """
     if block_size < 1:
-        raise InvalidParameterError(f"block_size must be >= 1; got {block_size}")
+        raise InvalidParameterError(f"block_size must be >= 1; got {block_size}: set --block-size")
     if not 0.0 <= val_fraction < 1.0:
-        raise InvalidParameterError(f"val_fraction must be in [0, 1); got {val_fraction}")
+        raise InvalidParameterError(
+            f"val_fraction must be in [0, 1); got {val_fraction}: set --val-fraction"
+        )
     split = BlockSplit((int(shape[0]), int(shape[1])), int(block_size), frozenset())
-    blocks = split.blocks("all")
-    n_val = round(val_fraction * len(blocks))
-    if val_fraction > 0 and len(blocks) >= 2:
-        n_val = min(max(n_val, 1), len(blocks) - 1)
     rng = np.random.default_rng(seed)
-    picked = rng.permutation(len(blocks))[:n_val]
-    return BlockSplit(split.shape, split.block_size, frozenset(blocks[i] for i in picked))
+    picked: set[tuple[int, int]] = set()
+    for group in [split.blocks("all")] if groups is None else groups:
+        blocks = sorted(group)
+        n_val = round(val_fraction * len(blocks))
+        if val_fraction > 0 and len(blocks) >= 2:
+            n_val = min(max(n_val, 1), len(blocks) - 1)
+        picked.update(blocks[i] for i in rng.permutation(len(blocks))[:n_val])
+    return BlockSplit(split.shape, split.block_size, frozenset(picked))
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,16 +179,69 @@ def _band_index(
     return np.array([have.index(b) for b in bands]), tuple(bands)
 
 
-def _block_histograms(
+def _block_counts(
     labels: xr.DataArray, split: BlockSplit, blocks: list[tuple[int, int]], ignore: int
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per block and class id: labelled pixels, and connected regions (4-connected)."""
     hist = np.zeros((len(blocks), 256), dtype=np.int64)
+    regions = np.zeros((len(blocks), 256), dtype=np.int64)
     for i, blk in enumerate(blocks):
         r0, r1, c0, c1 = split.bounds(blk)
         lab = np.asarray(labels.isel(y=slice(r0, r1), x=slice(c0, c1)).values)
         hist[i] = np.bincount(lab.ravel(), minlength=256)[:256]
-    hist[:, ignore] = 0
-    return hist
+        hist[i, ignore] = 0
+        for k in np.flatnonzero(hist[i]):
+            regions[i, k] = ndimage.label(lab == k)[1]
+    return hist, regions
+
+
+class _Centres:
+    """Draws chip centres in one block: a region of a class, then a pixel of it."""
+
+    def __init__(self, lab: np.ndarray, ignore: int) -> None:
+        self._lab = lab
+        self._ignore = ignore
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def _regions(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if k not in self._cache:
+            if k < 0:  # any labelled pixel, as one region
+                flat = np.flatnonzero(self._lab.ravel() != self._ignore)
+                self._cache[k] = flat, np.zeros(1, np.int64), np.array([flat.size])
+            else:
+                comp = ndimage.label(self._lab == k)[0].ravel()
+                flat = np.flatnonzero(comp)
+                order = flat[np.argsort(comp[flat], kind="stable")]  # pixels by region
+                counts = np.bincount(comp[flat])[1:]
+                self._cache[k] = order, np.cumsum(counts) - counts, counts
+        return self._cache[k]
+
+    def draw(self, k: int, rng: np.random.Generator) -> tuple[int, int]:
+        """A pixel ``(row, col)`` of class ``k`` (any labelled pixel when ``k < 0``)."""
+        order, starts, counts = self._regions(k)
+        j = int(rng.integers(len(counts)))
+        idx = int(order[starts[j] + rng.integers(counts[j])])
+        row, col = divmod(idx, self._lab.shape[1])
+        return row, col
+
+
+def _targets(
+    hist: np.ndarray, regions: np.ndarray, count: int, balance: bool, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per chip: the target class (-1 = any) and the block, drawn region-uniformly."""
+    present = np.flatnonzero(hist.sum(axis=0))
+    targets = np.empty(count, dtype=np.int64)
+    chosen = np.empty(count, dtype=np.int64)
+    for i in range(count):
+        if balance:
+            k = int(rng.choice(present))
+            w = regions[:, k].astype(np.float64)
+        else:
+            k = -1
+            w = hist.sum(axis=1).astype(np.float64)
+        targets[i] = k
+        chosen[i] = int(rng.choice(len(w), p=w / w.sum()))
+    return targets, chosen
 
 
 def sample_chips(
@@ -189,8 +269,9 @@ def sample_chips(
         count: Number of chips wanted (fewer come back if too few windows qualify).
         seed: Random seed; the same inputs and seed give the same chips.
         ignore: Label id meaning *no label*.
-        balance: Draw a target class uniformly among those present, then centre the
-            chip on one of its pixels; otherwise centre on any labelled pixel.
+        balance: Draw a target class uniformly among those present, then one of its
+            regions (connected within a block) uniformly, and centre the chip on a
+            pixel of it; otherwise centre on any labelled pixel.
         split: Block split restricting chips to ``part``; default blocks of
             ``max(4 * chip_size, 1024)`` px, all usable. Chips never cross a block edge.
         part: ``"train"``, ``"val"`` or ``"all"`` blocks of ``split``.
@@ -219,7 +300,7 @@ def sample_chips(
     if chip_size < 1 or chip_size > min(height, width):
         raise InvalidParameterError(
             f"chip_size {chip_size} does not fit a {height}x{width} raster: "
-            "choose a chip size between 1 and the smaller raster side"
+            "choose a chip size (--chip-size) between 1 and the smaller raster side"
         )
     if count < 0:
         raise InvalidParameterError(f"count must be >= 0; got {count}")
@@ -235,26 +316,16 @@ def sample_chips(
     if not blocks:
         raise InvalidParameterError(
             f"no {part!r} block of {split.block_size} px can hold a {chip_size} px chip: "
-            "use larger blocks, a smaller chip size or a lower validation fraction"
+            "use larger blocks (--block-size), a smaller chip (--chip-size) or a lower "
+            "validation fraction (--val-fraction)"
         )
     rng = np.random.default_rng(seed)
-    hist = _block_histograms(labels, split, blocks, ignore)
-    present = np.flatnonzero(hist.sum(axis=0))
+    hist, regions = _block_counts(labels, split, blocks, ignore)
     n_time = int(data.sizes.get("time", 1))
-    if present.size == 0 or count == 0:
+    if not hist.any() or count == 0:
         return _empty(len(band_names), chip_size, band_names)
     # Plan: (block, target class) per chip, then read block by block.
-    targets = np.empty(count, dtype=np.int64)
-    chosen = np.empty(count, dtype=np.int64)
-    for i in range(count):
-        if balance:
-            k = int(rng.choice(present))
-            w = hist[:, k].astype(np.float64)
-        else:
-            k = -1
-            w = hist.sum(axis=1).astype(np.float64)
-        targets[i] = k
-        chosen[i] = int(rng.choice(len(blocks), p=w / w.sum()))
+    targets, chosen = _targets(hist, regions, count, balance, rng)
     xs, ys, origins = [], [], []
     half = chip_size // 2
     for bi in np.unique(chosen):
@@ -266,10 +337,10 @@ def sample_chips(
             if nbytes <= max_block_bytes
             else None
         )
+        centres = _Centres(lab, ignore)
         for k in targets[chosen == bi]:
-            pix = np.argwhere(lab == k) if k >= 0 else np.argwhere(lab != ignore)
             for _ in range(10):  # a few tries to meet min_labelled
-                py, px = pix[rng.integers(len(pix))]
+                py, px = centres.draw(int(k), rng)
                 ry = int(np.clip(py - half, 0, (r1 - r0) - chip_size))
                 rx = int(np.clip(px - half, 0, (c1 - c0) - chip_size))
                 win = np.s_[ry : ry + chip_size, rx : rx + chip_size]

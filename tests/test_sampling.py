@@ -150,3 +150,36 @@ def test_labels_off_grid_refused(scene) -> None:
     cube, labels, _ = scene
     with pytest.raises(InvalidParameterError, match="rasterize the labels on the cube's grid"):
         sample_chips(cube, labels[:100], chip_size=32, count=2, seed=0)
+
+
+def test_edge_blocks_absorb_the_remainder() -> None:
+    split = split_blocks((400, 300), block_size=128, val_fraction=0.0)
+    assert split.grid == (3, 2)
+    assert split.bounds((2, 1)) == (256, 400, 128, 300)  # every block holds a 128 px chip
+    assert split_blocks((100, 100), block_size=128).grid == (1, 1)
+
+
+def test_split_draws_validation_within_each_group() -> None:
+    labelled = [{(0, 0), (0, 1), (1, 1)}, {(3, 3), (2, 3)}]
+    for seed in range(5):
+        split = split_blocks((256, 256), block_size=64, val_fraction=0.25, seed=seed,
+                             groups=labelled)  # fmt: skip
+        assert len(split.val_blocks & labelled[0]) == 1
+        assert len(split.val_blocks & labelled[1]) == 1
+        assert split.val_blocks <= labelled[0] | labelled[1]
+
+
+def test_balance_spreads_chips_over_the_regions_of_a_class() -> None:
+    """One large square and five small ones of the same class: chips are drawn region by
+    region, so the small squares get most chips though they hold 1 % of the pixels."""
+    lab = np.full((256, 256), 255, np.uint8)
+    lab[20:120, 20:120] = 0
+    small = [(200, 30), (200, 200), (30, 200), (140, 140), (100, 220)]
+    for r, c in small:
+        lab[r : r + 4, c : c + 4] = 0
+    cube, _, _ = make_scene()
+    labels = xr.DataArray(lab, dims=("y", "x"), coords={k: cube[k] for k in ("y", "x")})
+    chips = sample_chips(cube, labels, chip_size=16, count=120, seed=0, min_labelled=0.01)
+    centres = chips.origins + 8
+    near_small = [min(abs(r - sr) + abs(c - sc) for sr, sc in small) < 12 for r, c in centres]
+    assert len(chips) == 120 and 0.7 < np.mean(near_small) < 0.95  # 5 of 6 regions

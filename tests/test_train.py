@@ -114,7 +114,9 @@ def test_train_model_learns_and_is_deterministic(scene, tmp_path) -> None:
         cube, noisy, tmp_path / "a", schema=SCHEMA, config=FAST, finetune_labels=clean,
         progress=lambda *e: events.append(e),
     )  # fmt: skip
-    assert card.metrics["val_miou"] > 0.6
+    assert card.metrics["val_miou"] > 0.6 and card.metrics["val_stage"] == "finetune"
+    assert card.sampling["chip_size"] == card.chip_size == 64
+    assert 1 <= card.metrics["finetune"]["best_epoch"] <= 2
     assert len(card.metrics["pretrain"]["val_miou"]) == 4
     assert len(card.metrics["finetune"]["val_miou"]) == 2
     assert card.bands == ("B02", "B03", "B04", "B08")
@@ -275,3 +277,46 @@ def test_replay_noisy_swaps_a_share_of_chips() -> None:
     again = replay_noisy(clean, noisy, 0.25, seed=3)
     assert np.array_equal(again.origins, out.origins)
     assert replay_noisy(clean, noisy, 0.0, seed=3) is clean
+
+
+def test_validation_miou_counts_only_classes_present_in_the_reference() -> None:
+    """A model predicting class 0 on the left half of each chip and class 1 on the right,
+    on chips labelled class 0 only: class 1 is absent from the reference, so it does not
+    count (it would halve the figure); IoU of class 0 is 1/2."""
+    from eoseg.models.card import ModelCard
+    from eoseg.sampling import ChipSet
+    from eoseg.train import evaluate
+
+    class Halves(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            logits = torch.zeros(x.shape[0], 3, *x.shape[2:])
+            half = x.shape[-1] // 2
+            logits[:, 0, :, :half] = 1.0
+            logits[:, 1, :, half:] = 1.0
+            return logits
+
+    y = np.zeros((3, 8, 8), np.uint8)
+    y[:, :2] = 255  # unlabelled rows do not count
+    chips = ChipSet(np.zeros((3, 1, 8, 8), np.float32), y, np.zeros((3, 2), np.int64), ("b",))
+    card = ModelCard("m", ("b",), (0.0,), (1.0,), SCHEMA, 8, {"name": "unet"})
+    out = evaluate(Halves(), chips, card)
+    assert out["val_miou"] == pytest.approx(0.5) and out["val_accuracy"] == pytest.approx(0.5)
+    assert out["val_iou"] == {"water": pytest.approx(0.5), "forest": None, "urban": None}
+
+
+def test_stage_keeps_its_best_epoch_and_may_stop_early(scene, tmp_path) -> None:
+    cube, noisy, _ = scene
+    config = dataclasses.replace(TINY, epochs=8, finetune_epochs=0, patience=2, lr=0.05)
+    card = train_model(cube, noisy, tmp_path / "m", schema=SCHEMA, config=config)
+    history = card.metrics["pretrain"]
+    scores, best = history["val_miou"], history["best_epoch"]
+    assert scores[best - 1] == max(scores) and best == max(
+        i + 1 for i, v in enumerate(scores) if v == max(scores)
+    )  # ties go to the later epoch
+    assert len(scores) - best == 2  # stopped after two epochs without progress
+    # the saved weights are the best epoch's: the final figure is that epoch's figure
+    assert card.metrics["val_miou"] == pytest.approx(scores[best - 1], abs=1e-12)
+    plain = dataclasses.replace(config, keep_best=False, patience=None)
+    last = train_model(cube, noisy, tmp_path / "last", schema=SCHEMA, config=plain)
+    assert last.metrics["pretrain"]["best_epoch"] is None
+    assert last.metrics["val_miou"] == pytest.approx(last.metrics["pretrain"]["val_miou"][-1])

@@ -21,12 +21,50 @@ from eoseg.train.config import configure, load_train_config
 
 
 def test_defaults_follow_the_design() -> None:
-    """256 px chips and a 32-wide, 4-deep U-Net: about 370 GFLOP per megapixel."""
+    """A 32-wide, 4-deep U-Net (about 370 GFLOP per megapixel); the sampling sizes are
+    derived from the labels (`eoseg.train.plan`)."""
     config = TrainConfig()
-    assert (config.chip_size, config.base_width, config.depth) == (256, 32, 4)
+    assert (config.base_width, config.depth) == (32, 4)
+    assert config.chip_size is config.block_size is config.min_labelled is None
+    assert config.train_chips is config.val_chips is None and config.keep_best
     model = UNet(4, 6, config.base_width, config.depth)
     assert count_flops_per_pixel(model, 4, 64) / 1e3 == pytest.approx(370, rel=0.02)
     assert config.precision == "auto" and config.elastic == 0.0
+
+
+def test_every_option_an_error_names_is_reachable_from_the_cli() -> None:
+    """Each TrainConfig field has its own ``eoseg train`` option or is set with --set;
+    a validation error names that option."""
+    from typer.testing import CliRunner
+
+    from eoseg.cli import app
+    from eoseg.train.config import CLI_FLAGS, flag
+
+    text = CliRunner().invoke(app, ["train", "--help"], terminal_width=200).stdout
+    for name in CLI_FLAGS:
+        assert flag(name) in text, name
+    assert "--set" in text
+    assert set(CLI_FLAGS) <= {f.name for f in dataclasses.fields(TrainConfig)}
+    with pytest.raises(InvalidParameterError, match="--min-labelled"):
+        TrainConfig(min_labelled=1.5)
+    with pytest.raises(InvalidParameterError, match="--val-fraction"):
+        TrainConfig(val_fraction=1.0)
+    with pytest.raises(InvalidParameterError, match="--set gce_q="):
+        TrainConfig(gce_q=2.0)
+
+
+def test_set_options_parse_as_toml_values() -> None:
+    from eoseg.train.config import parse_settings
+
+    settings = parse_settings(["gce_q=0.5", "finetune_norm=train", "class_weights=[1, 2.5]",
+                               'bands = ["B04", "B08"]', "keep_best=false"])  # fmt: skip
+    config = configure(None, **settings)
+    assert config.gce_q == 0.5 and config.finetune_norm == "train" and not config.keep_best
+    assert config.class_weights == (1, 2.5) and config.bands == ("B04", "B08")
+    with pytest.raises(InvalidParameterError, match="NAME=VALUE"):
+        parse_settings(["gce_q"])
+    with pytest.raises(InvalidParameterError, match="unknown training options"):
+        configure(None, **parse_settings(["chipsize=64"]))
 
 
 def test_options_file_and_overrides(tmp_path: Path) -> None:
@@ -129,7 +167,7 @@ def test_noisy_chips_take_their_own_pixel_loss() -> None:
 
 def test_finetune_chips_flag_rehearsed_and_replayed_chips() -> None:
     from eoseg.sampling import ChipSet
-    from eoseg.train.run import _finetune_chips
+    from eoseg.train.finetune import finetune_chips
 
     def chips(n: int, label: int, first: int) -> ChipSet:
         y = np.full((n, 4, 4), label, dtype=np.uint8)
@@ -137,7 +175,6 @@ def test_finetune_chips_flag_rehearsed_and_replayed_chips() -> None:
         return ChipSet(np.zeros((n, 1, 4, 4), np.float32), y, origins, ("b",))
 
     clean, noisy = chips(8, 0, 0), chips(6, 1, 100)  # class 1 only in the noisy chips
-    config = TrainConfig(chip_size=16, depth=2, finetune_noisy_share=0.5)
-    out, flags = _finetune_chips(clean, noisy, config, 2, seed=1)
+    out, flags = finetune_chips(clean, noisy, 2, rehearse=True, share=0.5, seed=1)
     assert len(out) == len(flags) == 14  # 8 clean + 6 rehearsed, half replaced
     assert np.array_equal(flags, out.origins[:, 0] >= 100)

@@ -45,16 +45,52 @@ def train(
     freeze_encoder_epochs: Annotated[
         int | None, typer.Option(help="First fine-tuning epochs with the encoder frozen [0].")
     ] = None,
-    chip_size: Annotated[int | None, typer.Option(help="Chip side in pixels [256].")] = None,
+    chip_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Chip side in pixels (default: derived from the labels; 256 for dense "
+            "labels, less for small polygons)."
+        ),
+    ] = None,
+    block_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Side of the blocks of the train/validation split (default: derived; "
+            "1 or 2 chips)."
+        ),
+    ] = None,
+    val_fraction: Annotated[
+        float | None,
+        typer.Option(help="Share of the blocks holding labels held out for validation [0.25]."),
+    ] = None,
+    val_chips: Annotated[
+        int | None, typer.Option(help="Validation chips per stage (default: derived; 8 to 32).")
+    ] = None,
+    min_labelled: Annotated[
+        float | None,
+        typer.Option(help="Least labelled share of a chip (default: derived; at most 0.25)."),
+    ] = None,
+    patience: Annotated[
+        int | None,
+        typer.Option(
+            help="Stop a stage after this many epochs without a better validation mIoU "
+            "(default: off)."
+        ),
+    ] = None,
+    num_threads: Annotated[
+        int | None, typer.Option(help="Torch CPU threads (default: all cores).")
+    ] = None,
     base_width: Annotated[
         int | None, typer.Option(help="U-Net channels at full resolution [32].")
     ] = None,
     depth: Annotated[int | None, typer.Option(help="U-Net downsampling steps [4].")] = None,
-    train_chips: Annotated[int | None, typer.Option(help="Chips sampled per stage [128].")] = None,
+    train_chips: Annotated[
+        int | None, typer.Option(help="Training chips per stage (default: derived; 32 to 128).")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Chips per step [8].")] = None,
     noisy_loss: Annotated[
         str | None,
-        typer.Option(help="Pretraining loss for noisy labels: ce, gce or bootstrap [ce]."),
+        typer.Option(help="Pretraining loss for noisy labels: ce, gce or bootstrap (default ce)."),
     ] = None,
     context: Annotated[
         str | None, typer.Option(help="Bottleneck context module: none or aspp (dilated).")
@@ -66,7 +102,7 @@ def train(
         float | None, typer.Option(help="Elastic deformation in pixels (0 = off) [0].")
     ] = None,
     device: Annotated[
-        str | None, typer.Option(help="Torch device: cpu, cuda, cuda:N [cuda if present].")
+        str | None, typer.Option(help="Torch device: cpu, cuda, cuda:N (default: cuda if present).")
     ] = None,
     precision: Annotated[
         str | None,
@@ -81,6 +117,14 @@ def train(
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed [0].")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Any other training option as NAME=VALUE (a TrainConfig field, the value "
+            "in TOML syntax), e.g. --set gce_q=0.5 --set finetune_norm=train. Repeatable.",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a U-Net: pretrain on (noisy) labels, then fine-tune on clean ones if given.
@@ -92,20 +136,29 @@ def train(
 
       eoseg train ... --freeze-encoder-epochs 2 --finetune-lr 0.0005
 
-    Training resumes from its last epoch checkpoint if interrupted. Defaults (in brackets)
-    suit a GPU; on a CPU try --chip-size 64 --base-width 16 --depth 3.
+    Chip size, split blocks, labelled share and chip counts are derived from the labels
+    unless given (a few small polygons get small chips; the model card's "sampling" says
+    what was chosen and why). Each stage keeps its epoch of best validation mIoU.
+    Training resumes from its last epoch checkpoint if interrupted. The network defaults
+    suit a GPU; on a CPU try --base-width 16 --depth 3.
     """
     from eoseg.train import train_from_stores
-    from eoseg.train.config import configure, load_train_config
+    from eoseg.train.config import configure, load_train_config, parse_settings
 
     def body() -> None:
         options = configure(
-            load_train_config(config) if config else None,
+            configure(load_train_config(config) if config else None, **parse_settings(set_)),
             epochs=epochs,
             finetune_epochs=finetune_epochs,
             finetune_lr=finetune_lr,
             freeze_encoder_epochs=freeze_encoder_epochs,
             chip_size=chip_size,
+            block_size=block_size,
+            val_fraction=val_fraction,
+            val_chips=val_chips,
+            min_labelled=min_labelled,
+            patience=patience,
+            num_threads=num_threads,
             base_width=base_width,
             depth=depth,
             train_chips=train_chips,
@@ -137,7 +190,9 @@ def train(
             "time": card.time,
             "parameters": card.parameters,
             "flops_per_pixel": card.flops_per_pixel,
+            "chip_size": card.chip_size,
             "val_miou": card.metrics.get("val_miou"),
+            "val_note": card.metrics.get("val_note"),
         }
         report("train", doc, json_out)
 

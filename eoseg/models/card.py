@@ -57,7 +57,11 @@ class ModelCard:
             as its ``input`` entry; cards without one read as ``"median"``.
         parameters: Number of trainable parameters.
         flops_per_pixel: Forward FLOPs per output pixel.
-        metrics: Training metrics (e.g. per-epoch validation mIoU).
+        metrics: Training metrics: per-stage epoch histories, and ``val_miou``,
+            ``val_accuracy``, ``val_iou`` of the validation chips of the stage that made
+            the model (None when it has none) with ``val_stage`` and ``val_note``.
+        sampling: What training sampled and why: chip and block size, the split,
+            per-stage labelled share and chip counts (`eoseg.train.plan.SamplingPlan`).
         parent: Version of the model this one was fine-tuned from, if any.
         fingerprint: Hash of the training inputs and configuration.
         created: ISO-8601 UTC time of saving (not part of the version).
@@ -75,6 +79,7 @@ class ModelCard:
     parameters: int = 0
     flops_per_pixel: float = 0.0
     metrics: dict[str, Any] = field(default_factory=dict)
+    sampling: dict[str, Any] = field(default_factory=dict)
     parent: str | None = None
     fingerprint: str = ""
     created: str = ""
@@ -106,6 +111,7 @@ class ModelCard:
             parameters=int(d.get("parameters", 0)),
             flops_per_pixel=float(d.get("flops_per_pixel", 0.0)),
             metrics=dict(d.get("metrics", {})),
+            sampling=dict(d.get("sampling", {})),
             parent=d.get("parent"),
             fingerprint=str(d.get("fingerprint", "")),
             created=str(d.get("created", "")),

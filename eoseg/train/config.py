@@ -1,8 +1,11 @@
 """Training options and what each stage (pretraining, fine-tuning) makes of them.
 
-The defaults follow the design: 256 px chips and a U-Net of base width 32 and depth 4
-(about 370 GFLOP per megapixel), sized for a GPU. On a CPU, pass smaller values (the demo
-trains 64 px chips on a 16/3 network, see ``flows.demo.DEMO_TRAINING``).
+The network defaults follow the design: a U-Net of base width 32 and depth 4 (about 370
+GFLOP per megapixel), sized for a GPU; on a CPU, pass smaller values (the demo trains 64 px
+chips on a 16/3 network, see ``flows.demo.DEMO_TRAINING``). The sampling options left at
+None (chip size, block size, labelled share, chip counts) are derived from the labels by
+`eoseg.train.plan`: 256 px chips for labels that cover the scene, smaller ones, fewer
+chips and a lower labelled share for a few small polygons.
 
 Fine-tuning defaults suit a clean set that covers a small part of the area: it trains at
 the pretraining learning rate (the clean labels must move boundaries by a pixel or two and
@@ -21,9 +24,10 @@ import dataclasses
 import logging
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from eoseg.errors import InputNotFoundError, InvalidParameterError
 from eoseg.model_input import TIME_MODES, TimeMode
@@ -49,10 +53,11 @@ class TrainConfig:
     """Training options.
 
     An epoch is one pass over ``train_chips`` chips sampled once per stage, so its cost
-    does not grow with the area. With the defaults (128 chips of 256 px, U-Net 32/4,
+    does not grow with the area. With dense labels (128 chips of 256 px, U-Net 32/4,
     8.4 Mpx per epoch, ~3 PFLOP forward and backward) an epoch takes seconds on a GPU
     and many minutes on a laptop CPU: shrink ``chip_size``, ``base_width`` and ``depth``
-    there.
+    there. Fields marked *derived* default to None: `eoseg.train.plan.plan_sampling`
+    chooses them from the labels and the model card records the choice and why.
 
     Attributes:
         epochs: Pretraining epochs on the (noisy) labels.
@@ -60,9 +65,9 @@ class TrainConfig:
         freeze_encoder_epochs: First fine-tuning epochs with the encoder frozen (0 by
             default: frozen normalisation and replayed noisy chips keep the pretrained
             features from narrowing to the clean box without slowing fine-tuning down).
-        chip_size: Chip side in pixels; must be divisible by ``2**depth``.
-        train_chips: Training chips sampled (once) per stage.
-        val_chips: Validation chips sampled from held-out blocks.
+        chip_size: Chip side in pixels; must be divisible by ``2**depth`` (derived).
+        train_chips: Training chips sampled (once) per stage (derived).
+        val_chips: Validation chips sampled from held-out blocks (derived).
         batch_size: Chips per optimiser step.
         lr: AdamW learning rate of pretraining.
         finetune_lr: Peak (one-cycle) learning rate of fine-tuning; by default that of
@@ -75,10 +80,10 @@ class TrainConfig:
             displacement field (0 = off; 2-4 px suits shifted, wobbly OSM outlines).
         base_width: U-Net channels at full resolution.
         depth: U-Net downsampling steps.
-        block_size: Side of the spatial blocks of the train/validation split
-            (default ``2 * chip_size``).
-        val_fraction: Share of blocks held out for validation.
-        min_labelled: Least labelled+valid share of a chip.
+        block_size: Side of the spatial blocks of the train/validation split (derived).
+        val_fraction: Share of the blocks holding labels held out for validation.
+        min_labelled: Least labelled+valid share of a training chip (derived); a
+            validation chip needs one labelled, valid pixel.
         balance: Class-balanced chip sampling.
         bands: Bands to train on, in order; default all cube bands.
         time: How the model reads the cube's dates (`eoseg.model_input`): ``"median"``
@@ -113,14 +118,18 @@ class TrainConfig:
         finetune_noisy_loss: Pixel loss, during fine-tuning, of the noisy chips
             (replayed and rehearsed): ``"gce"`` (default; with ``gce_q``), ``"ce"`` or
             ``"bootstrap"``. The clean chips always take cross-entropy.
+        keep_best: End each stage with the weights of its epoch of best validation
+            mIoU (when it has validation chips), not those of its last epoch.
+        patience: Stop a stage after this many epochs without a better validation
+            mIoU (None: run every epoch).
     """
 
     epochs: int = 10
     finetune_epochs: int = 5
     freeze_encoder_epochs: int = 0
-    chip_size: int = 256
-    train_chips: int = 128
-    val_chips: int = 32
+    chip_size: int | None = None
+    train_chips: int | None = None
+    val_chips: int | None = None
     batch_size: int = 8
     lr: float = 3e-3
     finetune_lr: float = 3e-3
@@ -132,7 +141,7 @@ class TrainConfig:
     depth: int = 4
     block_size: int | None = None
     val_fraction: float = 0.25
-    min_labelled: float = 0.25
+    min_labelled: float | None = None
     balance: bool = True
     bands: tuple[str, ...] | None = None
     time: TimeMode | None = None
@@ -150,51 +159,79 @@ class TrainConfig:
     finetune_norm: NormMode = "frozen"
     finetune_noisy_share: float = 0.5
     finetune_noisy_loss: LossKind = "gce"
+    keep_best: bool = True
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         factor = 2**self.depth
-        if self.chip_size % factor:
+        if self.chip_size is not None and self.chip_size % factor:
             raise InvalidParameterError(
                 f"chip_size {self.chip_size} is not divisible by 2**depth = {factor}: "
-                f"choose a multiple of {factor}"
+                f"choose a multiple of {factor} ({flag('chip_size')}) or leave it out"
             )
-        for name in ("epochs", "finetune_epochs", "freeze_encoder_epochs"):
-            if getattr(self, name) < 0:
-                raise InvalidParameterError(f"{name} must be >= 0; got {getattr(self, name)}")
-        for name in ("train_chips", "batch_size", "base_width", "depth"):
-            if getattr(self, name) < 1:
-                raise InvalidParameterError(f"{name} must be >= 1; got {getattr(self, name)}")
-        for name, value, allowed in (
-            ("noisy_loss", self.noisy_loss, ("ce", "gce", "bootstrap")),
-            ("bootstrap_mode", self.bootstrap_mode, ("soft", "hard")),
-            ("context", self.context, ("none", "aspp")),
-            ("precision", self.precision, PRECISIONS),
-            ("finetune_norm", self.finetune_norm, ("frozen", "train")),
-            ("finetune_noisy_loss", self.finetune_noisy_loss, ("ce", "gce", "bootstrap")),
-            ("time", self.time, (None, *TIME_MODES)),
+        for name in ("epochs", "finetune_epochs", "freeze_encoder_epochs", "val_chips"):
+            _check(self, name, lambda v: v is None or v >= 0, ">= 0")
+        for name in ("train_chips", "batch_size", "base_width", "depth", "block_size"):
+            _check(self, name, lambda v: v is None or v >= 1, ">= 1")
+        _check(self, "patience", lambda v: v is None or v >= 1, ">= 1 (or None: no early stop)")
+        _check(self, "val_fraction", lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+        _check(self, "min_labelled", lambda v: v is None or 0.0 <= v <= 1.0, "in [0, 1]")
+        for name, allowed in (
+            ("noisy_loss", ("ce", "gce", "bootstrap")),
+            ("bootstrap_mode", ("soft", "hard")),
+            ("context", ("none", "aspp")),
+            ("precision", PRECISIONS),
+            ("finetune_norm", ("frozen", "train")),
+            ("finetune_noisy_loss", ("ce", "gce", "bootstrap")),
+            ("time", (None, *TIME_MODES)),
         ):
-            if value not in allowed:
-                raise InvalidParameterError(f"{name} must be one of {allowed}; got {value!r}")
-        if self.jitter < 0 or self.elastic < 0:
-            raise InvalidParameterError(
-                f"jitter and elastic must be >= 0; got {self.jitter} and {self.elastic}"
-            )
-        if not 0.0 <= self.finetune_noisy_share < 1.0:
-            raise InvalidParameterError(
-                f"finetune_noisy_share must be in [0, 1); got {self.finetune_noisy_share}: "
-                "fine-tuning needs clean chips"
-            )
-        if not 0.0 < self.gce_q <= 1.0:
-            raise InvalidParameterError(f"gce_q must be in (0, 1]; got {self.gce_q}")
-        if not 0.0 <= self.bootstrap_beta <= 1.0:
-            raise InvalidParameterError(
-                f"bootstrap_beta must be in [0, 1]; got {self.bootstrap_beta}"
-            )
-        w = self.class_weights
-        if w is not None and w != "balanced" and (isinstance(w, str) or min(w, default=-1) < 0):
-            raise InvalidParameterError(
-                f"class_weights must be 'balanced', None or non-negative numbers; got {w!r}"
-            )
+            _check(self, name, allowed.__contains__, f"one of {allowed}")
+        _check(self, "jitter", lambda v: v >= 0, ">= 0")
+        _check(self, "elastic", lambda v: v >= 0, ">= 0")
+        _check(
+            self,
+            "finetune_noisy_share",
+            lambda v: 0.0 <= v < 1.0,
+            "in [0, 1) (fine-tuning needs clean chips)",
+        )
+        _check(self, "gce_q", lambda v: 0.0 < v <= 1.0, "in (0, 1]")
+        _check(self, "bootstrap_beta", lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
+        _check(
+            self,
+            "class_weights",
+            lambda w: w is None or w == "balanced" or (not isinstance(w, str) and min(w) >= 0),
+            "'balanced', None or non-negative numbers",
+        )
+
+
+CLI_FLAGS = frozenset(
+    {
+        "epochs", "finetune_epochs", "finetune_lr", "freeze_encoder_epochs", "chip_size",
+        "base_width", "depth", "train_chips", "val_chips", "batch_size", "block_size",
+        "val_fraction", "min_labelled", "noisy_loss", "context", "elastic", "device",
+        "precision", "seed", "num_threads", "patience",
+    }
+)  # fmt: skip
+"""`TrainConfig` fields with an ``eoseg train`` option of their own; every other field
+is set with ``--set name=value`` (or in the ``--config`` file)."""
+
+
+def flag(name: str) -> str:
+    """How to set the `TrainConfig` field ``name`` on the ``eoseg train`` command line."""
+    return f"--{name.replace('_', '-')}" if name in CLI_FLAGS else f"--set {name}=..."
+
+
+def _check(config: TrainConfig, name: str, ok: Callable[[Any], bool], expected: str) -> None:
+    value = getattr(config, name)
+    try:
+        good = ok(value)
+    except (TypeError, ValueError):
+        good = False
+    if not good:
+        raise InvalidParameterError(
+            f"{name} must be {expected}; got {value!r}: set {flag(name)} "
+            "(or the same key in the --config file)"
+        )
 
 
 def stage_spec(config: TrainConfig, stage: str, chips: ChipSet, n_classes: int) -> StageSpec:
@@ -210,7 +247,7 @@ def stage_spec(config: TrainConfig, stage: str, chips: ChipSet, n_classes: int) 
     elif weights is not None and len(weights) != n_classes:
         raise InvalidParameterError(
             f"class_weights has {len(weights)} entries but the schema has {n_classes} "
-            "classes: give one weight per class id, or 'balanced'"
+            "classes: give one weight per class id, or 'balanced' (--set class_weights=...)"
         )
     pre = stage == "pretrain"
     loss = SegmentationLoss(
@@ -233,6 +270,8 @@ def stage_spec(config: TrainConfig, stage: str, chips: ChipSet, n_classes: int) 
         jitter=config.jitter,
         elastic=config.elastic,
         freeze_norm=not pre and config.finetune_norm == "frozen",
+        keep_best=config.keep_best,
+        patience=config.patience,
     )
 
 
@@ -251,6 +290,27 @@ def configure(base: TrainConfig | None = None, **options: object) -> TrainConfig
         )
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
     return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})  # type: ignore[arg-type]
+
+
+def parse_settings(settings: list[str] | None) -> dict[str, object]:
+    """``NAME=VALUE`` strings (the value in TOML syntax, bare words as strings) as options.
+
+    Raises:
+        InvalidParameterError: If a setting has no ``=`` or an unreadable value.
+    """
+    out: dict[str, object] = {}
+    for item in settings or ():
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise InvalidParameterError(
+                f"--set {item!r} is not NAME=VALUE: write e.g. --set gce_q=0.5"
+            )
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()  # a bare word: a string option such as finetune_norm=train
+        out[name.strip()] = tuple(value) if isinstance(value, list) else value
+    return out
 
 
 def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:

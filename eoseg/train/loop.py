@@ -4,9 +4,11 @@ Device, precision and layout come from an `eoseg.models.accel.Accelerator` (by d
 bf16 autocast with channels-last tensors on CUDA, fp32 on the CPU so CPU runs are
 bit-reproducible). The loop can start from a saved epoch (optimiser and scheduler state
 restored) and reports each finished epoch to a checkpoint callback before the progress
-callback. A stage may keep every batch-norm layer in inference mode (`StageSpec.freeze_norm`):
-fine-tuning on a small clean box then leaves the normalisation statistics of pretraining,
-gathered over the whole area, untouched.
+callback. A stage with validation chips keeps the weights of its best epoch by
+validation mIoU (`StageSpec.keep_best`) and may stop early after `StageSpec.patience`
+epochs without a better one. A stage may keep every batch-norm layer in inference mode
+(`StageSpec.freeze_norm`): fine-tuning on a small clean box then leaves the normalisation
+statistics of pretraining, gathered over the whole area, untouched.
 """
 
 from __future__ import annotations
@@ -32,9 +34,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-History = dict[str, list[float | None]]
-OnEpoch = Callable[[int, dict[str, Any], dict[str, Any], History], None]
-"""``(epochs_done, optimizer_state, scheduler_state, history)``, called after each epoch."""
+History = dict[str, Any]
+"""Per-epoch ``train_loss`` and ``val_miou`` lists, and the kept ``best_epoch``."""
+Best = dict[str, Any]
+"""The best epoch so far: ``{"epoch": int, "val_miou": float, "model": state_dict}``."""
+OnEpoch = Callable[[int, dict[str, Any], dict[str, Any], History, Best | None], None]
+"""``(epochs_done, optimizer_state, scheduler_state, history, best)``, called after each
+epoch."""
 
 
 def evaluate(
@@ -44,9 +50,14 @@ def evaluate(
     batch_size: int = 16,
     accel: Accelerator | None = None,
 ) -> dict[str, Any]:
-    """Validation metrics of ``model`` on ``chips``: ``val_miou``, ``val_accuracy``, IoUs.
+    """Validation metrics of ``model`` on the labelled pixels of ``chips``.
 
-    ``accel`` defaults to fp32 on the model's device.
+    ``val_miou`` averages the IoU of the classes present in the chips' labels: a class
+    absent from the validation reference says nothing of the model there, and counting
+    it (IoU 0 as soon as a pixel is predicted as it) made a good model look poor.
+    ``val_accuracy`` is the share of labelled pixels predicted right; ``val_iou`` gives
+    each present class's IoU (None for the others). ``accel`` defaults to fp32 on the
+    model's device.
     """
     n = len(card.classes)
     cm = np.zeros((n, n), dtype=np.int64)
@@ -67,12 +78,14 @@ def evaluate(
             "val_iou": dict.fromkeys(card.classes.names),
         }
     report = report_from_confusion(cm, card.classes.names)
+    present = cm.sum(axis=1) > 0
+    iou = np.asarray(report.iou)
     return {
-        "val_miou": report.miou,
+        "val_miou": float(iou[present].mean()),
         "val_accuracy": report.overall_accuracy,
         "val_iou": {
-            name: None if np.isnan(v) else v
-            for name, v in zip(card.classes.names, report.iou, strict=True)
+            name: float(v) if p else None
+            for name, v, p in zip(card.classes.names, iou, present, strict=True)
         },
     }
 
@@ -93,6 +106,8 @@ class StageSpec:
         elastic: Elastic deformation of `augment` (pixels; 0 = off).
         freeze_norm: Keep every batch-norm layer in inference mode (running statistics
             used and left unchanged) for the whole stage; its affine weights still train.
+        keep_best: End with the weights of the epoch of best validation mIoU.
+        patience: Stop after this many epochs without a better validation mIoU.
     """
 
     stage: str
@@ -105,6 +120,8 @@ class StageSpec:
     jitter: float
     elastic: float = 0.0
     freeze_norm: bool = False
+    keep_best: bool = True
+    patience: int | None = None
 
 
 def _set_train_mode(model: UNet, *, frozen_encoder: bool, frozen_norm: bool) -> None:
@@ -144,66 +161,105 @@ def fit_stage(
         gen: CPU generator of shuffling and augmentation.
         accel: Device, precision and layout of the forward pass.
         progress: Optional ``(stage, step, total, info)`` callback.
-        start: Saved ``{"epoch", "optimizer", "scheduler", "history"}`` to resume from.
+        start: Saved ``{"epoch", "optimizer", "scheduler", "history", "best"}`` to
+            resume from.
         on_epoch: Called after each epoch (before ``progress``), e.g. to checkpoint.
         noisy: Optional ``(N,)`` bool flags of the training chips with noisy labels,
             passed on to ``spec.loss`` (see `SegmentationLoss.noisy_kind`).
 
     Returns:
-        ``{"train_loss": [...], "val_miou": [...]}``, one entry per epoch.
+        ``{"train_loss": [...], "val_miou": [...], "best_epoch": n}``, one list entry
+        per epoch run; ``best_epoch`` is the epoch whose weights the model ends with
+        (None: the last one, when there is no validation or ``keep_best`` is off).
     """
     history: History = {"train_loss": [], "val_miou": []}
     if spec.epochs == 0 or len(chips) == 0:
-        return history
-    x_all, y_all = torch.from_numpy(chips.x), torch.from_numpy(chips.y).long()
-    noisy_all = None if noisy is None else torch.as_tensor(noisy, dtype=torch.bool)
+        return {**history, "best_epoch": None}
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     batches = -(-len(chips) // spec.batch_size)
     total = spec.epochs * batches
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=total)
-    first = 0
+    first, best = 0, None
     if start is not None:
         opt.load_state_dict(start["optimizer"])
         sched.load_state_dict(start["scheduler"])
-        history = {k: list(v) for k, v in start["history"].items()}
-        first = int(start["epoch"])
+        history = {k: list(v) for k, v in start["history"].items() if k != "best_epoch"}
+        first, best = int(start["epoch"]), start.get("best")
     encoder = model.encoder_parameters()
-    step = first * batches
     for epoch in range(first, spec.epochs):
+        if best is not None and spec.patience and epoch - best["epoch"] >= spec.patience:
+            logger.info("%s: no better validation mIoU in %d epochs: stopping early",
+                        spec.stage, spec.patience)  # fmt: skip
+            if progress is not None:
+                progress(spec.stage, total, total, {"epoch": epoch, "stopped": True})
+            break
         frozen = epoch < spec.freeze_epochs
         for p in encoder:
             p.requires_grad_(not frozen)
         _set_train_mode(model, frozen_encoder=frozen, frozen_norm=spec.freeze_norm)
-        perm = torch.randperm(len(chips), generator=gen)
-        total_loss = 0.0
-        for b in range(batches):
-            idx = perm[b * spec.batch_size : (b + 1) * spec.batch_size]
-            x, y = augment(x_all[idx], y_all[idx], spec.jitter, gen, elastic=spec.elastic)
-            with accel.autocast():
-                logits = model(accel.to_input(normalize(x, card)))
-            flags = None if noisy_all is None else noisy_all[idx]
-            loss = spec.loss(logits.float(), y.to(accel.device), flags)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total_loss += loss.item()
-            step += 1
-            if progress is not None:
-                progress(spec.stage, step, total, {"epoch": epoch + 1, "loss": loss.item()})
+        loss = _train_epoch(model, chips, card, spec, gen, accel, (opt, sched), noisy,
+                            progress=progress, epoch=epoch, total=total)  # fmt: skip
         metrics = evaluate(model, val, card, accel=accel) if len(val) else {"val_miou": None}
-        history["train_loss"].append(total_loss / batches)
+        history["train_loss"].append(loss)
         history["val_miou"].append(metrics["val_miou"])
+        score = metrics["val_miou"]
+        # On a tie the later epoch wins: it has trained longer at a lower learning rate.
+        if score is not None and (best is None or score >= best["val_miou"]):
+            best = {"epoch": epoch + 1, "val_miou": score}
+            if spec.keep_best:
+                best["model"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         logger.info(
             "%s epoch %d/%d loss %.4f val mIoU %s%s",
-            spec.stage, epoch + 1, spec.epochs, total_loss / batches, metrics["val_miou"],
-            " (encoder frozen)" if frozen else "",
+            spec.stage, epoch + 1, spec.epochs, loss, score, " (encoder frozen)" if frozen else "",
         )  # fmt: skip
         if on_epoch is not None:
-            on_epoch(epoch + 1, opt.state_dict(), sched.state_dict(), history)
+            on_epoch(epoch + 1, opt.state_dict(), sched.state_dict(), history, best)
         if progress is not None:
-            info = {"epoch": epoch + 1, "loss": total_loss / batches, **metrics}
-            progress(spec.stage, step, total, info)
+            info = {"epoch": epoch + 1, "loss": loss, **metrics}
+            progress(spec.stage, (epoch + 1) * batches, total, info)
     for p in encoder:
         p.requires_grad_(True)
-    return history
+    if best is None or not spec.keep_best:
+        return {**history, "best_epoch": None}
+    model.load_state_dict(best["model"])
+    logger.info("%s: keeping epoch %d (val mIoU %.4f)", spec.stage, best["epoch"], best["val_miou"])
+    return {**history, "best_epoch": best["epoch"]}
+
+
+def _train_epoch(
+    model: UNet,
+    chips: ChipSet,
+    card: ModelCard,
+    spec: StageSpec,
+    gen: torch.Generator,
+    accel: Accelerator,
+    optim: tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler],
+    noisy: np.ndarray | None,
+    *,
+    progress: Progress | None,
+    epoch: int,
+    total: int,
+) -> float:
+    """One pass over the training chips (epoch ``epoch``, from 0); the mean loss."""
+    opt, sched = optim
+    x_all, y_all = torch.from_numpy(chips.x), torch.from_numpy(chips.y).long()
+    noisy_all = None if noisy is None else torch.as_tensor(noisy, dtype=torch.bool)
+    batches = -(-len(chips) // spec.batch_size)
+    perm = torch.randperm(len(chips), generator=gen)
+    total_loss = 0.0
+    for b in range(batches):
+        idx = perm[b * spec.batch_size : (b + 1) * spec.batch_size]
+        x, y = augment(x_all[idx], y_all[idx], spec.jitter, gen, elastic=spec.elastic)
+        with accel.autocast():
+            logits = model(accel.to_input(normalize(x, card)))
+        flags = None if noisy_all is None else noisy_all[idx]
+        loss = spec.loss(logits.float(), y.to(accel.device), flags)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total_loss += loss.item()
+        if progress is not None:
+            info = {"epoch": epoch + 1, "loss": loss.item()}
+            progress(spec.stage, epoch * batches + b + 1, total, info)
+    return total_loss / batches

@@ -1,14 +1,19 @@
 """A training run: sample chips, pretrain on noisy labels, fine-tune on clean ones, save.
 
+Chip size, blocks, validation split and chip counts come from the sampling plan
+(`eoseg.train.plan`), derived from the labels where the options leave them out and
+recorded in the model card (``sampling``). Each stage keeps its epoch of best validation
+mIoU; the card's ``val_miou`` is measured on the validation chips of the stage that
+made the model, over the classes present in them (``val_note`` says so, or why there is
+none).
+
 The model input (`eoseg.model_input`) is the per-pixel temporal median of valid
 observations, or, for a ``--by-date`` cube, each date on its own (``TrainConfig.time``),
 normalised with per-band statistics of the training chips (`eoseg.models.normalize`).
 Pretraining uses ``noisy_loss`` (cross-entropy, generalized
 cross-entropy or bootstrapping), fine-tuning cross-entropy on clean chips; both add a soft
-Jaccard loss and ignore 255 (`eoseg.train.losses`). The fine-tuning chips are the clean chips, plus
-noisy chips for classes the clean labels lack (`rehearse_missing`), with a share of them
-replaced by noisy pretraining chips from the whole area (`replay_noisy`); those noisy
-chips take ``finetune_noisy_loss`` (generalized cross-entropy by default). CPU runs are
+Jaccard loss and ignore 255 (`eoseg.train.losses`). The fine-tuning chips are those of
+`eoseg.train.finetune`; its noisy chips take ``finetune_noisy_loss``. CPU runs are
 deterministic for a given seed, data and thread count, and resume bit for bit from the
 checkpoint written after each epoch.
 """
@@ -29,10 +34,10 @@ import xarray as xr
 
 from eoseg.classes import IGNORE_ID, ClassSchema
 from eoseg.errors import InvalidParameterError
-from eoseg.model_input import cube_time_mode
+from eoseg.model_input import TimeMode, cube_time_mode
 from eoseg.models import ModelCard, UNet, count_flops_per_pixel, count_parameters, save_model
-from eoseg.models.accel import resolve_accelerator
-from eoseg.sampling import ChipSet, sample_chips, split_blocks
+from eoseg.models.accel import Accelerator, resolve_accelerator
+from eoseg.sampling import ChipSet, sample_chips
 from eoseg.train.checkpoint import (
     checkpoint_dir,
     load_checkpoint,
@@ -40,7 +45,17 @@ from eoseg.train.checkpoint import (
     save_checkpoint,
 )
 from eoseg.train.config import TrainConfig, stage_spec
+from eoseg.train.finetune import finetune_chips, rehearse_missing, replay_noisy
 from eoseg.train.loop import History, evaluate, fit_stage
+from eoseg.train.plan import SamplingPlan, plan_sampling
+
+__all__ = [
+    "Progress",
+    "rehearse_missing",
+    "replay_noisy",
+    "sample_training_chips",
+    "train_model",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -147,59 +162,15 @@ def _train(
     name: str,
     resume: bool,
 ) -> ModelCard:
-    shape = (int(cube["data"].sizes["y"]), int(cube["data"].sizes["x"]))
-    split = split_blocks(
-        shape,
-        block_size=config.block_size or 2 * config.chip_size,
-        val_fraction=config.val_fraction,
-        seed=config.seed,
-    )
-    time = config.time or cube_time_mode(cube)
-    common: dict[str, Any] = {
-        "time": time,
-        "chip_size": config.chip_size,
-        "balance": config.balance,
-        "split": split,
-        "bands": config.bands,
-        "min_labelled": config.min_labelled,
-    }
-    stages = [("pretrain", labels)]
+    stages = {"pretrain": labels}
     if finetune_labels is not None:
-        stages.append(("finetune", finetune_labels))
-    sets: dict[str, tuple[ChipSet, ChipSet]] = {}
-    noisy_flags: dict[str, np.ndarray | None] = {"pretrain": None}
-    for i, (stage, lab) in enumerate(stages):
-        if progress is not None:
-            progress("sample", i, len(stages), {"labels": stage})
-        seed = config.seed + 10 * i
-        train = sample_chips(cube, lab, count=config.train_chips, seed=seed, part="train", **common)
-        n_val = config.val_chips if config.val_fraction > 0 else 0
-        val = sample_chips(cube, lab, count=n_val, seed=seed + 1, part="val", **common)
-        if len(train) == 0:
-            raise InvalidParameterError(
-                f"no training chip of {config.chip_size} px has {config.min_labelled:.0%} "
-                f"labelled, valid pixels in the {stage} labels: check that labels overlap "
-                "the cube, or lower min_labelled / chip_size"
-            )
-        _check_ids(train, schema, f"{stage} labels")
-        _check_ids(val, schema, f"{stage} labels")
-        if stage == "finetune":
-            train, noisy_flags[stage] = _finetune_chips(
-                train, sets["pretrain"][0], config, len(schema), seed
-            )
-        sets[stage] = (train, val)
-        logger.info("%s: %d training and %d validation chips", stage, len(train), len(val))
-        if n_val and not len(val):
-            # Blocks are split over the whole grid: a small labelled area can miss all
-            # validation blocks, and the card then has no validation mIoU for this stage.
-            logger.warning(
-                "%s: no validation chip (the %s labels cover no held-out block of %d px); "
-                "its validation mIoU stays empty: label a larger area or lower block_size",
-                stage, stage, config.block_size or 2 * config.chip_size,
-            )  # fmt: skip
-    if progress is not None:
-        progress("sample", len(stages), len(stages), {})
-    pre_train, pre_val = sets["pretrain"]
+        stages["finetune"] = finetune_labels
+    plan = plan_sampling(stages, config)
+    time = config.time or cube_time_mode(cube)
+    sets, noisy_flags = sample_training_chips(
+        cube, stages, plan, config, schema, progress, time=time
+    )
+    pre_train = sets["pretrain"][0]
     mean, std = _band_stats(pre_train)
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -212,12 +183,13 @@ def _train(
         mean=mean,
         std=std,
         classes=schema,
-        chip_size=config.chip_size,
+        chip_size=plan.chip_size,
         architecture=model.architecture,
         time=time,
         parameters=count_parameters(model),
-        flops_per_pixel=count_flops_per_pixel(model, len(pre_train.bands), config.chip_size),
+        flops_per_pixel=count_flops_per_pixel(model, len(pre_train.bands), plan.chip_size),
         fingerprint=_fingerprint(config, schema, [c for pair in sets.values() for c in pair]),
+        sampling=plan.to_dict(),
     )
     ckpt = checkpoint_dir(out_dir)
     saved = load_checkpoint(ckpt) if resume else None
@@ -235,8 +207,7 @@ def _train(
     accel.prepare(model)
     logger.info("training on %s", accel.describe())
     metrics: dict[str, Any] = {}
-    val = pre_val
-    order = [s for s in ("pretrain", "finetune") if s in sets]
+    order = list(sets)
     for stage in order:
         train, val = sets[stage]
         spec = stage_spec(config, stage, train, len(schema))
@@ -245,20 +216,20 @@ def _train(
             metrics[stage] = histories[stage]  # stage finished before the interruption
             continue
         if saved is not None and saved["stage"] == stage:
-            start = {k: saved[k] for k in ("epoch", "optimizer", "scheduler")}
+            start = {k: saved.get(k) for k in ("epoch", "optimizer", "scheduler", "best")}
             start["history"] = histories[stage]
 
         def on_epoch(
-            epoch: int, opt: Any, sched: Any, history: History, stage: str = stage
+            epoch: int, opt: Any, sched: Any, history: History, best: Any, stage: str = stage
         ) -> None:
             histories[stage] = history
             state = {"fingerprint": card.fingerprint, "stage": stage, "epoch": epoch,
                      "model": model.state_dict(), "optimizer": opt, "scheduler": sched,
                      "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                     "history": histories}  # fmt: skip
+                     "history": histories, "best": best}  # fmt: skip
             save_checkpoint(ckpt, state)
 
-        metrics[stage] = fit_stage(
+        metrics[stage] = histories[stage] = fit_stage(
             model,
             train,
             val,
@@ -271,8 +242,7 @@ def _train(
             on_epoch=on_epoch,
             noisy=noisy_flags[stage],
         )
-    if len(val):
-        metrics.update(evaluate(model, val, card, accel=accel))
+    metrics.update(_final_metrics(model, card, sets, metrics, plan, config, accel))
     metrics["chips"] = {k: [len(t), len(v)] for k, (t, v) in sets.items()}
     card = dataclasses.replace(card, metrics=metrics)
     out = save_model(model, card, out_dir)
@@ -280,79 +250,118 @@ def _train(
     return out
 
 
-def _finetune_chips(
-    clean: ChipSet, noisy: ChipSet, config: TrainConfig, n_classes: int, seed: int
-) -> tuple[ChipSet, np.ndarray]:
-    """The fine-tuning chips and, per chip, whether its labels are the noisy ones."""
-    n_clean = len(clean)
-    # Rehearsal first: which classes are missing is a property of the clean labels alone.
-    if config.rehearse_missing:
-        clean = rehearse_missing(clean, noisy, n_classes)
-    rehearsed = np.arange(len(clean)) >= n_clean  # rehearsed chips follow the clean ones
-    chips, keep = _replay(clean, noisy, config.finetune_noisy_share, seed)
-    replayed = np.ones(len(chips) - len(keep), dtype=bool)
-    return chips, np.concatenate([rehearsed[keep], replayed])
-
-
-def rehearse_missing(clean: ChipSet, noisy: ChipSet, n_classes: int) -> ChipSet:
-    """Add to the clean chips the noisy chips showing classes the clean chips lack.
-
-    In the added chips only the missing classes keep their labels (the rest is 255), so
-    the noisy labels teach nothing about classes the clean set covers.
-    """
-    present = np.unique(clean.y[clean.y != IGNORE_ID])
-    missing = np.setdiff1d(np.arange(n_classes), present)
-    if missing.size == 0 or len(noisy) == 0:
-        return clean
-    keep = np.isin(noisy.y, missing)
-    chosen = keep.reshape(len(noisy), -1).any(axis=1)
-    if not chosen.any():
-        return clean
-    labels = np.where(keep[chosen], noisy.y[chosen], IGNORE_ID).astype(np.uint8)
-    logger.info(
-        "fine-tuning rehearses classes %s from %d noisy chips", missing.tolist(), int(chosen.sum())
-    )
-    return ChipSet(
-        x=np.concatenate([clean.x, noisy.x[chosen]]),
-        y=np.concatenate([clean.y, labels]),
-        origins=np.concatenate([clean.origins, noisy.origins[chosen]]),
-        bands=clean.bands,
-    )
-
-
-def replay_noisy(clean: ChipSet, noisy: ChipSet, share: float, seed: int) -> ChipSet:
-    """Replace a random ``share`` of the fine-tuning chips by noisy pretraining chips.
-
-    The count stays that of ``clean``, so an epoch costs the same. Noisy chips keep all
-    their labels: they replay the whole area (its fields, its spectral variety) while the
-    clean chips, still the majority, correct what the noisy labels get wrong.
+def sample_training_chips(
+    cube: xr.Dataset,
+    stages: dict[str, xr.DataArray],
+    plan: SamplingPlan,
+    config: TrainConfig,
+    schema: ClassSchema,
+    progress: Progress | None = None,
+    *,
+    time: TimeMode = "median",
+) -> tuple[dict[str, tuple[ChipSet, ChipSet]], dict[str, np.ndarray | None]]:
+    """The chips a training run trains and validates on.
 
     Args:
-        clean: Fine-tuning chips (clean, possibly with rehearsed noisy chips).
-        noisy: Pretraining chips.
-        share: Share of the result drawn from ``noisy``, in ``[0, 1)``.
-        seed: Seed of the choice of chips.
+        cube: The cube.
+        stages: Labels per stage (``"pretrain"``, then ``"finetune"`` if any).
+        plan: The sampling plan of these labels (`plan_sampling`).
+        config: Training options.
+        schema: Classes the labels must stay within.
+        progress: Optional ``(stage, step, total, info)`` callback.
+        time: The model input over the cube's dates (`eoseg.model_input`).
 
     Returns:
-        ``clean`` itself when nothing is replaced, else the kept clean chips followed by
-        the replayed noisy ones.
+        ``(train, val)`` chips per stage, and per stage the flags of the training chips
+        whose labels are noisy (fine-tuning only; None for pretraining).
+
+    Raises:
+        InvalidParameterError: If a stage gets no training chip, or labels leave the schema.
     """
-    return _replay(clean, noisy, share, seed)[0]
+    sets: dict[str, tuple[ChipSet, ChipSet]] = {}
+    noisy_flags: dict[str, np.ndarray | None] = {"pretrain": None}
+    for i, (stage, lab) in enumerate(stages.items()):
+        if progress is not None:
+            progress("sample", i, len(stages), {"labels": stage})
+        sp = plan.stage(stage)
+        common: dict[str, Any] = {"chip_size": plan.chip_size, "balance": config.balance,
+                                  "time": time,
+                                  "split": plan.split, "bands": config.bands,
+                                  "min_labelled": sp.min_labelled}  # fmt: skip
+        seed = config.seed + 10 * i
+        t_lab, t_part = plan.source(stage, lab, "train")
+        train = sample_chips(cube, t_lab, count=sp.train_chips, seed=seed, part=t_part, **common)
+        # A validation chip needs one labelled, valid pixel: each counts, however few.
+        v_lab, v_part = plan.source(stage, lab, "val")
+        val = sample_chips(cube, v_lab, count=sp.val_chips, seed=seed + 1, part=v_part,
+                           **{**common, "min_labelled": 1 / plan.chip_size**2})  # fmt: skip
+        if len(train) == 0:
+            raise InvalidParameterError(
+                f"no training chip of {plan.chip_size} px has {sp.min_labelled:.2%} labelled, "
+                f"valid pixels in the {stage} labels: check that the labels overlap the "
+                "cube's valid pixels, or lower --min-labelled / --chip-size (or leave them "
+                "out to derive them from the labels)"
+            )
+        _check_ids(train, schema, f"{stage} labels")
+        _check_ids(val, schema, f"{stage} labels")
+        if stage == "finetune":
+            train, noisy_flags[stage] = finetune_chips(
+                train, sets["pretrain"][0], len(schema), rehearse=config.rehearse_missing,
+                share=config.finetune_noisy_share, seed=seed,
+            )  # fmt: skip
+        sets[stage] = (train, val)
+        logger.info("%s: %d training and %d validation chips", stage, len(train), len(val))
+        if not len(val):
+            logger.warning("%s: no validation chip: %s", stage, _val_note(plan, stage))
+    if progress is not None:
+        progress("sample", len(stages), len(stages), {})
+    return sets, noisy_flags
 
 
-def _replay(clean: ChipSet, noisy: ChipSet, share: float, seed: int) -> tuple[ChipSet, np.ndarray]:
-    """`replay_noisy`, and the indices of the chips of ``clean`` it keeps (in order)."""
-    k = min(round(share * len(clean)), len(noisy))
-    if k == 0:
-        return clean, np.arange(len(clean))
-    rng = np.random.default_rng(seed)
-    keep = np.sort(rng.choice(len(clean), len(clean) - k, replace=False))
-    add = np.sort(rng.choice(len(noisy), k, replace=False))
-    logger.info("fine-tuning replays %d noisy chips in place of clean ones", k)
-    chips = ChipSet(
-        x=np.concatenate([clean.x[keep], noisy.x[add]]),
-        y=np.concatenate([clean.y[keep], noisy.y[add]]),
-        origins=np.concatenate([clean.origins[keep], noisy.origins[add]]),
-        bands=clean.bands,
+def _val_note(plan: SamplingPlan, stage: str) -> str:
+    note = plan.stage(stage).val_note
+    return note or (
+        f"the validation blocks hold no labelled pixel of the {stage} labels on valid "
+        "imagery: check the cube's valid mask there, or lower --block-size / --chip-size"
     )
-    return chips, keep
+
+
+def _final_metrics(
+    model: UNet,
+    card: ModelCard,
+    sets: dict[str, tuple[ChipSet, ChipSet]],
+    histories: dict[str, History],
+    plan: SamplingPlan,
+    config: TrainConfig,
+    accel: Accelerator,
+) -> dict[str, Any]:
+    """The model's validation figures, on the validation chips of the stage that made it.
+
+    That is the last stage that trained (fine-tuning, when it ran): its validation
+    labels are the ones the model is meant to reproduce. Without validation chips the
+    figures are None and ``val_note`` says why.
+    """
+    ran = [s for s, h in histories.items() if h.get("train_loss")]
+    stage = ran[-1] if ran else next(iter(sets))
+    val = sets[stage][1]
+    out: dict[str, Any] = {"val_stage": stage}
+    if not len(val):
+        note = _val_note(plan, stage)
+        return {
+            **out,
+            "val_miou": None,
+            "val_accuracy": None,
+            "val_note": f"no validation chip: {note}",
+        }
+    out.update(evaluate(model, val, card, accel=accel))
+    if out["val_miou"] is None:
+        return {**out, "val_note": f"no labelled, valid pixel in the {stage} validation chips"}
+    note = (
+        f"{len(val)} {stage} validation chips, labelled pixels only; mean IoU over the "
+        "classes present in them"
+    )
+    best = histories[stage].get("best_epoch")
+    if best:
+        epochs = len(histories[stage]["val_miou"])
+        note += f"; the weights are those of epoch {best} of {epochs}, the best by this figure"
+    return {**out, "val_note": note}

@@ -1,0 +1,390 @@
+"""The sampling plan of a training run: what the labels allow, decided in one place.
+
+`TrainConfig` fields left at None (``chip_size``, ``block_size``, ``min_labelled``,
+``train_chips``, ``val_chips``) are derived here from a survey of each stage's labels
+(`eoseg.train.survey`); explicit values are kept, and refused, naming the CLI flag to
+change, when they cannot fit. The rules, so that a few dozen small polygons on a small
+scene train as readily as labels that cover the whole scene:
+
+- chip size: the largest of 256/128/64/32 (divisible by ``2**depth``, within the scene)
+  whose chips centred on labelled regions are at least `SHARE_FLOOR` labelled (median)
+  and whose blocks put the labels of the last stage in two blocks or more (so that
+  validation can hold some); else the smallest. Labels covering the scene get 256 px
+  chips; small polygons get small chips (the loss ignores unlabelled pixels, so a large
+  chip around a small polygon is mostly compute spent on context).
+- block size: twice the chip (as before) when every stage's labels then lie in at least
+  `DENSE_BLOCKS` blocks, else the chip size.
+- split: validation blocks are drawn among the blocks that hold labels (of the last
+  stage, then of the others), not over the whole grid. When the last stage's labels lie
+  in one block but form two regions or more, whole regions are held out instead
+  (`RegionHoldout`).
+- min_labelled: half the 10th percentile of the labelled share of chips centred on
+  labelled regions, at most 0.25 (the threshold for dense labels) and at least one pixel.
+- train_chips, val_chips: 4 per training region (32 to 128) and 4 per validation region
+  (8 to 32); dense labels keep 128 and 32.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from scipy import ndimage
+
+from eoseg.classes import IGNORE_ID
+from eoseg.errors import InvalidParameterError, NoOverlapError
+from eoseg.sampling import BlockSplit, Part, split_blocks
+from eoseg.train.survey import CELL, LabelSurvey, survey_labels
+
+if TYPE_CHECKING:
+    from eoseg.train.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+CHIP_SIZES = (256, 128, 64, 32)
+"""Chip sizes tried, largest first."""
+SHARE_FLOOR = 0.05
+"""Least median labelled share of a chip centred on a labelled region."""
+DENSE_BLOCKS = 4
+"""Labelled blocks of twice the chip size each stage needs for blocks of that size."""
+DENSE_MIN_LABELLED = 0.25
+"""The labelled share asked of a chip when labels are dense; the derived value's cap."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegionHoldout:
+    """Whole regions of one stage's labels held out for validation.
+
+    Attributes:
+        stage: The stage whose labels it splits.
+        bounds: ``(row0, row1, col0, col1)`` of the window holding the regions.
+        mask: Boolean mask over that window, True on held-out pixels.
+        regions: Number of held-out regions.
+    """
+
+    stage: str
+    bounds: tuple[int, int, int, int]
+    mask: np.ndarray
+    regions: int
+
+    def apply(self, labels: xr.DataArray, part: Part) -> xr.DataArray:
+        """The labels of ``part``: the held-out pixels only (``"val"``) or all but them."""
+        r0, r1, c0, c1 = self.bounds
+        h, w = labels.shape
+        held = da.pad(da.from_array(self.mask), ((r0, h - r1), (c0, w - c1)))
+        keep = held if part == "val" else ~held
+        return labels.where(xr.DataArray(keep, dims=labels.dims), IGNORE_ID)
+
+
+@dataclass(frozen=True, slots=True)
+class StagePlan:
+    """What one stage samples.
+
+    Attributes:
+        stage: ``"pretrain"`` or ``"finetune"``.
+        min_labelled: Least labelled, valid share of a chip.
+        train_chips: Training chips to sample.
+        val_chips: Validation chips to sample.
+        labelled_pixels: Labelled pixels of the stage's labels.
+        train_regions: Labelled regions in training blocks (or not held out).
+        val_regions: Labelled regions in validation blocks (or held out).
+        val_note: Why the stage has no validation, if so.
+    """
+
+    stage: str
+    min_labelled: float
+    train_chips: int
+    val_chips: int
+    labelled_pixels: int
+    train_regions: int
+    val_regions: int
+    val_note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingPlan:
+    """Chip size, blocks, split and per-stage chip counts of a training run.
+
+    Attributes:
+        chip_size: Chip side in pixels.
+        block_size: Least block side of the split.
+        split: The train/validation block split.
+        stages: One plan per stage, in training order.
+        holdout: Regions held out for validation when blocks cannot split the labels.
+        derived: Names of the `TrainConfig` fields derived from the labels.
+        why: One sentence per decision.
+    """
+
+    chip_size: int
+    block_size: int
+    split: BlockSplit
+    stages: tuple[StagePlan, ...]
+    holdout: RegionHoldout | None
+    derived: tuple[str, ...]
+    why: tuple[str, ...]
+
+    def stage(self, name: str) -> StagePlan:
+        """The plan of stage ``name``."""
+        return next(s for s in self.stages if s.stage == name)
+
+    def source(self, stage: str, labels: xr.DataArray, part: Part) -> tuple[xr.DataArray, Part]:
+        """The labels and block part that ``stage``'s chips of ``part`` are drawn from."""
+        h = self.holdout
+        if h is None:
+            return labels, part
+        if part == "val":  # the held-out regions lie in a training block
+            return (h.apply(labels, "val"), "train") if stage == h.stage else (labels, "val")
+        return h.apply(labels, "train"), "train"  # no stage trains on held-out pixels
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready record for the model card."""
+        return {
+            "chip_size": self.chip_size,
+            "block_size": self.block_size,
+            "split": "regions" if self.holdout else "blocks",
+            "blocks": len(self.split.blocks("all")),
+            "val_blocks": len(self.split.val_blocks),
+            "stages": {
+                s.stage: {k: getattr(s, k) for k in StagePlan.__dataclass_fields__}
+                for s in self.stages
+            },
+            "derived": list(self.derived),
+            "why": list(self.why),
+        }
+
+
+def plan_sampling(labels: Mapping[str, xr.DataArray], config: TrainConfig) -> SamplingPlan:
+    """Decide chip size, blocks, split and chip counts from each stage's labels.
+
+    Args:
+        labels: ``(y, x)`` labels per stage, in training order (the last one's
+            validation gives the model's quality figure).
+        config: Training options; its None fields are derived.
+
+    Returns:
+        The plan.
+
+    Raises:
+        InvalidParameterError: If an explicit size cannot fit the scene or its labels.
+        NoOverlapError: If a stage's labels hold no labelled pixel.
+    """
+    stages = list(labels)
+    shape = (int(labels[stages[0]].shape[0]), int(labels[stages[0]].shape[1]))
+    sizes = _chip_candidates(shape, config)
+    surveys = {s: survey_labels(lab, sizes, seed=config.seed) for s, lab in labels.items()}
+    for stage, survey in surveys.items():
+        if survey.labelled == 0:
+            raise NoOverlapError(
+                f"the {stage} labels hold no labelled pixel (all 255) on the cube's grid: "
+                "check that the labels overlap the cube and were rasterized onto it"
+            )
+    chip, block, why = _choose_sizes(shape, surveys, labels, config, sizes)
+    split, holdout, split_why = _split(shape, surveys, labels, config, block)
+    plans = tuple(
+        _stage_plan(s, surveys[s], labels[s], chip, split, holdout, config) for s in stages
+    )
+    derived = tuple(
+        f
+        for f in ("chip_size", "block_size", "min_labelled", "train_chips", "val_chips")
+        if getattr(config, f) is None
+    )
+    plan = SamplingPlan(chip, block, split, plans, holdout, derived, (*why, *split_why))
+    for line in plan.why:
+        logger.info("sampling plan: %s", line)
+    return plan
+
+
+def _chip_candidates(shape: tuple[int, int], config: TrainConfig) -> list[int]:
+    side, factor = min(shape), 2**config.depth
+    if config.chip_size is not None:
+        if config.chip_size > side:
+            raise InvalidParameterError(
+                f"chip_size {config.chip_size} does not fit the {shape[0]}x{shape[1]} px "
+                f"scene: lower --chip-size to at most {side} (or leave it out to derive it)"
+            )
+        return [config.chip_size]
+    upper = config.block_size or side
+    sizes = [c for c in CHIP_SIZES if c % factor == 0 and c <= min(side, upper)]
+    if not sizes:
+        raise InvalidParameterError(
+            f"the {shape[0]}x{shape[1]} px scene (or --block-size {config.block_size}) holds "
+            f"none of the chip sizes {CHIP_SIZES} divisible by 2**depth = {factor}: "
+            "set --chip-size and --depth, or train on a larger scene"
+        )
+    return sizes
+
+
+def _labelled_blocks(survey: LabelSurvey, labels: xr.DataArray, block: int) -> set[tuple[int, int]]:
+    if block % CELL == 0:
+        return survey.blocks(block)
+    split = BlockSplit(survey.shape, block, frozenset())  # an odd explicit size: read
+    out = set()
+    for b in split.blocks("all"):
+        r0, r1, c0, c1 = split.bounds(b)
+        if (np.asarray(labels.isel(y=slice(r0, r1), x=slice(c0, c1)).values) != IGNORE_ID).any():
+            out.add(b)
+    return out
+
+
+def _choose_sizes(
+    shape: tuple[int, int],
+    surveys: Mapping[str, LabelSurvey],
+    labels: Mapping[str, xr.DataArray],
+    config: TrainConfig,
+    sizes: list[int],
+) -> tuple[int, int, list[str]]:
+    """Chip and block size, and why."""
+    final = list(surveys)[-1]
+    counted: dict[tuple[str, int], int] = {}
+
+    def blocks(stage: str, block: int) -> int:
+        if (stage, block) not in counted:
+            counted[stage, block] = len(_labelled_blocks(surveys[stage], labels[stage], block))
+        return counted[stage, block]
+
+    def block_for(chip: int) -> int:
+        if config.block_size is not None:
+            if config.block_size < chip:
+                raise InvalidParameterError(
+                    f"block_size {config.block_size} is smaller than the {chip} px chip: "
+                    f"raise --block-size to at least {chip} or lower --chip-size"
+                )
+            return config.block_size
+        dense = all(blocks(s, 2 * chip) >= DENSE_BLOCKS for s in surveys)
+        return 2 * chip if dense else chip
+
+    for chip in sizes:
+        block = block_for(chip)
+        n_final = blocks(final, block)
+        share = min(s.share(chip, 0.5) for s in surveys.values())
+        split_ok = config.val_fraction == 0 or n_final >= 2
+        if config.chip_size is not None or (split_ok and share >= SHARE_FLOOR):
+            break
+    why = [
+        f"chip_size {chip}: "
+        + (
+            "given"
+            if config.chip_size is not None
+            else f"largest of {tuple(sizes)} with chips centred on labelled regions "
+            f">= {SHARE_FLOOR:.0%} labelled (median {share:.1%}) and the {final} labels "
+            f"in 2+ blocks ({n_final}), else the smallest"
+        ),
+        f"block_size {block}: "
+        + (
+            "given"
+            if config.block_size is not None
+            else f"twice the chip if every stage's labels then lie in {DENSE_BLOCKS}+ "
+            "blocks, else the chip size"
+        ),
+    ]
+    return chip, block, why
+
+
+def _split(
+    shape: tuple[int, int],
+    surveys: Mapping[str, LabelSurvey],
+    labels: Mapping[str, xr.DataArray],
+    config: TrainConfig,
+    block: int,
+) -> tuple[BlockSplit, RegionHoldout | None, list[str]]:
+    """The block split among labelled blocks, and a region holdout where it cannot split."""
+    stages = list(surveys)[::-1]  # the last stage's blocks first
+    groups: list[set[tuple[int, int]]] = []
+    for stage in stages:
+        seen = set().union(*groups)
+        groups.append(_labelled_blocks(surveys[stage], labels[stage], block) - seen)
+    split = split_blocks(
+        shape, block_size=block, val_fraction=config.val_fraction, seed=config.seed, groups=groups
+    )
+    counts = ", ".join(f"{s}: {len(g)}" for s, g in zip(stages, groups, strict=True))
+    why = [
+        f"split: {len(split.val_blocks)} validation blocks drawn ({config.val_fraction:.0%}) "
+        f"among the blocks holding labels ({counts})"
+    ]
+    final = stages[0]
+    if config.val_fraction == 0 or len(groups[0]) != 1 or surveys[final].regions < 2:
+        return split, None, why
+    holdout = _hold_out_regions(final, labels[final], split, next(iter(groups[0])), config)
+    if holdout is not None:
+        why.append(
+            f"split: the {final} labels lie in one {block} px block; {holdout.regions} of "
+            "its regions are held out for validation (their pixels masked for training)"
+        )
+    return split, holdout, why
+
+
+def _hold_out_regions(
+    stage: str, labels: xr.DataArray, split: BlockSplit, block: tuple[int, int], config: TrainConfig
+) -> RegionHoldout | None:
+    bounds = split.bounds(block)
+    r0, r1, c0, c1 = bounds
+    lab = np.asarray(labels.isel(y=slice(r0, r1), x=slice(c0, c1)).values)
+    comps: list[tuple[np.ndarray, int]] = []
+    for k in np.unique(lab[lab != IGNORE_ID]):
+        comp, n = ndimage.label(lab == k)
+        comps.extend((comp, i) for i in range(1, n + 1))
+    if len(comps) < 2:
+        return None
+    n_val = min(max(round(config.val_fraction * len(comps)), 1), len(comps) - 1)
+    rng = np.random.default_rng(config.seed)
+    mask = np.zeros(lab.shape, bool)
+    for j in rng.permutation(len(comps))[:n_val]:
+        comp, i = comps[j]
+        mask |= comp == i
+    return RegionHoldout(stage, bounds, mask, n_val)
+
+
+def _stage_plan(
+    stage: str,
+    survey: LabelSurvey,
+    labels: xr.DataArray,
+    chip: int,
+    split: BlockSplit,
+    holdout: RegionHoldout | None,
+    config: TrainConfig,
+) -> StagePlan:
+    rows, cols = split.grid
+    pix = survey.region_pixel
+    by = np.minimum(pix[:, 0] // split.block_size, rows - 1)
+    bx = np.minimum(pix[:, 1] // split.block_size, cols - 1)
+    in_val = np.array([(int(r), int(c)) in split.val_blocks for r, c in zip(by, bx, strict=True)])
+    n_val = int(in_val.sum())
+    if holdout is not None and holdout.stage == stage:
+        n_val = holdout.regions
+    n_train = max(survey.regions - n_val, 0)
+    note = None
+    if config.val_fraction == 0:
+        note = "validation disabled (--val-fraction 0)"
+    elif n_val == 0:
+        note = (
+            f"the {stage} labels have no region in a validation block ({survey.regions} "
+            f"region(s) in {len(_labelled_blocks(survey, labels, split.block_size))} "
+            f"block(s) of {split.block_size} px): draw more polygons, or lower --block-size "
+            "/ --chip-size"
+        )
+    if config.min_labelled is not None:
+        min_labelled = config.min_labelled
+    else:
+        share = 0.5 * survey.share(chip, 0.1)
+        min_labelled = _two_digits_down(max(min(share, DENSE_MIN_LABELLED), 1 / chip**2))
+    train_chips = config.train_chips or int(np.clip(4 * n_train, 32, 128))
+    if config.val_chips is not None:
+        val_chips = config.val_chips if note is None else 0
+    else:
+        val_chips = 0 if note else int(np.clip(4 * n_val, 8, 32))
+    return StagePlan(
+        stage, min_labelled, train_chips, val_chips, survey.labelled, n_train, n_val, note
+    )
+
+
+def _two_digits_down(value: float) -> float:
+    """``value`` rounded down to two significant digits (a readable threshold that no
+    chip meeting ``value`` fails)."""
+    unit = 10.0 ** (math.floor(math.log10(value)) - 1)
+    return round(math.floor(value / unit + 1e-9) * unit, 12)
