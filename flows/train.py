@@ -165,7 +165,8 @@ def train_flow(
         key="train-report",
         markdown=(
             f"# Model {card['name']} {card['version']}\n\n"
-            f"- validation mIoU: {metrics.get('val_miou')}\n"
+            f"- validation mIoU: {metrics.get('val_miou')} ({metrics.get('val_note')})\n"
+            f"- sampling: {_describe_sampling(card.get('sampling') or {})}\n"
             f"- chips (train, val) per stage: {metrics.get('chips')}\n"
             f"- parameters: {card['parameters']}, GFLOP/Mpx: "
             f"{card['flops_per_pixel'] / 1e3:.1f}\n"
@@ -177,3 +178,9 @@ def train_flow(
         "model": card,
         "registered": registered,
     }
+
+
+def _describe_sampling(sampling: dict[str, Any]) -> str:
+    """One line of the sampling plan a run chose (chip and block size, labelled share)."""
+    keys = ("chip_size", "block_size", "split")
+    return ", ".join(f"{k.replace('_', ' ')} {sampling[k]}" for k in keys if k in sampling)
