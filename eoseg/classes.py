@@ -175,7 +175,10 @@ class ClassSchema:
         ids = [c.id for c in self.classes]
         if ids != list(range(len(ids))):
             raise InvalidParameterError(
-                f"class ids must be 0..{len(ids) - 1} in order; found {ids}: renumber the schema"
+                f"class ids must be 0..{len(ids) - 1} in order (they index the model's "
+                f"outputs); found {ids}: renumber the schema, and translate the codes your "
+                "labels carry with a code map, e.g. rasterize/evaluate --class-map "
+                "'8=artificial surface,2=forest' (codes to the schema's class names)"
             )
         names = [c.name for c in self.classes]
         if len(set(names)) != len(names):
