@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,6 +48,46 @@ def labels_path(demo_data, cube_path: Path) -> Path:  # type: ignore[no-untyped-
     out = cube_path.parent / "labels.zarr"
     rasterize_labels(demo_data.noisy_labels, cube_path, out)
     return out
+
+
+def write_geotiff(
+    path: Path,
+    data: Any,
+    *,
+    crs: str = "EPSG:32632",
+    origin: tuple[float, float] = (500000.0, 5300000.0),
+    res: float = 10.0,
+    transform: Any = None,
+    nodata: float | None = None,
+    descriptions: tuple[str, ...] | None = None,
+) -> Path:
+    """Write ``data`` (``(y, x)`` or ``(band, y, x)``) as a GeoTIFF; returns ``path``.
+
+    Its top-left corner is ``origin`` with square ``res`` pixels, unless ``transform`` is
+    given.
+    """
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    bands = np.asarray(data)
+    bands = bands[None] if bands.ndim == 2 else bands
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=bands.shape[2],
+        height=bands.shape[1],
+        count=bands.shape[0],
+        dtype=bands.dtype,
+        crs=crs,
+        transform=transform if transform is not None else from_origin(*origin, res, res),
+        nodata=nodata,
+    ) as dst:
+        dst.write(bands)
+        if descriptions is not None:
+            dst.descriptions = descriptions
+    return path
 
 
 def save_untrained_model(

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
-from rasterio.transform import from_origin
 from test_sensors import write_item  # the static STAC item writer of the sensor tests
 
 from eoseg.cube import ingest, open_cube
 from eoseg.errors import BandMismatchError
 from eoseg.landsat import SR_OFFSET, SR_SCALE
 from eoseg.sensors import detect_profile, get_profile, invalid_by_mask, same_band
+from tests.conftest import write_geotiff
 
 PRODUCT = "LC08_L2SP_042034_20200101_20200113_02_T1"
 SR = tuple(f"SR_B{i}" for i in range(1, 8))
@@ -33,20 +32,7 @@ QA_FLAGS = {  # bit set -> patch (rows, cols)
 
 
 def _tif(path: Path, data: np.ndarray, nodata: float | None = 0) -> Path:
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=data.shape[1],
-        height=data.shape[0],
-        count=1,
-        dtype=data.dtype,
-        crs="EPSG:32611",
-        transform=from_origin(*ORIGIN, 30.0, 30.0),
-        nodata=nodata,
-    ) as dst:
-        dst.write(data[None])
-    return path
+    return write_geotiff(path, data, crs="EPSG:32611", origin=ORIGIN, res=30.0, nodata=nodata)
 
 
 @pytest.fixture

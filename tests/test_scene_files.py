@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from rasterio.transform import from_origin
 
 from eoseg.catalog import scan_sources
 from eoseg.composite import COVERED
 from eoseg.cube import ingest, open_cube
 from eoseg.errors import BandMismatchError
 from eoseg.scene_files import group_band_files
+from tests.conftest import write_geotiff
 
 L8 = "LC08_L2SP_042034_20200101_20200113_02_T1"
 L7 = "LE07_L1TP_167064_20070321_20170105_01_T1"  # Collection 1: BQA mask
@@ -81,20 +81,7 @@ def test_landsat_names_give_mask_date_and_left_out_layers(tmp_path: Path) -> Non
 
 
 def _write(path: Path, data: np.ndarray, res: float) -> Path:
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=data.shape[1],
-        height=data.shape[0],
-        count=1,
-        dtype=data.dtype,
-        crs="EPSG:32632",
-        transform=from_origin(500000.0, 5300000.0, res, res),
-        nodata=0,
-    ) as dst:
-        dst.write(data[None])
-    return path
+    return write_geotiff(path, data, res=res, nodata=0)
 
 
 def _band_files(folder: Path) -> list[Path]:

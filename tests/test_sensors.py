@@ -12,12 +12,12 @@ import pytest
 import rasterio
 from odc.geo.geobox import GeoBox
 from pyproj import Transformer
-from rasterio.transform import from_origin
 from rasterio.warp import transform_bounds
 
 from eoseg.catalog import Scene, discover_scenes
 from eoseg.sensors import BitTest, detect_profile, get_profile, invalid_by_mask
 from eoseg.warp import read_scene
+from tests.conftest import write_geotiff
 
 SINU = "+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +R=6371007.181 +units=m +no_defs"
 MODIS_RES = 463.312716528
@@ -55,20 +55,7 @@ def write_tif(
     nodata: float | None = None,
 ) -> Path:
     """Write ``data`` (y, x) as a one-band GeoTIFF with its top-left corner at ``origin``."""
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=data.shape[1],
-        height=data.shape[0],
-        count=1,
-        dtype=data.dtype,
-        crs=crs,
-        transform=from_origin(*origin, res, res),
-        nodata=nodata,
-    ) as dst:
-        dst.write(data[None])
-    return path
+    return write_geotiff(path, data, crs=crs, origin=origin, res=res, nodata=nodata)
 
 
 def write_item(
