@@ -16,7 +16,7 @@ from eoseg.models import UNet, count_flops_per_pixel, load_model
 from eoseg.models.accel import resolve_accelerator
 from eoseg.predict import predict_window
 from eoseg.train import TrainConfig, train_model
-from eoseg.train.augment import augment, elastic_deform
+from eoseg.train.augment import augment, dihedral, elastic_deform
 from eoseg.train.config import configure, load_train_config
 
 
@@ -178,3 +178,13 @@ def test_finetune_chips_flag_rehearsed_and_replayed_chips() -> None:
     out, flags = finetune_chips(clean, noisy, 2, rehearse=True, share=0.5, seed=1)
     assert len(out) == len(flags) == 14  # 8 clean + 6 rehearsed, half replaced
     assert np.array_equal(flags, out.origins[:, 0] >= 100)
+
+
+def test_dihedral_turns_each_chip_on_its_own_and_labels_follow() -> None:
+    """Eight copies of one asymmetric chip come out in several orientations, each
+    label map moved exactly as its image."""
+    base = torch.arange(16, dtype=torch.float32).reshape(1, 1, 4, 4)
+    x, y = base.repeat(8, 1, 1, 1), base[:, 0].long().repeat(8, 1, 1)
+    xo, yo = dihedral(x, y, torch.Generator().manual_seed(1))
+    assert torch.equal(xo[:, 0].long(), yo)
+    assert len({tuple(c.flatten().tolist()) for c in xo}) > 2
