@@ -14,6 +14,7 @@ from eoseg.errors import InvalidParameterError, NoOverlapError
 from eoseg.sampling import sample_chips
 from eoseg.train import TrainConfig
 from eoseg.train.config import resolve_network
+from eoseg.train.normalise import cube_band_stats
 from eoseg.train.plan import EPOCH_RANGE, plan_sampling
 from eoseg.train.run import sample_training_chips
 from eoseg.train.survey import survey_labels
@@ -242,3 +243,21 @@ def test_cpu_defaults_give_a_small_network_and_chips_of_at_most_64_px() -> None:
     assert (plan.chip_size, plan.block_size) == (64, 128)
     with pytest.raises(InvalidParameterError, match="--chip-size"):
         resolve_network(TrainConfig(chip_size=40), "cuda")  # 40 is not a multiple of 16
+
+
+def test_normalisation_statistics_come_from_the_whole_cube() -> None:
+    """Labels on the left half only: the cube's statistics still see the right half
+    (mean of 0.1 and 0.5 bands is 0.3); a large cube is read through windows and
+    lands near the same figures; a band without a valid pixel gives None."""
+    lab = np.full((100, 100), IGNORE_ID, np.uint8)
+    lab[40:60, 10:30] = 0
+    cube = cube_for(lab)
+    cube["data"][:] = np.where(np.arange(100) < 50, 0.1, 0.5)[None, None, None, :]
+    mean, std = cube_band_stats(cube, tuple(BANDS), "median")
+    assert np.allclose(mean, 0.3) and np.allclose(std, 0.2, atol=1e-6)
+    big = cube_for(np.zeros((600, 600), np.uint8))
+    big["data"][:] = np.where(np.arange(600) < 300, 0.1, 0.5)[None, None, None, :]
+    big_mean, big_std = cube_band_stats(big, ("B04", "B02"), "median", seed=3)
+    assert len(big_mean) == 2 and abs(big_mean[0] - 0.3) < 0.1 and big_std[1] > 0.1
+    cube["data"].loc[{"band": "B08"}] = np.nan
+    assert cube_band_stats(cube, tuple(BANDS), "median") is None

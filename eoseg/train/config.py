@@ -46,6 +46,8 @@ from eoseg.train.losses import (
 
 logger = logging.getLogger(__name__)
 
+NormStats = Literal["cube", "chips"]
+"""Where the input normalisation statistics are measured (`eoseg.train.normalise`)."""
 NormMode = Literal["frozen", "train"]
 
 
@@ -171,6 +173,9 @@ class TrainConfig:
             mIoU (when it has validation chips), not those of its last epoch.
         patience: Stop a stage after this many epochs without a better validation
             mIoU (None: run every epoch).
+        norm_stats: Where the per-band normalisation statistics are measured:
+            ``"cube"`` (the model input over the whole scene, `eoseg.train.normalise`)
+            or ``"chips"`` (the pretraining chips only).
     """
 
     epochs: int | None = None
@@ -210,6 +215,7 @@ class TrainConfig:
     finetune_noisy_loss: LossKind = "gce"
     keep_best: bool = True
     patience: int | None = None
+    norm_stats: NormStats = "cube"
 
     def __post_init__(self) -> None:
         factor = 2 ** (self.depth or 0)
@@ -233,6 +239,7 @@ class TrainConfig:
             ("finetune_norm", ("frozen", "train")),
             ("finetune_noisy_loss", ("ce", "gce", "bootstrap")),
             ("time", (None, *TIME_MODES)),
+            ("norm_stats", ("cube", "chips")),
         ):
             _check(self, name, allowed.__contains__, f"one of {allowed}")
         _check(self, "jitter", lambda v: v >= 0, ">= 0")

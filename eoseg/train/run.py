@@ -9,7 +9,9 @@ none).
 
 The model input (`eoseg.model_input`) is the per-pixel temporal median of valid
 observations, or, for a ``--by-date`` cube, each date on its own (``TrainConfig.time``),
-normalised with per-band statistics of the training chips (`eoseg.models.normalize`).
+normalised with per-band statistics of the model input over the cube
+(`eoseg.train.normalise`; ``norm_stats="chips"``: of the training chips), applied by
+`eoseg.models.normalize`.
 Pretraining uses ``noisy_loss`` (cross-entropy, generalized
 cross-entropy or bootstrapping), fine-tuning cross-entropy on clean chips; both add a soft
 Jaccard loss and ignore 255 (`eoseg.train.losses`). The fine-tuning chips are those of
@@ -47,6 +49,7 @@ from eoseg.train.checkpoint import (
 from eoseg.train.config import TrainConfig, device_defaults, resolve_network, stage_spec
 from eoseg.train.finetune import finetune_chips, rehearse_missing, replay_noisy
 from eoseg.train.loop import History, evaluate, fit_stage
+from eoseg.train.normalise import cube_band_stats
 from eoseg.train.plan import SamplingPlan, plan_sampling
 
 __all__ = [
@@ -182,6 +185,8 @@ def _train(
     )
     pre_train = sets["pretrain"][0]
     mean, std = _band_stats(pre_train)
+    if config.norm_stats == "cube":
+        mean, std = cube_band_stats(cube, pre_train.bands, time, config.seed) or (mean, std)
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     assert config.base_width is not None and config.depth is not None  # resolve_network
