@@ -261,3 +261,16 @@ def test_normalisation_statistics_come_from_the_whole_cube() -> None:
     assert len(big_mean) == 2 and abs(big_mean[0] - 0.3) < 0.1 and big_std[1] > 0.1
     cube["data"].loc[{"band": "B08"}] = np.nan
     assert cube_band_stats(cube, tuple(BANDS), "median") is None
+
+
+def test_no_validation_samples_training_chips_only() -> None:
+    """--val-fraction 0 with derived sizes: training chips are drawn, no validation
+    chip is asked of a block (this used to fail with "no 'val' block ... can hold")."""
+    lab = squares(100, 3)
+    config = TrainConfig(val_fraction=0)
+    plan = plan_sampling({"pretrain": labels_of(lab)}, config)
+    sets, _ = sample_training_chips(cube_for(lab), {"pretrain": labels_of(lab)}, plan, config,
+                                    generic_schema(4))  # fmt: skip
+    train, val = sets["pretrain"]
+    assert len(train) == plan.stage("pretrain").train_chips and len(val) == 0
+    assert plan.stage("pretrain").val_note == "validation disabled (--val-fraction 0)"
