@@ -227,6 +227,7 @@ def figures(steps: list[Step]) -> dict[str, Any]:
             "train_seconds": round(by_step["train"].seconds, 1),
             "options": by_step["train"].attempt,
             "card_val_miou": card.get("val_miou") if isinstance(card, dict) else None,
+            "defaults": chosen_defaults(card),
             "iou": {c["name"]: c["iou"] for c in evaluated["classes"]},
         },
         "forest": {
@@ -239,6 +240,23 @@ def figures(steps: list[Step]) -> dict[str, Any]:
         "heldout_pixels": evaluated["n_pixels"],
         # The same scoring twice: evaluate's figures and the baseline's eoseg row agree.
         "baseline_eoseg_miou": baseline["eoseg"]["miou"],
+    }
+
+
+def chosen_defaults(card: Any) -> dict[str, Any]:
+    """Chip and block size, chips, epochs (derived and run) and network of a train step's
+    card, from its ``sampling`` record."""
+    if not isinstance(card, dict) or "sampling" not in card:
+        return {}
+    sampling, arch = card["sampling"], card.get("architecture", {})
+    stage = sampling["stages"]["pretrain"]
+    return {
+        "chip_size": sampling["chip_size"],
+        "block_size": sampling["block_size"],
+        "train_chips": stage["train_chips"],
+        "epochs": stage.get("epochs"),
+        "network": f"{arch.get('base_width')}/{arch.get('depth')}",
+        "derived": sampling["derived"],
     }
 
 
@@ -269,6 +287,7 @@ def report(runs: list[Run]) -> str:
             f"  held-out pixels {f['heldout_pixels']}, model card val_miou "
             f"{f['unet']['card_val_miou']}"
         )
+        lines.append(f"  U-Net defaults: {f['unet']['defaults']}")
     return "\n".join(lines)
 
 

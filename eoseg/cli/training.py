@@ -203,6 +203,8 @@ def train(
             "parameters": card.parameters,
             "flops_per_pixel": card.flops_per_pixel,
             "chip_size": card.chip_size,
+            "architecture": card.architecture,
+            "sampling": card.sampling,
             "val_miou": card.metrics.get("val_miou"),
             "val_note": card.metrics.get("val_note"),
         }
