@@ -3,8 +3,8 @@
 The network and the largest chip follow the device the run trains on
 (`DEVICE_DEFAULTS`, the one place they are set): on a GPU a U-Net of base width 32 and
 depth 4 (about 370 GFLOP per megapixel) on chips of up to 256 px; on a CPU a 16/3 U-Net
-(about 16 times cheaper per pixel) on chips of up to 64 px, which trains the real samples
-in minutes on two cores and, there, beats a random forest. The sampling options left at
+(71 GFLOP per megapixel) on chips of up to 64 px, which trains the real samples in a
+minute or two on two cores (benchmarks/README.md). The sampling options left at
 None (chip size, block size, labelled share, chip counts, epochs) are derived from the
 labels by `eoseg.train.plan`: large chips for labels that cover the scene, smaller ones,
 fewer chips, more epochs and a lower labelled share for a few small polygons.
