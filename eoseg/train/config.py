@@ -322,7 +322,9 @@ def stage_spec(
     )
     return StageSpec(
         stage=stage,
-        epochs=(config.epochs or epochs or 0) if pre else config.finetune_epochs,
+        epochs=(config.epochs if config.epochs is not None else epochs or 0)
+        if pre
+        else config.finetune_epochs,
         lr=config.lr if pre else config.finetune_lr,
         freeze_epochs=0 if pre else config.freeze_encoder_epochs,
         loss=loss,
