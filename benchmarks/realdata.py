@@ -2,13 +2,17 @@
 
 For each sample in ``../shared/data/real`` that carries land-cover labels, runs ``eoseg
 ingest``, ``rasterize``, ``train``, ``predict`` and ``evaluate`` with default options
-first; a step that fails is retried with the fewest explicit options that make it run
-(smaller chips and U-Net, then ``min_labelled = 0`` from a ``--config`` file), and each
-failure is recorded with its message. Then `benchmarks/baseline.py` trains a per-pixel
+(no size flags: chip size, blocks, chip counts and network follow from the labels and
+the device). Should default training fail, it is retried with the fewest explicit options
+that make it run (smaller chips and U-Net, then ``min_labelled = 0`` from a ``--config``
+file; the ladder the samples needed before the defaults derived from the labels), and
+each failure is recorded with its message. Then `benchmarks/baseline.py` trains a per-pixel
 random forest on the same cube and labels and scores both maps on the same held-out truth.
 
-* ``eolearn_slovenia``: three dates (ingested as given: one composite), 35 polygons;
-  held-out truth = ``lulc.tif`` with every pixel a training polygon touches masked.
+* ``eolearn_slovenia``: three dates ingested with ``--composite median`` into one
+  median composite (101x100 px on ``lulc.tif``'s grid); the forest reads the same
+  median. 35 polygons; held-out truth = ``lulc.tif`` with every pixel a training
+  polygon touches masked.
 * ``amazon_s2_l2a``: 25 polygons on an EPSG:4326 grid, split per class (seeded) into
   ~2/3 training and ~1/3 held-out polygons.
 * ``spacenet_atlanta``: buildings, west 2/3 of the image trained, east 1/3 held out (as
@@ -141,7 +145,10 @@ def run_sample(name: str, prepared: Prepared, work: Path, args: argparse.Namespa
     codes = ["--class-map", str(prepared.class_map)] if prepared.class_map else []
     vector = prepared.train_labels.suffix in {".gpkg", ".geojson", ".shp", ".parquet"}
     plan = [
-        ("ingest", ["ingest", *map(str, prepared.sources), "--out", str(cube)]),
+        (
+            "ingest",
+            ["ingest", *map(str, prepared.sources), *prepared.ingest_options, "--out", str(cube)],
+        ),
         (
             "rasterize",
             [
@@ -220,6 +227,7 @@ def figures(steps: list[Step]) -> dict[str, Any]:
             "train_seconds": round(by_step["train"].seconds, 1),
             "options": by_step["train"].attempt,
             "card_val_miou": card.get("val_miou") if isinstance(card, dict) else None,
+            "defaults": chosen_defaults(card),
             "iou": {c["name"]: c["iou"] for c in evaluated["classes"]},
         },
         "forest": {
@@ -232,6 +240,23 @@ def figures(steps: list[Step]) -> dict[str, Any]:
         "heldout_pixels": evaluated["n_pixels"],
         # The same scoring twice: evaluate's figures and the baseline's eoseg row agree.
         "baseline_eoseg_miou": baseline["eoseg"]["miou"],
+    }
+
+
+def chosen_defaults(card: Any) -> dict[str, Any]:
+    """Chip and block size, chips, epochs (derived and run) and network of a train step's
+    card, from its ``sampling`` record."""
+    if not isinstance(card, dict) or "sampling" not in card:
+        return {}
+    sampling, arch = card["sampling"], card.get("architecture", {})
+    stage = sampling["stages"]["pretrain"]
+    return {
+        "chip_size": sampling["chip_size"],
+        "block_size": sampling["block_size"],
+        "train_chips": stage["train_chips"],
+        "epochs": stage.get("epochs"),
+        "network": f"{arch.get('base_width')}/{arch.get('depth')}",
+        "derived": sampling["derived"],
     }
 
 
@@ -262,6 +287,7 @@ def report(runs: list[Run]) -> str:
             f"  held-out pixels {f['heldout_pixels']}, model card val_miou "
             f"{f['unet']['card_val_miou']}"
         )
+        lines.append(f"  U-Net defaults: {f['unet']['defaults']}")
     return "\n".join(lines)
 
 
@@ -284,7 +310,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="SAMPLE",
-        help="do not try default training on this sample (GPU-sized: hours on a CPU)",
+        help="do not try default training on this sample (start at the ladder's explicit sizes)",
     )
     parser.add_argument("--json", action="store_true", help="also print all steps as JSON")
     args = parser.parse_args()

@@ -31,6 +31,7 @@ class Prepared:
     truth: Path
     classes: Path
     class_map: Path | None = None
+    ingest_options: tuple[str, ...] = ()  # extra `eoseg ingest` options
     notes: tuple[str, ...] = ()
     probes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # extra commands whose outcome we note
 
@@ -92,6 +93,8 @@ def prepare_slovenia(data: Path, work: Path, seed: int) -> Prepared:
         truth=work / "heldout.tif",
         classes=classes,
         class_map=codes,
+        # One median composite of the three dates (the forest reads the median too).
+        ingest_options=("--composite", "median"),
         notes=(f"held-out truth: {int((truth != IGNORE).sum())} px of lulc.tif",),
         probes=(("ingest --by-date", by_date), ("rasterize, classes.json ids as given", naive)),
     )

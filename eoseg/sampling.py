@@ -305,6 +305,8 @@ def sample_chips(
     if count < 0:
         raise InvalidParameterError(f"count must be >= 0; got {count}")
     band_index, band_names = _band_index(cube, bands)
+    if count == 0:  # e.g. no validation (--val-fraction 0): no block needs to hold a chip
+        return _empty(len(band_names), chip_size, band_names)
     # Default: no validation, blocks of >= 1024 px so labels are read in bounded pieces.
     split = split or BlockSplit((height, width), max(4 * chip_size, 1024), frozenset())
     blocks = [

@@ -18,6 +18,7 @@ import xarray as xr
 
 from eoseg.classes import DEMO_CLASSES, IGNORE_ID
 from eoseg.cube import ingest, open_cube
+from eoseg.errors import InvalidParameterError
 from eoseg.labels import open_labels, rasterize_labels
 from eoseg.metrics import evaluate
 from eoseg.predict import open_classmap, predict
@@ -60,9 +61,9 @@ def compare_trainings(
     Args:
         workdir: Folder for the data, cube, labels, models and class maps.
         spec: The landscape; ``clean_fraction`` sets the clean box.
-        config: Options of the pretrain + fine-tune model; the other two train for
-            ``epochs + finetune_epochs`` epochs on one set of labels (clean-only with
-            cross-entropy).
+        config: Options of the pretrain + fine-tune model, with ``epochs`` given; the
+            other two train for ``epochs + finetune_epochs`` epochs on one set of labels
+            (clean-only with cross-entropy).
         tile_size: Tile size of the cube.
 
     Returns:
@@ -83,6 +84,11 @@ def compare_trainings(
         rasterize_labels(source, cube_path, stores[kind], overwrite=True)
     outside = _outside_clean_box(stores["truth"], stores["clean"])
     cube = open_cube(cube_path)
+    if config.epochs is None:
+        raise InvalidParameterError(
+            "compare_trainings needs explicit epochs (the same budget for every training): "
+            "set TrainConfig.epochs"
+        )
     total = config.epochs + config.finetune_epochs
     one_stage = replace(config, epochs=total, finetune_epochs=0)
     runs = {

@@ -13,7 +13,9 @@ from eoseg.classes import IGNORE_ID, generic_schema
 from eoseg.errors import InvalidParameterError, NoOverlapError
 from eoseg.sampling import sample_chips
 from eoseg.train import TrainConfig
-from eoseg.train.plan import plan_sampling
+from eoseg.train.config import resolve_network
+from eoseg.train.normalise import cube_band_stats
+from eoseg.train.plan import EPOCH_RANGE, plan_sampling
 from eoseg.train.run import sample_training_chips
 from eoseg.train.survey import survey_labels
 
@@ -73,7 +75,9 @@ def test_dense_labels_keep_the_former_defaults() -> None:
     assert len(plan.split.val_blocks) == 1 and plan.holdout is None
     record = plan.to_dict()
     assert record["derived"] == ["chip_size", "block_size", "min_labelled", "train_chips",
-                                 "val_chips"]  # fmt: skip
+                                 "val_chips", "epochs"]  # fmt: skip
+    # 128 chips are 16 steps of 8: about 300 steps are 19 epochs.
+    assert record["stages"]["pretrain"]["epochs"] == stage.epochs == 19
     assert any(line.startswith("chip_size 256") for line in record["why"])
 
 
@@ -214,3 +218,59 @@ def test_four_polygons_on_a_large_scene_train_with_an_explicit_chip() -> None:
     train, val = sets["pretrain"]
     assert len(train) == stage.train_chips == 32 and len(val) == stage.val_chips == 8
     assert len(np.unique(train.y[train.y != IGNORE_ID])) == 3  # the three training polygons
+
+
+def test_few_small_polygons_train_more_epochs_and_given_epochs_stay() -> None:
+    """32 chips of a few squares are 4 steps an epoch: the derived epochs reach the
+    most (60), where 10 epochs would stop after 40 steps; given epochs are kept."""
+    lab = labels_of(squares(400, 8))
+    derived = plan_sampling({"pretrain": lab}, TrainConfig()).stage("pretrain")
+    assert derived.train_chips == 32 and derived.epochs == EPOCH_RANGE[1] == 60
+    given = plan_sampling({"pretrain": lab}, TrainConfig(epochs=7))
+    assert given.stage("pretrain").epochs == 7 and "epochs" not in given.derived
+    assert any(line == "epochs 7: given" for line in given.why)
+
+
+def test_cpu_defaults_give_a_small_network_and_chips_of_at_most_64_px() -> None:
+    """On the CPU the defaults are a 16/3 U-Net and 64 px chips; on CUDA 32/4 and
+    256 px; explicit sizes win over either."""
+    cpu = resolve_network(TrainConfig(), "cpu")
+    gpu = resolve_network(TrainConfig(), "cuda")
+    assert (cpu.base_width, cpu.depth, gpu.base_width, gpu.depth) == (16, 3, 32, 4)
+    given = resolve_network(TrainConfig(base_width=8, depth=2), "cuda")
+    assert (given.base_width, given.depth) == (8, 2)
+    plan = plan_sampling({"pretrain": labels_of(dense(1024))}, cpu, max_chip=64)
+    assert (plan.chip_size, plan.block_size) == (64, 128)
+    with pytest.raises(InvalidParameterError, match="--chip-size"):
+        resolve_network(TrainConfig(chip_size=40), "cuda")  # 40 is not a multiple of 16
+
+
+def test_normalisation_statistics_come_from_the_whole_cube() -> None:
+    """Labels on the left half only: the cube's statistics still see the right half
+    (mean of 0.1 and 0.5 bands is 0.3); a large cube is read through windows and
+    lands near the same figures; a band without a valid pixel gives None."""
+    lab = np.full((100, 100), IGNORE_ID, np.uint8)
+    lab[40:60, 10:30] = 0
+    cube = cube_for(lab)
+    cube["data"][:] = np.where(np.arange(100) < 50, 0.1, 0.5)[None, None, None, :]
+    mean, std = cube_band_stats(cube, tuple(BANDS), "median")
+    assert np.allclose(mean, 0.3) and np.allclose(std, 0.2, atol=1e-6)
+    big = cube_for(np.zeros((600, 600), np.uint8))
+    big["data"][:] = np.where(np.arange(600) < 300, 0.1, 0.5)[None, None, None, :]
+    big_mean, big_std = cube_band_stats(big, ("B04", "B02"), "median", seed=3)
+    assert len(big_mean) == 2 and abs(big_mean[0] - 0.3) < 0.1 and big_std[1] > 0.1
+    cube["data"].loc[{"band": "B08"}] = np.nan
+    assert cube_band_stats(cube, tuple(BANDS), "median") is None
+
+
+def test_no_validation_samples_training_chips_only() -> None:
+    """--val-fraction 0 with derived sizes: training chips are drawn, no validation
+    chip is asked of a block (this used to fail with "no 'val' block ... can hold")."""
+    lab = squares(100, 3)
+    config = TrainConfig(val_fraction=0)
+    plan = plan_sampling({"pretrain": labels_of(lab)}, config)
+    sets, _ = sample_training_chips(cube_for(lab), {"pretrain": labels_of(lab)}, plan, config,
+                                    generic_schema(4))  # fmt: skip
+    train, val = sets["pretrain"]
+    assert len(train) == plan.stage("pretrain").train_chips and len(val) == 0
+    assert plan.stage("pretrain").val_note == "validation disabled (--val-fraction 0)"

@@ -16,19 +16,25 @@ from eoseg.models import UNet, count_flops_per_pixel, load_model
 from eoseg.models.accel import resolve_accelerator
 from eoseg.predict import predict_window
 from eoseg.train import TrainConfig, train_model
-from eoseg.train.augment import augment, elastic_deform
-from eoseg.train.config import configure, load_train_config
+from eoseg.train.augment import augment, dihedral, elastic_deform
+from eoseg.train.config import configure, load_train_config, resolve_network
 
 
 def test_defaults_follow_the_design() -> None:
-    """A 32-wide, 4-deep U-Net (about 370 GFLOP per megapixel); the sampling sizes are
-    derived from the labels (`eoseg.train.plan`)."""
+    """On a GPU a 32-wide, 4-deep U-Net (about 370 GFLOP per megapixel), on a CPU a
+    16/3 one (about 71 GFLOP per megapixel); sampling sizes and epochs are derived from the
+    labels (`eoseg.train.plan`)."""
     config = TrainConfig()
-    assert (config.base_width, config.depth) == (32, 4)
+    assert config.base_width is config.depth is config.epochs is None
     assert config.chip_size is config.block_size is config.min_labelled is None
     assert config.train_chips is config.val_chips is None and config.keep_best
-    model = UNet(4, 6, config.base_width, config.depth)
+    gpu, cpu = resolve_network(config, "cuda"), resolve_network(config, "cpu")
+    assert (gpu.base_width, gpu.depth) == (32, 4)
+    model = UNet(4, 6, gpu.base_width, gpu.depth)
     assert count_flops_per_pixel(model, 4, 64) / 1e3 == pytest.approx(370, rel=0.02)
+    small = UNet(4, 6, cpu.base_width, cpu.depth)
+    assert count_flops_per_pixel(small, 4, 64) / 1e3 == pytest.approx(71, rel=0.03)
+    assert config.norm_stats == "cube"
     assert config.precision == "auto" and config.elastic == 0.0
 
 
@@ -73,7 +79,8 @@ def test_options_file_and_overrides(tmp_path: Path) -> None:
     config = load_train_config(path)
     assert (config.epochs, config.bands, config.noisy_loss) == (20, ("B04", "B08"), "gce")
     assert configure(config, epochs=3, depth=None).epochs == 3
-    assert configure(config, depth=None).depth == 4  # None keeps the base value
+    assert configure(config, depth=5).depth == 5
+    assert configure(configure(config, depth=5), depth=None).depth == 5  # None keeps it
     path.write_text("lr = 0.01\nelastic = 2.5\n")  # a plain file without a table works too
     assert (load_train_config(path).lr, load_train_config(path).elastic) == (0.01, 2.5)
     path.write_text("epoch = 3\n")
@@ -178,3 +185,13 @@ def test_finetune_chips_flag_rehearsed_and_replayed_chips() -> None:
     out, flags = finetune_chips(clean, noisy, 2, rehearse=True, share=0.5, seed=1)
     assert len(out) == len(flags) == 14  # 8 clean + 6 rehearsed, half replaced
     assert np.array_equal(flags, out.origins[:, 0] >= 100)
+
+
+def test_dihedral_turns_each_chip_on_its_own_and_labels_follow() -> None:
+    """Eight copies of one asymmetric chip come out in several orientations, each
+    label map moved exactly as its image."""
+    base = torch.arange(16, dtype=torch.float32).reshape(1, 1, 4, 4)
+    x, y = base.repeat(8, 1, 1, 1), base[:, 0].long().repeat(8, 1, 1)
+    xo, yo = dihedral(x, y, torch.Generator().manual_seed(1))
+    assert torch.equal(xo[:, 0].long(), yo)
+    assert len({tuple(c.flatten().tolist()) for c in xo}) > 2

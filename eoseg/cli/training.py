@@ -37,7 +37,12 @@ def train(
             "`lr = 0.003`); the options below override it.",
         ),
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Pretraining epochs [10].")] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="Pretraining epochs (default: derived, about 300 steps: 10 to 60 epochs)."
+        ),
+    ] = None,
     finetune_epochs: Annotated[int | None, typer.Option(help="Fine-tuning epochs [5].")] = None,
     finetune_lr: Annotated[
         float | None, typer.Option(help="Peak fine-tuning learning rate [0.003, as pretraining].")
@@ -78,12 +83,17 @@ def train(
         ),
     ] = None,
     num_threads: Annotated[
-        int | None, typer.Option(help="Torch CPU threads (default: all cores).")
+        int | None,
+        typer.Option(help="Torch CPU threads (default: OMP_NUM_THREADS if set, else all cores)."),
     ] = None,
     base_width: Annotated[
-        int | None, typer.Option(help="U-Net channels at full resolution [32].")
+        int | None,
+        typer.Option(help="U-Net channels at full resolution (default: 32 on a GPU, 16 on a CPU)."),
     ] = None,
-    depth: Annotated[int | None, typer.Option(help="U-Net downsampling steps [4].")] = None,
+    depth: Annotated[
+        int | None,
+        typer.Option(help="U-Net downsampling steps (default: 4 on a GPU, 3 on a CPU)."),
+    ] = None,
     train_chips: Annotated[
         int | None, typer.Option(help="Training chips per stage (default: derived; 32 to 128).")
     ] = None,
@@ -139,8 +149,10 @@ def train(
     Chip size, split blocks, labelled share and chip counts are derived from the labels
     unless given (a few small polygons get small chips; the model card's "sampling" says
     what was chosen and why). Each stage keeps its epoch of best validation mIoU.
-    Training resumes from its last epoch checkpoint if interrupted. The network defaults
-    suit a GPU; on a CPU try --base-width 16 --depth 3.
+    Training resumes from its last epoch checkpoint if interrupted. The network and the
+    largest chip follow the device: a 32/4 U-Net and chips up to 256 px on a GPU, a
+    16/3 U-Net and chips up to 64 px on a CPU (the card's "architecture" and "sampling"
+    record them).
     """
     from eoseg.train import train_from_stores
     from eoseg.train.config import configure, load_train_config, parse_settings
@@ -191,6 +203,8 @@ def train(
             "parameters": card.parameters,
             "flops_per_pixel": card.flops_per_pixel,
             "chip_size": card.chip_size,
+            "architecture": card.architecture,
+            "sampling": card.sampling,
             "val_miou": card.metrics.get("val_miou"),
             "val_note": card.metrics.get("val_note"),
         }

@@ -23,7 +23,7 @@ def augment(
     *,
     elastic: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random rotation by 90°, flip, per-chip, per-band gain ``1 ± jitter``, elastic warp.
+    """Per chip: a random rotation by 90° and flip, per-band gain ``1 ± jitter``; elastic warp.
 
     Args:
         x: ``(N, C, H, W)`` float chips.
@@ -36,16 +36,34 @@ def augment(
     Returns:
         The augmented ``(x, y)``; labels keep their dtype and values.
     """
-    k = int(torch.randint(0, 4, (1,), generator=gen))
-    x, y = torch.rot90(x, k, dims=(-2, -1)), torch.rot90(y, k, dims=(-2, -1))
-    if bool(torch.randint(0, 2, (1,), generator=gen)):
-        x, y = torch.flip(x, dims=(-1,)), torch.flip(y, dims=(-1,))
+    x, y = dihedral(x, y, gen)
     if jitter > 0:
         gain = 1.0 + (torch.rand(x.shape[0], x.shape[1], 1, 1, generator=gen) * 2 - 1) * jitter
         x = x * gain
     if elastic > 0:
         x, y = elastic_deform(x, y, elastic, gen)
     return x, y
+
+
+def dihedral(
+    x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each chip turned by its own random multiple of 90° and flipped or not.
+
+    One of the eight symmetries of the square per chip, not one per batch: a batch of a
+    few chips of a few small polygons then shows the network more orientations per step.
+    Labels move with their pixels, so the transform is label-safe.
+    """
+    turns = torch.randint(0, 4, (x.shape[0],), generator=gen).tolist()
+    flips = torch.randint(0, 2, (x.shape[0],), generator=gen).tolist()
+    xs, ys = [], []
+    for i, (k, f) in enumerate(zip(turns, flips, strict=True)):
+        xi, yi = torch.rot90(x[i], k, dims=(-2, -1)), torch.rot90(y[i], k, dims=(-2, -1))
+        if f:
+            xi, yi = torch.flip(xi, dims=(-1,)), torch.flip(yi, dims=(-1,))
+        xs.append(xi)
+        ys.append(yi)
+    return torch.stack(xs), torch.stack(ys)
 
 
 def elastic_deform(

@@ -1,11 +1,13 @@
 """Training options and what each stage (pretraining, fine-tuning) makes of them.
 
-The network defaults follow the design: a U-Net of base width 32 and depth 4 (about 370
-GFLOP per megapixel), sized for a GPU; on a CPU, pass smaller values (the demo trains 64 px
-chips on a 16/3 network, see ``flows.demo.DEMO_TRAINING``). The sampling options left at
-None (chip size, block size, labelled share, chip counts) are derived from the labels by
-`eoseg.train.plan`: 256 px chips for labels that cover the scene, smaller ones, fewer
-chips and a lower labelled share for a few small polygons.
+The network and the largest chip follow the device the run trains on
+(`DEVICE_DEFAULTS`, the one place they are set): on a GPU a U-Net of base width 32 and
+depth 4 (about 370 GFLOP per megapixel) on chips of up to 256 px; on a CPU a 16/3 U-Net
+(71 GFLOP per megapixel) on chips of up to 64 px, which trains the real samples in a
+minute or two on two cores (benchmarks/README.md). The sampling options left at
+None (chip size, block size, labelled share, chip counts, epochs) are derived from the
+labels by `eoseg.train.plan`: large chips for labels that cover the scene, smaller ones,
+fewer chips, more epochs and a lower labelled share for a few small polygons.
 
 Fine-tuning defaults suit a clean set that covers a small part of the area: it trains at
 the pretraining learning rate (the clean labels must move boundaries by a pixel or two and
@@ -44,7 +46,52 @@ from eoseg.train.losses import (
 
 logger = logging.getLogger(__name__)
 
+NormStats = Literal["cube", "chips"]
+"""Where the input normalisation statistics are measured (`eoseg.train.normalise`)."""
 NormMode = Literal["frozen", "train"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceDefaults:
+    """The network and the largest chip a device trains by default.
+
+    Attributes:
+        base_width: U-Net channels at full resolution.
+        depth: U-Net downsampling steps.
+        max_chip: Largest chip side the sampling plan may derive.
+    """
+
+    base_width: int
+    depth: int
+    max_chip: int
+
+
+DEVICE_DEFAULTS: dict[str, DeviceDefaults] = {
+    "cuda": DeviceDefaults(base_width=32, depth=4, max_chip=256),
+    "cpu": DeviceDefaults(base_width=16, depth=3, max_chip=64),
+}
+"""Default network and largest chip per torch device type (other types: as the CPU).
+A 32/4 U-Net on 256 px chips took 13 minutes an epoch on two CPU cores; a 16/3 U-Net on
+64 px chips trains the real samples in minutes there (benchmarks/README.md)."""
+
+
+def device_defaults(device_type: str) -> DeviceDefaults:
+    """The `DeviceDefaults` of a torch device type (``"cuda"``, ``"cpu"``, ...)."""
+    return DEVICE_DEFAULTS.get(device_type, DEVICE_DEFAULTS["cpu"])
+
+
+def resolve_network(config: TrainConfig, device_type: str) -> TrainConfig:
+    """``config`` with ``base_width`` and ``depth`` set: as given, else the device's.
+
+    Raises:
+        InvalidParameterError: If ``chip_size`` does not divide by the resolved depth.
+    """
+    dev = device_defaults(device_type)
+    return dataclasses.replace(
+        config, base_width=config.base_width or dev.base_width, depth=config.depth or dev.depth
+    )
+
+
 """Batch-norm statistics during fine-tuning: kept from pretraining, or adapted."""
 
 
@@ -60,7 +107,9 @@ class TrainConfig:
     chooses them from the labels and the model card records the choice and why.
 
     Attributes:
-        epochs: Pretraining epochs on the (noisy) labels.
+        epochs: Pretraining epochs on the (noisy) labels (derived: about
+            `eoseg.train.plan.TARGET_STEPS` optimiser steps, 10 to 60 epochs, so a few
+            small polygons train for more epochs of their few chips).
         finetune_epochs: Epochs on the clean labels, when given.
         freeze_encoder_epochs: First fine-tuning epochs with the encoder frozen (0 by
             default: frozen normalisation and replayed noisy chips keep the pretrained
@@ -78,8 +127,9 @@ class TrainConfig:
         jitter: Radiometric jitter: per-chip, per-band gain in ``1 ± jitter``.
         elastic: Elastic deformation: standard deviation in pixels of a smooth random
             displacement field (0 = off; 2-4 px suits shifted, wobbly OSM outlines).
-        base_width: U-Net channels at full resolution.
-        depth: U-Net downsampling steps.
+        base_width: U-Net channels at full resolution (derived from the device:
+            `DEVICE_DEFAULTS`).
+        depth: U-Net downsampling steps (derived from the device).
         block_size: Side of the spatial blocks of the train/validation split (derived).
         val_fraction: Share of the blocks holding labels held out for validation.
         min_labelled: Least labelled+valid share of a training chip (derived); a
@@ -91,7 +141,8 @@ class TrainConfig:
             each date with the same labels; prediction maps every date). Default: per
             date for a ``--by-date`` cube, else median.
         seed: Seed of sampling, initialisation and augmentation.
-        num_threads: Torch intra-op threads; default all cores.
+        num_threads: Torch intra-op threads; default ``OMP_NUM_THREADS`` when set, else
+            all cores.
         context: ``"aspp"`` adds an ASPP context module at the U-Net bottleneck.
         class_weights: Cross-entropy class weights (one per class id), ``"balanced"``
             (from the label frequencies of each stage's training chips) or None.
@@ -122,9 +173,12 @@ class TrainConfig:
             mIoU (when it has validation chips), not those of its last epoch.
         patience: Stop a stage after this many epochs without a better validation
             mIoU (None: run every epoch).
+        norm_stats: Where the per-band normalisation statistics are measured:
+            ``"cube"`` (the model input over the whole scene, `eoseg.train.normalise`)
+            or ``"chips"`` (the pretraining chips only).
     """
 
-    epochs: int = 10
+    epochs: int | None = None
     finetune_epochs: int = 5
     freeze_encoder_epochs: int = 0
     chip_size: int | None = None
@@ -137,8 +191,8 @@ class TrainConfig:
     jaccard_weight: float = 0.5
     jitter: float = 0.05
     elastic: float = 0.0
-    base_width: int = 32
-    depth: int = 4
+    base_width: int | None = None
+    depth: int | None = None
     block_size: int | None = None
     val_fraction: float = 0.25
     min_labelled: float | None = None
@@ -161,9 +215,10 @@ class TrainConfig:
     finetune_noisy_loss: LossKind = "gce"
     keep_best: bool = True
     patience: int | None = None
+    norm_stats: NormStats = "cube"
 
     def __post_init__(self) -> None:
-        factor = 2**self.depth
+        factor = 2 ** (self.depth or 0)
         if self.chip_size is not None and self.chip_size % factor:
             raise InvalidParameterError(
                 f"chip_size {self.chip_size} is not divisible by 2**depth = {factor}: "
@@ -184,6 +239,7 @@ class TrainConfig:
             ("finetune_norm", ("frozen", "train")),
             ("finetune_noisy_loss", ("ce", "gce", "bootstrap")),
             ("time", (None, *TIME_MODES)),
+            ("norm_stats", ("cube", "chips")),
         ):
             _check(self, name, allowed.__contains__, f"one of {allowed}")
         _check(self, "jitter", lambda v: v >= 0, ">= 0")
@@ -234,8 +290,13 @@ def _check(config: TrainConfig, name: str, ok: Callable[[Any], bool], expected: 
         )
 
 
-def stage_spec(config: TrainConfig, stage: str, chips: ChipSet, n_classes: int) -> StageSpec:
+def stage_spec(
+    config: TrainConfig, stage: str, chips: ChipSet, n_classes: int, epochs: int | None = None
+) -> StageSpec:
     """The loss, schedule and augmentation of ``stage`` (``"pretrain"`` or ``"finetune"``).
+
+    ``epochs`` is the stage's number of epochs when derived (`eoseg.train.plan`); it
+    stands in for ``config.epochs`` left at None.
 
     Raises:
         InvalidParameterError: If explicit class weights do not match the schema.
@@ -261,7 +322,9 @@ def stage_spec(config: TrainConfig, stage: str, chips: ChipSet, n_classes: int) 
     )
     return StageSpec(
         stage=stage,
-        epochs=config.epochs if pre else config.finetune_epochs,
+        epochs=(config.epochs if config.epochs is not None else epochs or 0)
+        if pre
+        else config.finetune_epochs,
         lr=config.lr if pre else config.finetune_lr,
         freeze_epochs=0 if pre else config.freeze_encoder_epochs,
         loss=loss,

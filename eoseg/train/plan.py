@@ -22,6 +22,12 @@ scene train as readily as labels that cover the whole scene:
   labelled regions, at most 0.25 (the threshold for dense labels) and at least one pixel.
 - train_chips, val_chips: 4 per training region (32 to 128) and 4 per validation region
   (8 to 32); dense labels keep 128 and 32.
+- epochs (pretraining): about `TARGET_STEPS` optimiser steps, 10 to 60 epochs. An epoch
+  is one pass over the stage's chips, so a few small polygons (32 small chips, 4 steps
+  an epoch) would otherwise stop after 40 steps, far from trained, while their epochs
+  cost next to nothing; dense labels (16 steps an epoch) keep about 20 epochs.
+- largest chip: the device's (`eoseg.train.config.DEVICE_DEFAULTS`: 256 px on a GPU,
+  64 px on a CPU), passed in as ``max_chip``.
 """
 
 from __future__ import annotations
@@ -55,6 +61,10 @@ DENSE_BLOCKS = 4
 """Labelled blocks of twice the chip size each stage needs for blocks of that size."""
 DENSE_MIN_LABELLED = 0.25
 """The labelled share asked of a chip when labels are dense; the derived value's cap."""
+TARGET_STEPS = 300
+"""Optimiser steps the derived pretraining epochs aim at."""
+EPOCH_RANGE = (10, 60)
+"""Least and most derived pretraining epochs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +105,8 @@ class StagePlan:
         train_regions: Labelled regions in training blocks (or not held out).
         val_regions: Labelled regions in validation blocks (or held out).
         val_note: Why the stage has no validation, if so.
+        epochs: Epochs of the stage (pretraining: derived unless given; fine-tuning:
+            ``finetune_epochs``).
     """
 
     stage: str
@@ -105,6 +117,7 @@ class StagePlan:
     train_regions: int
     val_regions: int
     val_note: str | None = None
+    epochs: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,13 +172,17 @@ class SamplingPlan:
         }
 
 
-def plan_sampling(labels: Mapping[str, xr.DataArray], config: TrainConfig) -> SamplingPlan:
+def plan_sampling(
+    labels: Mapping[str, xr.DataArray], config: TrainConfig, max_chip: int = CHIP_SIZES[0]
+) -> SamplingPlan:
     """Decide chip size, blocks, split and chip counts from each stage's labels.
 
     Args:
         labels: ``(y, x)`` labels per stage, in training order (the last one's
             validation gives the model's quality figure).
-        config: Training options; its None fields are derived.
+        config: Training options with ``depth`` set (`resolve_network`); its None
+            sampling fields and ``epochs`` are derived.
+        max_chip: Largest chip side to derive (the device's).
 
     Returns:
         The plan.
@@ -176,7 +193,7 @@ def plan_sampling(labels: Mapping[str, xr.DataArray], config: TrainConfig) -> Sa
     """
     stages = list(labels)
     shape = (int(labels[stages[0]].shape[0]), int(labels[stages[0]].shape[1]))
-    sizes = _chip_candidates(shape, config)
+    sizes = _chip_candidates(shape, config, max_chip)
     surveys = {s: survey_labels(lab, sizes, seed=config.seed) for s, lab in labels.items()}
     for stage, survey in surveys.items():
         if survey.labelled == 0:
@@ -191,17 +208,24 @@ def plan_sampling(labels: Mapping[str, xr.DataArray], config: TrainConfig) -> Sa
     )
     derived = tuple(
         f
-        for f in ("chip_size", "block_size", "min_labelled", "train_chips", "val_chips")
+        for f in ("chip_size", "block_size", "min_labelled", "train_chips", "val_chips", "epochs")
         if getattr(config, f) is None
     )
-    plan = SamplingPlan(chip, block, split, plans, holdout, derived, (*why, *split_why))
+    pre = plans[0]
+    epochs_why = f"epochs {pre.epochs}: " + (
+        "given"
+        if config.epochs is not None
+        else f"about {TARGET_STEPS} steps of {config.batch_size} chips over "
+        f"{pre.train_chips} chips, within {EPOCH_RANGE}"
+    )
+    plan = SamplingPlan(chip, block, split, plans, holdout, derived, (*why, *split_why, epochs_why))
     for line in plan.why:
         logger.info("sampling plan: %s", line)
     return plan
 
 
-def _chip_candidates(shape: tuple[int, int], config: TrainConfig) -> list[int]:
-    side, factor = min(shape), 2**config.depth
+def _chip_candidates(shape: tuple[int, int], config: TrainConfig, max_chip: int) -> list[int]:
+    side, factor = min(shape), 2 ** (config.depth or 0)
     if config.chip_size is not None:
         if config.chip_size > side:
             raise InvalidParameterError(
@@ -210,7 +234,8 @@ def _chip_candidates(shape: tuple[int, int], config: TrainConfig) -> list[int]:
             )
         return [config.chip_size]
     upper = config.block_size or side
-    sizes = [c for c in CHIP_SIZES if c % factor == 0 and c <= min(side, upper)]
+    fits = [c for c in CHIP_SIZES if c % factor == 0 and c <= min(side, upper)]
+    sizes = [c for c in fits if c <= max_chip] or fits[-1:]
     if not sizes:
         raise InvalidParameterError(
             f"the {shape[0]}x{shape[1]} px scene (or --block-size {config.block_size}) holds "
@@ -378,9 +403,17 @@ def _stage_plan(
         val_chips = config.val_chips if note is None else 0
     else:
         val_chips = 0 if note else int(np.clip(4 * n_val, 8, 32))
+    if stage != "pretrain":
+        epochs = config.finetune_epochs
+    elif config.epochs is not None:
+        epochs = config.epochs
+    else:
+        batches = -(-train_chips // config.batch_size)
+        epochs = int(np.clip(round(TARGET_STEPS / batches), *EPOCH_RANGE))
     return StagePlan(
-        stage, min_labelled, train_chips, val_chips, survey.labelled, n_train, n_val, note
-    )
+        stage, min_labelled, train_chips, val_chips, survey.labelled, n_train, n_val, note,
+        epochs,
+    )  # fmt: skip
 
 
 def _two_digits_down(value: float) -> float:

@@ -9,7 +9,9 @@ none).
 
 The model input (`eoseg.model_input`) is the per-pixel temporal median of valid
 observations, or, for a ``--by-date`` cube, each date on its own (``TrainConfig.time``),
-normalised with per-band statistics of the training chips (`eoseg.models.normalize`).
+normalised with per-band statistics of the model input over the cube
+(`eoseg.train.normalise`; ``norm_stats="chips"``: of the training chips), applied by
+`eoseg.models.normalize`.
 Pretraining uses ``noisy_loss`` (cross-entropy, generalized
 cross-entropy or bootstrapping), fine-tuning cross-entropy on clean chips; both add a soft
 Jaccard loss and ignore 255 (`eoseg.train.losses`). The fine-tuning chips are those of
@@ -44,9 +46,10 @@ from eoseg.train.checkpoint import (
     remove_checkpoint,
     save_checkpoint,
 )
-from eoseg.train.config import TrainConfig, stage_spec
+from eoseg.train.config import TrainConfig, device_defaults, resolve_network, stage_spec
 from eoseg.train.finetune import finetune_chips, rehearse_missing, replay_noisy
 from eoseg.train.loop import History, evaluate, fit_stage
+from eoseg.train.normalise import cube_band_stats
 from eoseg.train.plan import SamplingPlan, plan_sampling
 
 __all__ = [
@@ -61,6 +64,14 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int, dict[str, Any]], None]
 """``(stage, step, total, info)``: stage is ``"sample"``, ``"pretrain"`` or ``"finetune"``."""
+
+
+def _default_threads() -> int:
+    """``OMP_NUM_THREADS`` when set (a shared machine's cap), else every usable core."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return len(os.sched_getaffinity(0))
 
 
 def _band_stats(chips: ChipSet) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -139,7 +150,7 @@ def train_model(
     config = config or TrainConfig()
     prev_threads = torch.get_num_threads()
     prev_det = torch.are_deterministic_algorithms_enabled()
-    threads = config.num_threads or len(os.sched_getaffinity(0))
+    threads = config.num_threads or _default_threads()
     torch.set_num_threads(max(1, threads))
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
@@ -165,15 +176,20 @@ def _train(
     stages = {"pretrain": labels}
     if finetune_labels is not None:
         stages["finetune"] = finetune_labels
-    plan = plan_sampling(stages, config)
+    accel = resolve_accelerator(config.device, config.precision)
+    config = resolve_network(config, accel.device.type)
+    plan = plan_sampling(stages, config, device_defaults(accel.device.type).max_chip)
     time = config.time or cube_time_mode(cube)
     sets, noisy_flags = sample_training_chips(
         cube, stages, plan, config, schema, progress, time=time
     )
     pre_train = sets["pretrain"][0]
     mean, std = _band_stats(pre_train)
+    if config.norm_stats == "cube":
+        mean, std = cube_band_stats(cube, pre_train.bands, time, config.seed) or (mean, std)
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
+    assert config.base_width is not None and config.depth is not None  # resolve_network
     model = UNet(
         len(pre_train.bands), len(schema), config.base_width, config.depth, context=config.context
     )
@@ -203,14 +219,13 @@ def _train(
         torch.set_rng_state(saved["torch_rng"])
         histories = saved["history"]
         logger.info("resuming %s after %s epoch %d", ckpt, saved["stage"], saved["epoch"])
-    accel = resolve_accelerator(config.device, config.precision)
     accel.prepare(model)
     logger.info("training on %s", accel.describe())
     metrics: dict[str, Any] = {}
     order = list(sets)
     for stage in order:
         train, val = sets[stage]
-        spec = stage_spec(config, stage, train, len(schema))
+        spec = stage_spec(config, stage, train, len(schema), plan.stage(stage).epochs)
         start = None
         if saved is not None and order.index(saved["stage"]) > order.index(stage):
             metrics[stage] = histories[stage]  # stage finished before the interruption
