@@ -123,14 +123,18 @@ def prepare_amazon(data: Path, work: Path, seed: int) -> Prepared:
     )
 
 
-def prepare_spacenet(data: Path, work: Path, seed: int) -> Prepared:
-    """Buildings: the west 600 columns trained, the east 300 held out."""
-    sample = data / "spacenet_atlanta"
-    scene = sample / "sample_geotiff.tif"
-    footprints = gpd.read_file(sample / "geotiff_labels.geojson")
+def split_building_rasters(
+    scene: Path, footprints: Path, train: Path, heldout: Path, train_cols: int = 600
+) -> np.ndarray:
+    """Class-id GeoTIFFs on the scene's grid: buildings (1) and background (0) in the west
+    ``train_cols`` columns (``train``) and in the rest (``heldout``), 255 elsewhere.
+
+    Returns the full 0/1 building mask.
+    """
+    shapes = gpd.read_file(footprints)
     with rasterio.open(scene) as src:
         mask = rasterize(
-            footprints.to_crs(src.crs).geometry,
+            shapes.to_crs(src.crs).geometry,
             out_shape=(src.height, src.width),
             transform=src.transform,
             fill=0,
@@ -146,11 +150,21 @@ def prepare_spacenet(data: Path, work: Path, seed: int) -> Prepared:
             "transform": src.transform,
             "nodata": IGNORE,
         }
-    for name, keep in (("train.tif", slice(0, 600)), ("heldout.tif", slice(600, None))):
+    for path, keep in ((train, slice(0, train_cols)), (heldout, slice(train_cols, None))):
         part = np.full_like(mask, IGNORE)
         part[:, keep] = mask[:, keep]
-        with rasterio.open(work / name, "w", **profile) as dst:
+        with rasterio.open(path, "w", **profile) as dst:
             dst.write(part, 1)
+    return mask
+
+
+def prepare_spacenet(data: Path, work: Path, seed: int) -> Prepared:
+    """Buildings: the west 600 columns trained, the east 300 held out."""
+    sample = data / "spacenet_atlanta"
+    scene = sample / "sample_geotiff.tif"
+    split_building_rasters(
+        scene, sample / "geotiff_labels.geojson", work / "train.tif", work / "heldout.tif"
+    )
     return Prepared(
         sources=(scene,),
         train_labels=work / "train.tif",

@@ -14,13 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-import geopandas as gpd
-import numpy as np
 import pytest
-import rasterio
-from rasterio.features import rasterize
 from typer.testing import CliRunner
 
+from benchmarks.realdata_samples import split_building_rasters
 from eoseg.cli import app
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
@@ -42,41 +39,6 @@ def _invoke(*args: str) -> dict:  # type: ignore[type-arg]
     return json.loads(result.stdout)
 
 
-def _label_rasters(scene: Path, footprints: Path, train: Path, heldout: Path) -> np.ndarray:
-    """Class-id GeoTIFFs on the image grid: training part and held-out part, 255 elsewhere.
-
-    Returns the full 0/1 building mask.
-    """
-    shapes = gpd.read_file(footprints)
-    with rasterio.open(scene) as src:
-        shapes = shapes.to_crs(src.crs)
-        mask = rasterize(
-            ((geom, 1) for geom in shapes.geometry),
-            out_shape=(src.height, src.width),
-            transform=src.transform,
-            fill=0,
-            dtype="uint8",
-        )
-        profile = {
-            "driver": "GTiff",
-            "width": src.width,
-            "height": src.height,
-            "count": 1,
-            "dtype": "uint8",
-            "crs": src.crs,
-            "transform": src.transform,
-            "nodata": IGNORE,
-        }
-    west = mask.copy()
-    west[:, TRAIN_COLS:] = IGNORE
-    east = mask.copy()
-    east[:, :TRAIN_COLS] = IGNORE
-    for path, data in ((train, west), (heldout, east)):
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(data, 1)
-    return mask
-
-
 def test_spacenet_buildings_train_and_beat_chance_on_heldout_part(
     real_data: Path,
     client,  # type: ignore[no-untyped-def]
@@ -91,7 +53,7 @@ def test_spacenet_buildings_train_and_beat_chance_on_heldout_part(
     train_tif, heldout_tif = tmp_path / "train.tif", tmp_path / "heldout.tif"
     classes.write_text(json.dumps(CLASSES))
 
-    mask = _label_rasters(scene, footprints, train_tif, heldout_tif)
+    mask = split_building_rasters(scene, footprints, train_tif, heldout_tif, TRAIN_COLS)
     _invoke("ingest", str(scene), "--out", str(cube), "--tile-size", "256", *scheduler)
     _invoke("rasterize", str(train_tif), "--cube", str(cube), "--out", str(labels), *scheduler)
     # Training runs the real entry point in its own process: beside the session's threaded
