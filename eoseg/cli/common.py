@@ -77,6 +77,9 @@ def confine_to(workdir: Path) -> None:
     # The temporary server's telemetry heartbeat races its own SQLite writes ("database is
     # locked" tracebacks on stderr) and would try the network: off for offline demos.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The temporary server takes ~15 s to start on 2 idle cores; Prefect waits 20 s, which
+    # a loaded laptop misses ("Timed out while attempting to connect to ephemeral ...").
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     tempfile.tempdir = None  # re-read TMPDIR
 
 
