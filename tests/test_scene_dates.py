@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from rasterio.transform import from_origin
 from typer.testing import CliRunner
 
 from eoseg.catalog import discover_scenes
@@ -16,6 +15,7 @@ from eoseg.cli import app
 from eoseg.cube import ingest, open_cube
 from eoseg.errors import InvalidParameterError
 from eoseg.scene_dates import date_from_name, date_from_tags, parse_timestamp
+from tests.conftest import write_geotiff
 
 STAMPS = [
     ("iso", "2015-07-11T10:00:08", "2015-07-11T10:00:08"),
@@ -59,19 +59,8 @@ def test_acquisition_keys_match_any_case_and_skip_unparsable_values() -> None:
 
 def _scene(path: Path, day: int, dataset_tags: dict[str, str], band_tags: dict[str, str]) -> Path:
     """A 16x16 one-band 10 m scene whose values are ``day``, with metadata tags."""
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=16,
-        height=16,
-        count=1,
-        dtype="uint16",
-        crs="EPSG:32632",
-        transform=from_origin(500000.0, 5300000.0, 10.0, 10.0),
-        nodata=0,
-    ) as dst:
-        dst.write(np.full((1, 16, 16), day, dtype="uint16"))
+    write_geotiff(path, np.full((16, 16), day, dtype="uint16"), nodata=0)
+    with rasterio.open(path, "r+") as dst:
         dst.update_tags(**dataset_tags)
         dst.update_tags(1, **band_tags)
     return path
