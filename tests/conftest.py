@@ -151,3 +151,20 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 def _quiet_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
     os.environ.setdefault("PYTHONHASHSEED", "0")
+
+
+@pytest.fixture(scope="session")
+def bad_input_template(  # type: ignore[no-untyped-def]
+    demo_data, cube_path: Path, labels_path: Path, model_dir: Path, tmp_path_factory
+) -> Path:
+    """A valid workspace (scene, cube, labels, polygons, model, class map) that the
+    bad-input cases copy and spoil (see tests/badinput.py)."""
+    from tests.badinput import build_workspace
+
+    return build_workspace(
+        tmp_path_factory.mktemp("badinput") / "template",
+        demo=demo_data,
+        cube=cube_path,
+        labels=labels_path,
+        model=model_dir,
+    )
