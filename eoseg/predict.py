@@ -40,7 +40,14 @@ from eoseg.dates import date_labels
 from eoseg.grid import Tile, grid_coords, iter_tiles
 from eoseg.model_input import input_stack, time_slices
 from eoseg.models.accel import Accelerator, resolve_accelerator
-from eoseg.models.card import ModelCard, check_bands, load_model, normalize, read_card
+from eoseg.models.card import (
+    ModelCard,
+    adjust_logits,
+    check_bands,
+    load_model,
+    normalize,
+    read_card,
+)
 from eoseg.store import (
     check_output,
     create_store,
@@ -158,7 +165,8 @@ def predict_window(
         for i in range(0, len(starts), batch_size):
             batch = starts[i : i + batch_size]
             chips = torch.stack([x_t[:, r : r + chip, c : c + chip] for r, c in batch])
-            probs = torch.softmax(model(accel.to_input(chips)).float(), dim=1) * weight
+            logits = adjust_logits(model(accel.to_input(chips)).float(), card)
+            probs = torch.softmax(logits, dim=1) * weight
             for (r, c), p in zip(batch, probs, strict=True):
                 acc[:, r : r + chip, c : c + chip] += p
     half = chip // 2

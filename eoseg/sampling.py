@@ -225,6 +225,61 @@ class _Centres:
         return row, col
 
 
+def _part_mask(split: BlockSplit, part: Part) -> np.ndarray:
+    """``(height, width)`` bool: the pixels of the blocks of ``part``."""
+    rows, cols = split.grid
+    member = np.zeros((rows, cols), dtype=bool)
+    for block in split.blocks(part):
+        member[block] = True
+    h, w = split.shape
+    row_block = np.minimum(np.arange(h) // split.block_size, rows - 1)
+    col_block = np.minimum(np.arange(w) // split.block_size, cols - 1)
+    return member[np.ix_(row_block, col_block)]
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """A block and the halo of half a chip around it, clipped to the raster."""
+
+    bounds: tuple[int, int, int, int]
+    chip: int
+    shape: tuple[int, int]
+
+    @property
+    def row0(self) -> int:
+        return max(0, self.bounds[0] - self.chip // 2)
+
+    @property
+    def col0(self) -> int:
+        return max(0, self.bounds[2] - self.chip // 2)
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.row0, min(self.shape[0], self.bounds[1] + self.chip // 2))
+
+    @property
+    def cols(self) -> slice:
+        return slice(self.col0, min(self.shape[1], self.bounds[3] + self.chip // 2))
+
+    @property
+    def inner(self) -> tuple[slice, slice]:
+        """The block within the window."""
+        r0, r1, c0, c1 = self.bounds
+        return np.s_[r0 - self.row0 : r1 - self.row0, c0 - self.col0 : c1 - self.col0]
+
+    def chip_at(self, row: int, col: int) -> tuple[int, int]:
+        """Top-left, in the window, of the chip centred on a block pixel (kept inside)."""
+        height = self.rows.stop - self.row0
+        width = self.cols.stop - self.col0
+        half = self.chip // 2
+        ry = row + self.bounds[0] - self.row0 - half
+        rx = col + self.bounds[2] - self.col0 - half
+        return (
+            int(np.clip(ry, 0, height - self.chip)),
+            int(np.clip(rx, 0, width - self.chip)),
+        )
+
+
 def _targets(
     hist: np.ndarray, regions: np.ndarray, count: int, balance: bool, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -273,7 +328,9 @@ def sample_chips(
             regions (connected within a block) uniformly, and centre the chip on a
             pixel of it; otherwise centre on any labelled pixel.
         split: Block split restricting chips to ``part``; default blocks of
-            ``max(4 * chip_size, 1024)`` px, all usable. Chips never cross a block edge.
+            ``max(4 * chip_size, 1024)`` px, all usable. A chip is centred on its
+            pixel and may reach into neighbouring blocks; labels of blocks outside
+            ``part`` are hidden in it (255), their imagery stays as context.
         part: ``"train"``, ``"val"`` or ``"all"`` blocks of ``split``.
         bands: Band names to read, in order; default all cube bands.
         min_labelled: Least share of a chip that must be labelled and valid.
@@ -329,36 +386,37 @@ def sample_chips(
     # Plan: (block, target class) per chip, then read block by block.
     targets, chosen = _targets(hist, regions, count, balance, rng)
     xs, ys, origins = [], [], []
-    half = chip_size // 2
+    in_part = _part_mask(split, part)
     for bi in np.unique(chosen):
-        r0, r1, c0, c1 = split.bounds(blocks[bi])
-        lab = np.asarray(labels.isel(y=slice(r0, r1), x=slice(c0, c1)).values)
-        nbytes = n_time * len(band_names) * (r1 - r0) * (c1 - c0) * 4
+        win = _Window(split.bounds(blocks[bi]), chip_size, (height, width))
+        lab = np.asarray(labels.isel(y=win.rows, x=win.cols).values)
+        centres = _Centres(lab[win.inner], ignore)
+        # Labels of other parts' blocks are hidden: a chip may show their imagery as
+        # context, never their labels (validation stays unseen).
+        lab = np.where(in_part[win.rows][:, win.cols], lab, ignore)
+        nbytes = n_time * len(band_names) * lab.size * 4
         block_img = (
-            read_window(cube, band_index, slice(r0, r1), slice(c0, c1), time)
+            read_window(cube, band_index, win.rows, win.cols, time)
             if nbytes <= max_block_bytes
             else None
         )
-        centres = _Centres(lab, ignore)
         for k in targets[chosen == bi]:
             for _ in range(10):  # a few tries to meet min_labelled
-                py, px = centres.draw(int(k), rng)
-                ry = int(np.clip(py - half, 0, (r1 - r0) - chip_size))
-                rx = int(np.clip(px - half, 0, (c1 - c0) - chip_size))
-                win = np.s_[ry : ry + chip_size, rx : rx + chip_size]
+                ry, rx = win.chip_at(*centres.draw(int(k), rng))
+                cut = np.s_[ry : ry + chip_size, rx : rx + chip_size]
                 if block_img is not None:
-                    images = block_img[(slice(None), slice(None), *win)]
+                    images = block_img[(slice(None), slice(None), *cut)]
                 else:
-                    rows = slice(r0 + ry, r0 + ry + chip_size)
-                    cols = slice(c0 + rx, c0 + rx + chip_size)
+                    rows = slice(win.row0 + ry, win.row0 + ry + chip_size)
+                    cols = slice(win.col0 + rx, win.col0 + rx + chip_size)
                     images = read_window(cube, band_index, rows, cols, time)
                 chip = pick_date(
-                    images, lab[win], ignore=ignore, min_labelled=min_labelled, rng=rng
+                    images, lab[cut], ignore=ignore, min_labelled=min_labelled, rng=rng
                 )
                 if chip is not None:
                     xs.append(chip[0])
                     ys.append(chip[1])
-                    origins.append((r0 + ry, c0 + rx))
+                    origins.append((win.row0 + ry, win.col0 + rx))
                     break
     if len(xs) < count:
         logger.warning("sampled %d of %d chips (min_labelled=%s)", len(xs), count, min_labelled)

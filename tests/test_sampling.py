@@ -104,11 +104,18 @@ def test_split_blocks_are_disjoint(scene) -> None:
     train = sample_chips(cube, labels, chip_size=32, count=30, seed=0, split=split, part="train")
     val = sample_chips(cube, labels, chip_size=32, count=30, seed=0, split=split, part="val")
     assert len(train) and len(val)
+    lab = labels.values
     for chips, blocks in ((train, train_blocks), (val, val_blocks)):
-        for r, c in chips.origins:
-            # the whole chip lies in one block of its own part
-            assert (r // 64, c // 64) in blocks
-            assert (r + 31) // 64 == r // 64 and (c + 31) // 64 == c // 64
+        centred = 0
+        for (r, c), y in zip(chips.origins, chips.y, strict=True):
+            # a label shown in a chip is one of its own part's blocks, and equals the store's
+            rows, cols = np.nonzero(y != 255)
+            assert rows.size
+            assert {((r + i) // 64, (c + j) // 64) for i, j in zip(rows, cols)} <= blocks
+            np.testing.assert_array_equal(y[rows, cols], lab[r + rows, c + cols])
+            centred += (r // 64, c // 64) != ((r + 31) // 64, (c + 31) // 64)
+        # chips are centred on their pixel, not pushed inside one block
+        assert centred > 0
 
 
 def test_sampling_is_deterministic(scene) -> None:

@@ -122,7 +122,11 @@ def test_train_model_learns_and_is_deterministic(scene, tmp_path) -> None:
     assert card.bands == ("B02", "B03", "B04", "B08")
     assert card.mean[3] > card.mean[0]  # NIR brighter: statistics from valid pixels
     assert card.parameters > 0 and card.flops_per_pixel > 0 and card.parent is None
-    assert {e[0] for e in events} == {"sample", "pretrain", "finetune"}
+    # a few clean polygons: fine-tuning is refit on all of them for the epochs it chose
+    assert {e[0] for e in events} == {"sample", "pretrain", "finetune", "refit"}
+    assert card.sampling["refit_chips"] > 0
+    assert len(card.metrics["refit"]["train_loss"]) == card.metrics["finetune"]["best_epoch"]
+    assert "figures were measured before the refit" in card.metrics["val_note"]
     assert events[-1][1] == events[-1][2]
     assert "val_miou" in events[-1][3]
     json.loads((tmp_path / "a" / "model.json").read_text(), parse_constant=pytest.fail)
@@ -163,7 +167,9 @@ def tiny_reference(scene, tmp_path_factory):  # type: ignore[no-untyped-def]
     return train_model(cube, noisy, out, schema=SCHEMA, config=TINY, finetune_labels=clean)
 
 
-@pytest.mark.parametrize(("stage", "epoch"), [("pretrain", 1), ("finetune", 1)], ids=str)
+@pytest.mark.parametrize(
+    ("stage", "epoch"), [("pretrain", 1), ("finetune", 1), ("refit", 1)], ids=str
+)
 def test_resume_equals_uninterrupted_run(scene, tiny_reference, tmp_path, stage, epoch) -> None:
     cube, noisy, clean = scene
     out = tmp_path / "m"
@@ -177,7 +183,9 @@ def test_resume_equals_uninterrupted_run(scene, tiny_reference, tmp_path, stage,
     assert card.metrics == tiny_reference.metrics
     assert not checkpoint_dir(out).exists()
     # the resumed run did not repeat the epochs before the interruption
-    assert min(e[3]["epoch"] for e in events if e[0] == stage) == epoch + 1
+    assert all(e[3]["epoch"] > epoch for e in events if e[0] == stage and "epoch" in e[3])
+    if stage != "refit":  # (the refit may have had one epoch only)
+        assert min(e[3]["epoch"] for e in events if e[0] == stage) == epoch + 1
 
 
 def test_resume_ignores_checkpoint_of_other_config(scene, tiny_reference, tmp_path) -> None:
@@ -246,7 +254,8 @@ def test_finetune_norm_keeps_or_adapts_batchnorm_statistics(scene, tmp_path, nor
     """Pretraining is the same with or without a fine-tuning stage after it, so the
     batch-norm statistics of the pretrained model are those a frozen fine-tune must keep."""
     cube, noisy, clean = scene
-    config = dataclasses.replace(TINY, freeze_encoder_epochs=0, finetune_norm=norm)
+    # (no refit: the pretrained model must be the pretraining stage's own weights)
+    config = dataclasses.replace(TINY, freeze_encoder_epochs=0, finetune_norm=norm, refit=False)
     pre = train_model(cube, noisy, tmp_path / "pre", schema=SCHEMA,
                       config=dataclasses.replace(config, finetune_epochs=0))  # fmt: skip
     tuned = train_model(cube, noisy, tmp_path / "ft", schema=SCHEMA, config=config,

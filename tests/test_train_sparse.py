@@ -28,10 +28,11 @@ from eoseg.cli import app
 from eoseg.cube import ingest, open_cube
 from eoseg.labels import open_labels, rasterize_labels
 from eoseg.models import load_model
-from eoseg.models.card import normalize
+from eoseg.models.card import adjust_logits, normalize
 from eoseg.synthetic import DemoSpec, make_demo_data
 from eoseg.train import TrainConfig, train_from_stores
 from eoseg.train.plan import plan_sampling
+from eoseg.train.prior import class_pixels, logit_adjustment
 from eoseg.train.run import sample_training_chips
 
 CLASSES = (0, 1, 2, 3)
@@ -114,11 +115,18 @@ def test_default_training_starts_validates_and_learns(sparse_scene, tmp_path) ->
     cube, labels = open_cube(cube_path), open_labels(labels_path)
     plan = plan_sampling({"pretrain": labels}, CONFIG)
     sets, _ = sample_training_chips(cube, {"pretrain": labels}, plan, CONFIG, generic_schema(4))
-    val = sets["pretrain"][1]
+    train, val = sets["pretrain"]
     model, loaded = load_model(tmp_path / "m")
+    # balanced chips over-represent the smaller polygons' classes: the card undoes it
+    expected = logit_adjustment(
+        sampling["stages"]["pretrain"]["class_pixels"], class_pixels(train.y, 4)
+    )
+    assert loaded.logit_adjustment == pytest.approx(expected) and max(map(abs, expected)) > 0.05
     with torch.no_grad():
         pred = np.concatenate([
-            model(normalize(torch.from_numpy(val.x[i : i + 16]), loaded)).argmax(1).numpy()
+            adjust_logits(model(normalize(torch.from_numpy(val.x[i : i + 16]), loaded)), loaded)
+            .argmax(1)
+            .numpy()
             for i in range(0, len(val), 16)
         ])  # fmt: skip
     keep = val.y != IGNORE_ID

@@ -62,6 +62,11 @@ class ModelCard:
             the model (None when it has none) with ``val_stage`` and ``val_note``.
         sampling: What training sampled and why: chip and block size, the split,
             per-stage labelled share and chip counts (`eoseg.train.plan.SamplingPlan`).
+        logit_adjustment: Per class, added to the network's logits before the softmax
+            (`adjust_logits`): the log of the class frequencies of the labels over
+            those of the training chips (`eoseg.train.prior`). Class-balanced chips show
+            rare classes far more often than the labels do; this undoes that prior so
+            the map is not flooded with them. Empty: no adjustment.
         parent: Version of the model this one was fine-tuned from, if any.
         fingerprint: Hash of the training inputs and configuration.
         created: ISO-8601 UTC time of saving (not part of the version).
@@ -80,6 +85,7 @@ class ModelCard:
     flops_per_pixel: float = 0.0
     metrics: dict[str, Any] = field(default_factory=dict)
     sampling: dict[str, Any] = field(default_factory=dict)
+    logit_adjustment: tuple[float, ...] = ()
     parent: str | None = None
     fingerprint: str = ""
     created: str = ""
@@ -112,10 +118,19 @@ class ModelCard:
             flops_per_pixel=float(d.get("flops_per_pixel", 0.0)),
             metrics=dict(d.get("metrics", {})),
             sampling=dict(d.get("sampling", {})),
+            logit_adjustment=tuple(float(v) for v in d.get("logit_adjustment", ())),
             parent=d.get("parent"),
             fingerprint=str(d.get("fingerprint", "")),
             created=str(d.get("created", "")),
         )
+
+
+def adjust_logits(logits: torch.Tensor, card: ModelCard) -> torch.Tensor:
+    """``(N, class, H, W)`` logits plus the card's `ModelCard.logit_adjustment` (if any)."""
+    if not card.logit_adjustment:
+        return logits
+    bias = torch.tensor(card.logit_adjustment, dtype=logits.dtype, device=logits.device)
+    return logits + bias.view(1, -1, 1, 1)
 
 
 def build_model(card: ModelCard) -> nn.Module:

@@ -173,6 +173,15 @@ class TrainConfig:
             mIoU (when it has validation chips), not those of its last epoch.
         patience: Stop a stage after this many epochs without a better validation
             mIoU (None: run every epoch).
+        refit: After the last stage, fit again from the weights it started with on all
+            its labels (training and validation chips' regions) for the epochs its
+            validation chose, and save that model (derived: on for at most
+            `eoseg.train.plan.REFIT_REGIONS` labelled regions). The card's validation
+            figures are then those measured before the refit, and say so.
+        adjust_prior: Record in the model card the logit adjustment that turns the
+            class prior of the (class-balanced) training chips into that of the labels
+            (`eoseg.train.prior`); prediction and validation apply it. Off: the map
+            keeps the chips' prior, which over-predicts rare classes.
         norm_stats: Where the per-band normalisation statistics are measured:
             ``"cube"`` (the model input over the whole scene, `eoseg.train.normalise`)
             or ``"chips"`` (the pretraining chips only).
@@ -216,6 +225,8 @@ class TrainConfig:
     keep_best: bool = True
     patience: int | None = None
     norm_stats: NormStats = "cube"
+    adjust_prior: bool = True
+    refit: bool | None = None
 
     def __post_init__(self) -> None:
         factor = 2 ** (self.depth or 0)
@@ -265,7 +276,7 @@ CLI_FLAGS = frozenset(
         "epochs", "finetune_epochs", "finetune_lr", "freeze_encoder_epochs", "chip_size",
         "base_width", "depth", "train_chips", "val_chips", "batch_size", "block_size",
         "val_fraction", "min_labelled", "noisy_loss", "context", "elastic", "device",
-        "precision", "seed", "num_threads", "patience",
+        "precision", "seed", "num_threads", "patience", "refit",
     }
 )  # fmt: skip
 """`TrainConfig` fields with an ``eoseg train`` option of their own; every other field

@@ -23,7 +23,7 @@ import torch
 
 from eoseg.metrics import confusion_matrix, report_from_confusion
 from eoseg.models.accel import Accelerator
-from eoseg.models.card import ModelCard, normalize
+from eoseg.models.card import ModelCard, adjust_logits, normalize
 from eoseg.models.unet import UNet
 from eoseg.sampling import ChipSet
 from eoseg.train.augment import augment
@@ -69,7 +69,8 @@ def evaluate(
     with torch.no_grad(), accel.autocast():
         for i in range(0, len(chips), batch_size):
             x = normalize(torch.from_numpy(chips.x[i : i + batch_size]), card)
-            pred = model(accel.to_input(x)).argmax(dim=1).cpu().numpy()
+            logits = adjust_logits(model(accel.to_input(x)).float(), card)
+            pred = logits.argmax(dim=1).cpu().numpy()
             cm += confusion_matrix(pred, chips.y[i : i + batch_size], n)
     if cm.sum() == 0:
         return {

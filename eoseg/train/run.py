@@ -38,7 +38,7 @@ from eoseg.classes import IGNORE_ID, ClassSchema
 from eoseg.errors import InvalidParameterError
 from eoseg.model_input import TimeMode, cube_time_mode
 from eoseg.models import ModelCard, UNet, count_flops_per_pixel, count_parameters, save_model
-from eoseg.models.accel import Accelerator, resolve_accelerator
+from eoseg.models.accel import resolve_accelerator
 from eoseg.sampling import ChipSet, sample_chips
 from eoseg.train.checkpoint import (
     checkpoint_dir,
@@ -48,9 +48,12 @@ from eoseg.train.checkpoint import (
 )
 from eoseg.train.config import TrainConfig, device_defaults, resolve_network, stage_spec
 from eoseg.train.finetune import finetune_chips, rehearse_missing, replay_noisy
-from eoseg.train.loop import History, evaluate, fit_stage
+from eoseg.train.loop import History, fit_stage
 from eoseg.train.normalise import cube_band_stats
 from eoseg.train.plan import SamplingPlan, plan_sampling
+from eoseg.train.prior import class_pixels, logit_adjustment
+from eoseg.train.refit import REFIT, clone_state, refit_note, refit_spec, sample_refit_chips
+from eoseg.train.validation import val_note, validation_figures
 
 __all__ = [
     "Progress",
@@ -183,6 +186,12 @@ def _train(
     sets, noisy_flags = sample_training_chips(
         cube, stages, plan, config, schema, progress, time=time
     )
+    last = list(stages)[-1]
+    if plan.refit_chips:
+        refit_train, refit_val, noisy_flags[REFIT] = sample_refit_chips(
+            cube, stages, sets["pretrain"][0], plan, config, schema, time
+        )
+        sets[REFIT] = (refit_train, refit_val)
     pre_train = sets["pretrain"][0]
     mean, std = _band_stats(pre_train)
     if config.norm_stats == "cube":
@@ -212,12 +221,24 @@ def _train(
     if saved is not None and saved.get("fingerprint") != card.fingerprint:
         logger.info("checkpoint %s is of other inputs or options: starting afresh", ckpt)
         saved = None
+    adjust = {
+        stage: logit_adjustment(
+            plan.stage(last if stage == REFIT else stage).class_pixels,
+            class_pixels(t.y, len(schema)),
+        )
+        if config.adjust_prior
+        else ()
+        for stage, (t, _) in sets.items()
+    }
     histories: dict[str, History] = {}
+    starts: dict[str, dict[str, Any]] = {}
     if saved is not None:
         model.load_state_dict(saved["model"])
         gen.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])
         histories = saved["history"]
+        if saved.get("stage_start") is not None:
+            starts[saved["stage"]] = saved["stage_start"]
         logger.info("resuming %s after %s epoch %d", ckpt, saved["stage"], saved["epoch"])
     accel.prepare(model)
     logger.info("training on %s", accel.describe())
@@ -225,14 +246,24 @@ def _train(
     order = list(sets)
     for stage in order:
         train, val = sets[stage]
-        spec = stage_spec(config, stage, train, len(schema), plan.stage(stage).epochs)
-        start = None
         if saved is not None and order.index(saved["stage"]) > order.index(stage):
             metrics[stage] = histories[stage]  # stage finished before the interruption
             continue
+        start = None
         if saved is not None and saved["stage"] == stage:
             start = {k: saved.get(k) for k in ("epoch", "optimizer", "scheduler", "best")}
             start["history"] = histories[stage]
+        if stage == REFIT:
+            spec = refit_spec(config, last, train, len(schema), histories[last])
+            if start is None:  # figures first, then the weights the validated stage began with
+                histories[last]["figures"] = validation_figures(
+                    model, dataclasses.replace(card, logit_adjustment=adjust[last]), sets,
+                    {k: h for k, h in histories.items() if k != REFIT}, plan, accel,
+                )  # fmt: skip
+                model.load_state_dict(starts[last])
+        else:
+            spec = stage_spec(config, stage, train, len(schema), plan.stage(stage).epochs)
+            starts.setdefault(stage, clone_state(model))
 
         def on_epoch(
             epoch: int, opt: Any, sched: Any, history: History, best: Any, stage: str = stage
@@ -241,14 +272,15 @@ def _train(
             state = {"fingerprint": card.fingerprint, "stage": stage, "epoch": epoch,
                      "model": model.state_dict(), "optimizer": opt, "scheduler": sched,
                      "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                     "history": histories, "best": best}  # fmt: skip
+                     "history": histories, "best": best,
+                     "stage_start": starts.get(stage)}  # fmt: skip
             save_checkpoint(ckpt, state)
 
         metrics[stage] = histories[stage] = fit_stage(
             model,
             train,
             val,
-            card,
+            dataclasses.replace(card, logit_adjustment=adjust[stage]),
             spec,
             gen,
             accel,
@@ -257,7 +289,15 @@ def _train(
             on_epoch=on_epoch,
             noisy=noisy_flags[stage],
         )
-    metrics.update(_final_metrics(model, card, sets, metrics, plan, config, accel))
+    ran = [s for s, h in metrics.items() if h.get("train_loss")]
+    card = dataclasses.replace(card, logit_adjustment=adjust[ran[-1] if ran else order[0]])
+    figures = metrics.get(last, {}).pop("figures", None)  # measured before the refit
+    if REFIT in ran and figures is not None:
+        if figures.get("val_miou") is not None:
+            figures["val_note"] += refit_note(plan, last, len(sets[REFIT][0]), metrics[last])
+    else:
+        figures = validation_figures(model, card, sets, metrics, plan, accel)
+    metrics.update(figures)
     metrics["chips"] = {k: [len(t), len(v)] for k, (t, v) in sets.items()}
     card = dataclasses.replace(card, metrics=metrics)
     out = save_model(model, card, out_dir)
@@ -327,56 +367,7 @@ def sample_training_chips(
         sets[stage] = (train, val)
         logger.info("%s: %d training and %d validation chips", stage, len(train), len(val))
         if not len(val):
-            logger.warning("%s: no validation chip: %s", stage, _val_note(plan, stage))
+            logger.warning("%s: no validation chip: %s", stage, val_note(plan, stage))
     if progress is not None:
         progress("sample", len(stages), len(stages), {})
     return sets, noisy_flags
-
-
-def _val_note(plan: SamplingPlan, stage: str) -> str:
-    note = plan.stage(stage).val_note
-    return note or (
-        f"the validation blocks hold no labelled pixel of the {stage} labels on valid "
-        "imagery: check the cube's valid mask there, or lower --block-size / --chip-size"
-    )
-
-
-def _final_metrics(
-    model: UNet,
-    card: ModelCard,
-    sets: dict[str, tuple[ChipSet, ChipSet]],
-    histories: dict[str, History],
-    plan: SamplingPlan,
-    config: TrainConfig,
-    accel: Accelerator,
-) -> dict[str, Any]:
-    """The model's validation figures, on the validation chips of the stage that made it.
-
-    That is the last stage that trained (fine-tuning, when it ran): its validation
-    labels are the ones the model is meant to reproduce. Without validation chips the
-    figures are None and ``val_note`` says why.
-    """
-    ran = [s for s, h in histories.items() if h.get("train_loss")]
-    stage = ran[-1] if ran else next(iter(sets))
-    val = sets[stage][1]
-    out: dict[str, Any] = {"val_stage": stage}
-    if not len(val):
-        note = _val_note(plan, stage)
-        return {
-            **out,
-            "val_miou": None,
-            "val_accuracy": None,
-            "val_note": f"no validation chip: {note}",
-        }
-    out.update(evaluate(model, val, card, accel=accel))
-    if out["val_miou"] is None:
-        return {**out, "val_note": f"no labelled, valid pixel in the {stage} validation chips"}
-    note = (
-        f"{len(val)} {stage} validation chips, labelled pixels only; mean IoU over the "
-        "classes present in them"
-    )
-    best = histories[stage].get("best_epoch")
-    if best:
-        epochs = len(histories[stage]["val_miou"])
-        note += f"; the weights are those of epoch {best} of {epochs}, the best by this figure"
-    return {**out, "val_note": note}
