@@ -111,7 +111,9 @@ def test_split_blocks_are_disjoint(scene) -> None:
             # a label shown in a chip is one of its own part's blocks, and equals the store's
             rows, cols = np.nonzero(y != 255)
             assert rows.size
-            assert {((r + i) // 64, (c + j) // 64) for i, j in zip(rows, cols)} <= blocks
+            assert {
+                ((r + i) // 64, (c + j) // 64) for i, j in zip(rows, cols, strict=True)
+            } <= blocks
             np.testing.assert_array_equal(y[rows, cols], lab[r + rows, c + cols])
             centred += (r // 64, c // 64) != ((r + 31) // 64, (c + 31) // 64)
         # chips are centred on their pixel, not pushed inside one block
