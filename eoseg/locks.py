@@ -71,13 +71,13 @@ def read_lock(lock: Path) -> LockRecord | None:
         return None
 
 
-def live_holder(path: Path) -> LockRecord | None:
+def live_holder(path: Path, lock: Path | None = None) -> LockRecord | None:
     """The run holding ``path``'s lock, or None if it is free or held by a dead run.
 
     Raises:
         OutputExistsError: The lock file is not one eoseg wrote (it is never removed).
     """
-    lock = lock_path(path)
+    lock = lock or lock_path(path)
     if not lock.exists():
         return None
     record = read_lock(lock)
@@ -110,19 +110,18 @@ def _alive(record: LockRecord) -> bool:
     return created <= record.started + 1.0  # a later process reusing the pid is not it
 
 
-def check_unlocked(path: Path, flag: str = "--out") -> None:
+def check_unlocked(path: Path, flag: str = "--out", lock: Path | None = None) -> None:
     """Refuse an output another live run is writing.
 
     Raises:
         OutputExistsError: Naming the run that holds the lock and what to do.
     """
-    holder = live_holder(path)
+    holder = live_holder(path, lock)
     if holder is not None:
-        raise OutputExistsError(_held_message(path, holder, flag))
+        raise OutputExistsError(_held_message(path, holder, flag, lock or lock_path(path)))
 
 
-def _held_message(path: Path, holder: LockRecord, flag: str) -> str:
-    lock = lock_path(path)
+def _held_message(path: Path, holder: LockRecord, flag: str, lock: Path) -> str:
     if holder.host != socket.gethostname():
         fix = f"if that run is gone, delete {lock} and run again"
     else:
@@ -131,13 +130,18 @@ def _held_message(path: Path, holder: LockRecord, flag: str) -> str:
 
 
 @contextmanager
-def output_lock(path: Path, *, run_id: str = "", flag: str = "--out") -> Iterator[LockRecord]:
+def output_lock(
+    path: Path, *, run_id: str = "", flag: str = "--out", lock: Path | None = None
+) -> Iterator[LockRecord]:
     """Hold the lock of output ``path`` while the block runs (see the module docstring).
+
+    ``lock`` is the lock file, `lock_path` by default (the demo keeps its inside its work
+    dir, which it promises not to write outside of).
 
     Raises:
         OutputExistsError: Another live run holds it, or the lock path holds a foreign file.
     """
-    lock = lock_path(path)
+    lock = lock or lock_path(path)
     lock.parent.mkdir(parents=True, exist_ok=True)
     record = LockRecord(
         pid=os.getpid(),
@@ -159,9 +163,9 @@ def _acquire(lock: Path, path: Path, record: LockRecord, flag: str) -> None:
     for _ in range(3):
         if _create(lock, record):
             return
-        holder = live_holder(path)
+        holder = live_holder(path, lock)
         if holder is not None:
-            raise OutputExistsError(_held_message(path, holder, flag))
+            raise OutputExistsError(_held_message(path, holder, flag, lock))
         stale = read_lock(lock)
         log.warning(
             "taking over the lock %s of %s, which is no longer running",

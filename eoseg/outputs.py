@@ -92,12 +92,15 @@ def checkpoint_path(path: Path) -> Path:
 
 def identify(path: Path) -> Found:
     """Recognise what ``path`` holds, by content (never by name alone)."""
-    if not path.exists():
-        return Found(None, "nothing", empty=True, exists=False)
-    if path.is_dir():
-        return _identify_folder(path)
-    if path.is_file():
-        return _identify_file(path)
+    try:
+        if not path.exists():
+            return Found(None, "nothing", empty=True, exists=False)
+        if path.is_dir():
+            return _identify_folder(path)
+        if path.is_file():
+            return _identify_file(path)
+    except PermissionError:  # what cannot be seen is never assumed to be nothing to lose
+        return Found(None, "something this user may not read (permission denied)")
     return Found(None, "a special file (not a regular file or folder)")
 
 
@@ -114,18 +117,26 @@ def _identify_folder(path: Path) -> Found:
         if kind in _STORE_KINDS:
             return Found(kind, _NAMES[kind], is_dir=True)
         return Found(None, "a Zarr store not written by eoseg", is_dir=True)
-    if (path / CARD_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
-        return Found("model", _NAMES["model"], is_dir=True)
-    if (path / STATE_FILE).is_file() and (path / TENSORS_FILE).is_file():
-        return Found("checkpoint", _NAMES["checkpoint"], is_dir=True)
     if (path / DEMO_MARKER).is_file():
         return Found("demo", _NAMES["demo"], is_dir=True)
     names = sorted(p.name for p in path.iterdir())
+    folders = {"model": {CARD_FILE, WEIGHTS_FILE}, "checkpoint": {STATE_FILE, TENSORS_FILE}}
+    for kind, files in folders.items():
+        if files <= set(names):
+            # Replacing the folder would delete anything else put in it.
+            others = [n for n in names if n not in files]
+            if others:
+                return Found(None, f"{_NAMES[kind]} with {_entries(others)} added", is_dir=True)
+            return Found(kind, _NAMES[kind], is_dir=True)  # type: ignore[arg-type]
     if not names:
         return Found(None, "an empty folder", empty=True, is_dir=True)
+    return Found(None, f"a folder of {_entries(names)}", is_dir=True)
+
+
+def _entries(names: list[str]) -> str:
+    """A folder's contents, for messages: ``2 entries (a, b)``."""
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-    entries = "entry" if len(names) == 1 else "entries"
-    return Found(None, f"a folder of {len(names)} {entries} ({shown})", is_dir=True)
+    return f"{len(names)} {'entry' if len(names) == 1 else 'entries'} ({shown})"
 
 
 def _identify_file(path: Path) -> Found:
@@ -211,7 +222,7 @@ def check_output(
                 f"{side} holds {held.what}, but eoseg keeps {_NAMES[side_kind]} there while "
                 f"it writes {flag} {path}: move it away, or choose another {flag}"
             )
-    check_unlocked(path, flag)
+    check_unlocked(path, flag, demo_lock(path) if kind == "demo" else None)
 
 
 def check_existing(
@@ -337,6 +348,11 @@ def check_replaceable(out: Path, new: Path) -> None:
             f"{out} holds {found.what}: eoseg never replaces it with {what}; choose another "
             "output path, or move it away yourself"
         )
+
+
+def demo_lock(path: Path) -> Path:
+    """The lock file of demo work dir ``path``: inside it, as everything the demo writes."""
+    return path / "eoseg-demo.lock"
 
 
 def mark_demo_workdir(path: Path) -> None:

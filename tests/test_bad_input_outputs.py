@@ -87,8 +87,19 @@ def read_only(name: str = "") -> Prepare:
     return prepare
 
 
-def locked(name: str) -> Prepare:
-    """The output's lock held by a live process of this host (the test runner's parent)."""
+def no_access(name: str) -> Prepare:
+    """A folder of someone else's that this user may neither list nor enter."""
+
+    def prepare(ws: Path) -> None:
+        user_folder(name)(ws)
+        (ws / name).chmod(0)
+
+    return prepare
+
+
+def locked(name: str, lock: str | None = None) -> Prepare:
+    """The output's lock (or ``lock``) held by a live process of this host (the test
+    runner's parent)."""
 
     def prepare(ws: Path) -> None:
         record = LockRecord(
@@ -99,7 +110,18 @@ def locked(name: str) -> Prepare:
             command="eoseg (another run)",
             token="0" * 32,
         )
-        lock_path(ws / name).write_text(json.dumps(asdict(record)))
+        (ws / lock if lock else lock_path(ws / name)).write_text(json.dumps(asdict(record)))
+
+    return prepare
+
+
+def earlier_demo(name: str) -> Prepare:
+    """The work dir of an earlier demo (which a new demo may reuse)."""
+
+    def prepare(ws: Path) -> None:
+        from eoseg.outputs import mark_demo_workdir
+
+        mark_demo_workdir(ws / name)
 
     return prepare
 
@@ -224,6 +246,19 @@ CASES = [
         [*TRAIN, "--out", "{ws}/ro/model"],
         ("--out", *READ_ONLY),
         read_only("ro"),
+        run=run_unprivileged,
+    ),
+    Case(
+        "train-out-model-with-user-files",
+        [*TRAIN, "--out", "{ws}/model2", OW],
+        ("holds a model folder with 1 entry (notes.txt) added, not a model folder",),
+        both(copy("model", "model2"), user_file("model2/notes.txt")),
+    ),
+    Case(
+        "train-out-unreadable-folder",
+        [*TRAIN, "--out", "{ws}/secret", OW],
+        ("holds something this user may not read (permission denied), not a model folder",),
+        no_access("secret"),
         run=run_unprivileged,
     ),
     Case("train-out-locked", [*TRAIN, "--out", "{ws}/m"], ("--out", *LOCKED), locked("m")),
@@ -511,7 +546,7 @@ CASES = [
         "demo-workdir-locked",
         ["demo", "--quick", "--workdir", "{ws}/d"],
         ("--workdir", "is being written by"),
-        both(empty_folder("d"), locked("d")),
+        both(earlier_demo("d"), locked("d", "d/eoseg-demo.lock")),
     ),
 ]
 

@@ -35,14 +35,14 @@ def demo(
     evaluate on a held-out area → class areas. Prints a summary and writes a quicklook.
     """
     from eoseg.locks import output_lock
-    from eoseg.outputs import check_output, mark_demo_workdir
+    from eoseg.outputs import check_output, demo_lock, mark_demo_workdir
 
     workdir = workdir.resolve()
 
     def body() -> None:
         # An empty or new folder, or an earlier demo's, which the demo rewrites.
         check_output(workdir, "demo", overwrite=True, flag="--workdir", overwrite_flag=None)
-        with output_lock(workdir, flag="--workdir"):
+        with output_lock(workdir, flag="--workdir", lock=demo_lock(workdir)):
             mark_demo_workdir(workdir)
             confine_to(workdir)
             from flows.demo import demo_flow
