@@ -148,7 +148,7 @@ def ingest(
         EosegError: No usable scene, or options that cannot work (see `eoseg.errors`).
     """
     start = time.perf_counter()
-    check_output(out, "cube", overwrite=overwrite, inputs=sources)
+    check_output(out, "cube", overwrite=overwrite, inputs={"SOURCES": sources})
     _check_options(tile_size, chunk_size, composite)
     scan = scan_sources(sources)
     if not scan.scenes:

@@ -162,7 +162,8 @@ def rasterize_labels(
         OutputExistsError: ``out`` exists and ``overwrite`` is false.
     """
     start = time.perf_counter()
-    inputs = [source_path, grid_path, classes if isinstance(classes, str | Path) else None]
+    inputs = {"SOURCE": source_path, "--cube": grid_path,
+              "--classes": classes if isinstance(classes, str | Path) else None}  # fmt: skip
     check_output(out, "labels", overwrite=overwrite, inputs=inputs)
     schema = load_schema(classes) if isinstance(classes, str | Path) else classes
     cube = open_grid_store(grid_path)

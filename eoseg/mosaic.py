@@ -51,7 +51,7 @@ def write_cog(
     Raises:
         InvalidParameterError: A multi-date map without ``date``, or a date it lacks.
     """
-    check_output(out, "cog", overwrite=overwrite, inputs=[classmap_path], flag="--cog")
+    check_output(out, "cog", overwrite=overwrite, inputs={"CLASSMAP": classmap_path}, flag="--cog")
     purpose = f"or put {DATE_FIELD} in the --cog path to export each"
     ds = select_date(open_classmap(classmap_path), date, purpose=purpose)
     day = selected_date(ds)

@@ -131,7 +131,7 @@ def write_osm_labels(
         InvalidParameterError: ``out_path`` has an unsupported suffix.
     """
     out = Path(out_path)
-    check_output(out, "polygons", overwrite=overwrite, inputs=[source])
+    check_output(out, "polygons", overwrite=overwrite, inputs={"source": source})
     frame = osm_features(source, schema, bbox=bbox)
     if frame.empty:
         raise UnreadableVectorError(

@@ -26,7 +26,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -50,13 +50,15 @@ _NAMES: dict[str, str] = {
     "classmap": "a class map store",
     "model": "a model folder",
     "checkpoint": "a training checkpoint",
-    "cog": "a class map COG written by eoseg",
-    "polygons": "a polygons file written by eoseg",
-    "quicklook": "a quicklook PNG written by eoseg",
+    "cog": "a class map COG",
+    "polygons": "a class map's polygons file",
+    "quicklook": "a class map quicklook PNG",
     "demo": "a demo work dir",
 }
 _FOLDER_KINDS = frozenset({"cube", "labels", "classmap", "model", "checkpoint", "demo"})
 _STORE_KINDS = frozenset({"cube", "labels", "classmap"})
+Inputs = Mapping[str, "Path | str | Sequence[Path | str] | None"]
+"""What a command reads, by the option or argument that names it."""
 _HEAD_BYTES = 1 << 16
 """How much of a GeoJSON file is searched for its marker (it comes first)."""
 
@@ -190,7 +192,7 @@ def check_output(
     kind: OutputKind,
     *,
     overwrite: bool,
-    inputs: Iterable[Path | str | None] = (),
+    inputs: Inputs | None = None,
     flag: str = "--out",
     overwrite_flag: str | None = "--overwrite",
 ) -> None:
@@ -200,7 +202,8 @@ def check_output(
         path: The output to write.
         kind: The product the command writes there.
         overwrite: Whether the user allowed replacing a product of the same kind.
-        inputs: What the command reads (paths; URLs and None are skipped).
+        inputs: What the command reads, by the option or argument naming it
+            (``{"--cube": cube, "SOURCES": [a, b]}``); URLs and None are skipped.
         flag: The option naming ``path``, for messages.
         overwrite_flag: The option allowing replacement; None where the command reuses
             its own kind of output without asking (the demo's work dir).
@@ -212,7 +215,7 @@ def check_output(
             something that may not be replaced.
     """
     path = Path(path)
-    check_not_input(path, inputs, flag)
+    check_not_input(path, inputs or {}, flag)
     check_existing(path, kind, overwrite=overwrite, flag=flag, overwrite_flag=overwrite_flag)
     check_writable(path, flag)
     for side, side_kind in _side_paths(path, kind):
@@ -273,29 +276,32 @@ def _side_paths(path: Path, kind: OutputKind) -> list[tuple[Path, OutputKind]]:
     return []
 
 
-def check_not_input(path: Path, inputs: Iterable[Path | str | None], flag: str = "--out") -> None:
-    """Refuse an output that is, lies inside or contains one of ``inputs``.
+def check_not_input(path: Path, inputs: Inputs, flag: str = "--out") -> None:
+    """Refuse an output that is, lies inside or contains one of ``inputs`` (see
+    `check_output`).
 
     Raises:
         InvalidParameterError: Naming the input and the flag to change.
     """
     out = _absolute(path)
-    for given in inputs:
-        if given is None or "://" in str(given):
-            continue
-        src = _absolute(Path(given))
-        if out == src or (out.exists() and src.exists() and os.path.samefile(out, src)):
-            relation = "is the input"
-        elif src in out.parents:
-            relation = "lies inside the input"
-        elif out in src.parents:
-            relation = "contains the input"
-        else:
-            continue
-        raise InvalidParameterError(
-            f"{flag} {path} {relation} {given}: writing there would destroy what the command "
-            f"reads; choose another {flag}"
-        )
+    for name, value in inputs.items():
+        given = [value] if isinstance(value, str | os.PathLike) else list(value or [])
+        for one in given:
+            if "://" in str(one):
+                continue
+            src = _absolute(Path(one))
+            if out == src or (out.exists() and src.exists() and os.path.samefile(out, src)):
+                relation = "is"
+            elif src in out.parents:
+                relation = "lies inside"
+            elif out in src.parents:
+                relation = "contains"
+            else:
+                continue
+            raise InvalidParameterError(
+                f"{flag} {path} {relation} the {name} input {one}: writing there would "
+                f"destroy what the command reads; choose another {flag}"
+            )
 
 
 def _absolute(path: Path) -> Path:

@@ -255,7 +255,8 @@ def predict(
         InputNotFoundError: Cube or model missing.
     """
     start = time.perf_counter()
-    check_output(out, "classmap", overwrite=overwrite, inputs=[cube_path, model_dir])
+    inputs = {"--cube": cube_path, "--model": model_dir}
+    check_output(out, "classmap", overwrite=overwrite, inputs=inputs)
     cube = open_cube(cube_path)
     card = read_card(model_dir)  # the card only: the client never touches CUDA
     check_bands(card, tuple(str(b) for b in cube["band"].values))

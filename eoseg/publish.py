@@ -95,7 +95,8 @@ def _check_targets(
                     "own file"
                 )
             seen[key] = flag
-            check_output(target, kind, overwrite=overwrite, inputs=[classmap], flag=flag)
+            inputs = {"CLASSMAP": classmap}
+            check_output(target, kind, overwrite=overwrite, inputs=inputs, flag=flag)
 
 
 def _export_dates(ds: xr.Dataset, date: DateChoice) -> list[int] | None:

@@ -206,14 +206,14 @@ CASES = [
     Case(
         "train-out-equals-cube",
         [*TRAIN, "--out", "{ws}/cube.zarr", OW],
-        ("--out", "is the input", "cube.zarr", "choose another --out"),
+        ("--out", "is the --cube input", "choose another --out"),
     ),
     Case(
         "train-out-inside-input",
         [*TRAIN, "--out", "{ws}/cube.zarr/model"],
         (
             "--out",
-            "lies inside the input",
+            "lies inside the --cube input",
         ),
     ),
     Case(
@@ -221,24 +221,28 @@ CASES = [
         [*TRAIN, "--out", "{ws}", OW],
         (
             "--out",
-            "contains the input",
+            "contains the --cube input",
         ),
     ),
     Case(
         "train-out-equals-config",
         [*TRAIN, "--config", "{ws}/train.toml", "--out", "{ws}/train.toml", OW],
-        ("is the input", "train.toml"),
+        ("is the --config input",),
         user_file("train.toml", "epochs = 1\n"),
     ),
     Case(
         "train-out-parent-is-file",
         [*TRAIN, "--out", "{ws}/scene.tif/model"],
-        ("--out", "scene.tif is a file, not a folder"),
+        ("--out", "is a file, not a folder"),
     ),
     Case(
         "train-ckpt-user-folder",
         [*TRAIN, "--out", "{ws}/m"],
-        ("m.ckpt holds a folder of 2 entries", "a training checkpoint", "move it away"),
+        (
+            "holds a folder of 2 entries",
+            "but eoseg keeps a training checkpoint there",
+            "move it away",
+        ),
         user_folder("m.ckpt"),
     ),
     Case(
@@ -266,14 +270,14 @@ CASES = [
     Case(
         "ingest-out-equals-input",
         [*INGEST, "--out", "{ws}/scene.tif", OW],
-        ("--out", "is the input", "scene.tif"),
+        ("--out", "is the SOURCES input"),
     ),
     Case(
         "ingest-out-inside-input-folder",
         ["ingest", "{ws}/catalog", "--out", "{ws}/catalog/cube.zarr"],
         (
             "--out",
-            "lies inside the input",
+            "lies inside the SOURCES input",
         ),
     ),
     Case(
@@ -318,7 +322,7 @@ CASES = [
     Case(
         "ingest-out-parent-is-file",
         [*INGEST, "--out", "{ws}/truth.tif/cube.zarr"],
-        ("truth.tif is a file, not a folder",),
+        ("is a file, not a folder",),
     ),
     Case(
         "ingest-readonly-out",
@@ -332,12 +336,12 @@ CASES = [
     Case(
         "rasterize-out-equals-cube",
         [*RASTERIZE, "--out", "{ws}/cube.zarr", OW],
-        ("--out", "is the input"),
+        ("--out", "is the --cube input"),
     ),
     Case(
         "rasterize-out-equals-source",
         [*RASTERIZE, "--out", "{ws}/polygons.gpkg", OW],
-        ("is the input", "polygons.gpkg"),
+        ("is the SOURCE input",),
     ),
     Case(
         "rasterize-out-is-class-map",
@@ -363,12 +367,12 @@ CASES = [
     Case(
         "predict-out-equals-cube",
         [*PREDICT, "--out", "{ws}/cube.zarr", OW],
-        ("--out", "is the input"),
+        ("--out", "is the --cube input"),
     ),
     Case(
         "predict-out-inside-model",
         [*PREDICT, "--out", "{ws}/model/map.zarr"],
-        ("lies inside the input",),
+        ("lies inside the --model input",),
     ),
     Case(
         "predict-out-is-a-cube",
@@ -410,7 +414,7 @@ CASES = [
     Case(
         "predict-lock-path-user-file",
         [*PREDICT, "--out", "{ws}/map2.zarr"],
-        ("map2.zarr.lock is not a lock written by eoseg", "move it away"),
+        ("is not a lock written by eoseg", "move it away"),
         user_file("map2.zarr.lock"),
     ),
     # export
@@ -439,12 +443,12 @@ CASES = [
     Case(
         "export-cog-equals-input",
         [*EXPORT, "--cog", "{ws}/map.zarr", OW],
-        ("--cog", "is the input"),
+        ("--cog", "is the CLASSMAP input"),
     ),
     Case(
         "export-cog-inside-input",
         [*EXPORT, "--cog", "{ws}/map.zarr/map.tif"],
-        ("lies inside the input",),
+        ("lies inside the CLASSMAP input",),
     ),
     Case(
         "export-polygons-is-user-vector",
@@ -492,7 +496,7 @@ CASES = [
     Case(
         "models-fetch-out-inside-registry",
         [*FETCH, "--out", "{ws}/registry/copy"],
-        ("lies inside the input",),
+        ("lies inside the --registry input",),
         registry,
     ),
     Case(
@@ -515,7 +519,7 @@ CASES = [
     Case(
         "models-register-registry-is-file",
         ["models", "register", "{ws}/model", "--registry", "{ws}/scene.tif"],
-        ("--registry", "scene.tif is a file, not a folder"),
+        ("--registry", "is a file, not a folder"),
     ),
     Case(
         "models-promote-readonly-registry",

@@ -229,8 +229,10 @@ def test_unwritable_and_impossible_paths(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(InvalidParameterError, match="is a file, not a folder"):
         check_output(tmp_path / "file" / "sub" / "cube.zarr", "cube", overwrite=False)
-    with pytest.raises(InvalidParameterError, match=r"--out .* is the input"):
-        check_output(tmp_path / "file", "cube", overwrite=True, inputs=[tmp_path / "file"])
+    with pytest.raises(InvalidParameterError, match=r"--out .* is the --cube input"):
+        check_output(
+            tmp_path / "file", "cube", overwrite=True, inputs={"--cube": tmp_path / "file"}
+        )
     os.link(tmp_path / "file", tmp_path / "same")
-    with pytest.raises(InvalidParameterError, match="is the input"):  # another name, same file
-        check_output(tmp_path / "same", "cog", overwrite=True, inputs=[tmp_path / "file"])
+    with pytest.raises(InvalidParameterError, match="is the --cube input"):  # another name
+        check_output(tmp_path / "same", "cog", overwrite=True, inputs={"--cube": tmp_path / "file"})

@@ -84,7 +84,8 @@ def ingest(
 
     def body() -> None:
         box = parse_bbox(bbox) if bbox else None
-        check_output(out, "cube", overwrite=overwrite, inputs=sources)  # before any cluster
+        # Outputs are checked before any cluster starts.
+        check_output(out, "cube", overwrite=overwrite, inputs={"SOURCES": sources})
         with dask_client(scheduler) as client, console.progress_bar("ingest") as bar:
             result = run(
                 sources,
@@ -191,7 +192,8 @@ def rasterize(
     def body() -> None:
         schema = load_schema(classes) if classes is not None else None  # before any cluster
         mapping = load_class_map(class_map, schema) if class_map is not None else None
-        check_output(out, "labels", overwrite=overwrite, inputs=[source, cube, classes])
+        inputs = {"SOURCE": source, "--cube": cube, "--classes": classes}
+        check_output(out, "labels", overwrite=overwrite, inputs=inputs)
         with dask_client(scheduler) as client, console.progress_bar("rasterize") as bar:
             result = rasterize_labels(
                 source,

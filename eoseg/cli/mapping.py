@@ -49,7 +49,7 @@ def predict(
     from eoseg.predict import predict as run
 
     def body() -> None:
-        inputs = [cube, model]
+        inputs = {"--cube": cube, "--model": model}
         check_output(out, "classmap", overwrite=overwrite, inputs=inputs)  # before any cluster
         with dask_client(scheduler) as client, console.progress_bar("predict") as bar:
             result = run(

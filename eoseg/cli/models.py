@@ -192,7 +192,7 @@ def fetch(
         if out is None:
             path = fetch_model(reg, name, version)
         else:
-            check_output(out, "model", overwrite=overwrite, inputs=[reg])
+            check_output(out, "model", overwrite=overwrite, inputs={"--registry": reg})
             with output_lock(out):
                 path = fetch_model(reg, name, version, out_dir=out)
         if json_out:

@@ -188,7 +188,8 @@ def train(
             seed=seed,
             time=time,
         )
-        inputs = [cube, labels, finetune_labels, classes, config]
+        inputs = {"--cube": cube, "--labels": labels, "--finetune-labels": finetune_labels,
+                  "--classes": classes, "--config": config}  # fmt: skip
         check_output(out, "model", overwrite=overwrite, inputs=inputs)
         with console.train_progress() as bar:
             card = train_from_stores(

@@ -51,7 +51,8 @@ def train_from_stores(
     from eoseg.cube import open_cube
     from eoseg.labels import open_labels
 
-    inputs = [cube_path, labels_path, finetune_labels, classes]
+    inputs = {"--cube": cube_path, "--labels": labels_path,
+              "--finetune-labels": finetune_labels, "--classes": classes}  # fmt: skip
     check_output(out_dir, "model", overwrite=overwrite, inputs=inputs)
     cube = open_cube(cube_path)
     labels = open_labels(labels_path)
