@@ -35,8 +35,6 @@ from eoseg.errors import InputNotFoundError, InvalidStoreError, OutputExistsErro
 from eoseg.grid import Tile
 from eoseg.outputs import PRODUCT_KEY, check_existing, check_replaceable, identify, staging_path
 
-__all__ = ["staging_path"]  # re-exported: where a store is written before it is published
-
 log = logging.getLogger(__name__)
 
 _TILES_DIR = "_eoseg_tiles"
