@@ -46,8 +46,9 @@ from eoseg.ingest_plan import (
     plan_jobs,
     time_steps,
 )
+from eoseg.locks import output_lock
+from eoseg.outputs import check_output
 from eoseg.store import (
-    check_output,
     create_store,
     done_tiles,
     open_product,
@@ -147,7 +148,7 @@ def ingest(
         EosegError: No usable scene, or options that cannot work (see `eoseg.errors`).
     """
     start = time.perf_counter()
-    check_output(out, overwrite)
+    check_output(out, "cube", overwrite=overwrite, inputs={"SOURCES": sources})
     _check_options(tile_size, chunk_size, composite)
     scan = scan_sources(sources)
     if not scan.scenes:
@@ -182,28 +183,29 @@ def ingest(
         "grid": describe_grid(grid),
         **geozarr_attrs(grid),
     }
-    staging = create_store(out, template, product="cube", signature=signature, attrs=attrs)
-    done = done_tiles(staging)
-    todo = [j for j in jobs if j.tile.name not in done]
-    log.info("ingest: %d scenes, %d tiles (%d already done)", len(scenes), len(tiles), len(done))
-    run_tiles(
-        client,
-        ingest_tile,
-        todo,
-        progress=progress,
-        grid=grid,
-        n_bands=len(bands),
-        encode=encoding.encode,
-        staging=staging,
-        method=composite,
-    )
-    records = tile_provenance(staging)
-    used = {i for r in records for i in r["scenes"]}
-    skipped = [(k.id or k.source, k.reason) for k in scan.skipped] + unwanted
-    skipped += unused_scenes(scenes, records, outside)
-    for scene_id, reason in skipped:
-        log.warning("scene %s contributed nothing: %s", scene_id, reason)
-    publish(out, overwrite=overwrite)
+    with output_lock(out, run_id=run_id):
+        staging = create_store(out, template, product="cube", signature=signature, attrs=attrs)
+        done = done_tiles(staging)
+        todo = [j for j in jobs if j.tile.name not in done]
+        log.info("ingest: %d scenes, %d tiles (%d done)", len(scenes), len(tiles), len(done))
+        run_tiles(
+            client,
+            ingest_tile,
+            todo,
+            progress=progress,
+            grid=grid,
+            n_bands=len(bands),
+            encode=encoding.encode,
+            staging=staging,
+            method=composite,
+        )
+        records = tile_provenance(staging)
+        used = {i for r in records for i in r["scenes"]}
+        skipped = [(k.id or k.source, k.reason) for k in scan.skipped] + unwanted
+        skipped += unused_scenes(scenes, records, outside)
+        for scene_id, reason in skipped:
+            log.warning("scene %s contributed nothing: %s", scene_id, reason)
+        publish(out, overwrite=overwrite)
     pixels = sum(r["pixels"] for r in records)
     return IngestResult(
         path=out,

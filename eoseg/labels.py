@@ -59,8 +59,9 @@ from eoseg.label_sources import (
     prepare_osm_source,
     source_kind,
 )
+from eoseg.locks import output_lock
+from eoseg.outputs import check_output
 from eoseg.store import (
-    check_output,
     create_store,
     done_tiles,
     open_grid_store,
@@ -161,7 +162,9 @@ def rasterize_labels(
         OutputExistsError: ``out`` exists and ``overwrite`` is false.
     """
     start = time.perf_counter()
-    check_output(out, overwrite)
+    inputs = {"SOURCE": source_path, "--cube": grid_path,
+              "--classes": classes if isinstance(classes, str | Path) else None}  # fmt: skip
+    check_output(out, "labels", overwrite=overwrite, inputs=inputs)
     schema = load_schema(classes) if isinstance(classes, str | Path) else classes
     cube = open_grid_store(grid_path)
     grid: GeoBox = cube.odc.geobox
@@ -200,27 +203,28 @@ def rasterize_labels(
         "grid_store": str(grid_path),
     }
     template = labels_template(grid, tile_size)
-    staging = create_store(out, template, product="labels", signature=signature, attrs=attrs)
-    try:
-        if source is None:  # OSM: source_kind refused it without a schema
-            source = prepare_osm_source(source_path, cast(ClassSchema, schema), grid, staging)
-        todo = [t for t in iter_tiles(grid, tile_size) if t.name not in done_tiles(staging)]
-        counts_per_tile = run_tiles(
-            client,
-            rasterize_tile,
-            todo,
-            progress=progress,
-            source=source,
-            grid=grid,
-            staging=staging,
-        )
-    except EosegError:
-        # Bad input (no matching feature, ids outside the schema): fixing it changes the
-        # signature anyway, so nothing worth resuming is lost.
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    (staging_path(out) / OSM_FEATURES).unlink(missing_ok=True)
-    publish(out, overwrite=overwrite)
+    with output_lock(out, run_id=run_id):
+        staging = create_store(out, template, product="labels", signature=signature, attrs=attrs)
+        try:
+            if source is None:  # OSM: source_kind refused it without a schema
+                source = prepare_osm_source(source_path, cast(ClassSchema, schema), grid, staging)
+            todo = [t for t in iter_tiles(grid, tile_size) if t.name not in done_tiles(staging)]
+            counts_per_tile = run_tiles(
+                client,
+                rasterize_tile,
+                todo,
+                progress=progress,
+                source=source,
+                grid=grid,
+                staging=staging,
+            )
+        except EosegError:
+            # Bad input (no matching feature, ids outside the schema): fixing it changes the
+            # signature anyway, so nothing worth resuming is lost.
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        (staging_path(out) / OSM_FEATURES).unlink(missing_ok=True)
+        publish(out, overwrite=overwrite)
     counts, unmapped = _read_counts(out)
     total = grid.shape.y * grid.shape.x
     labelled = int(counts[:IGNORE_ID].sum())

@@ -22,8 +22,8 @@ from rasterio.windows import Window
 from eoseg.classes import IGNORE_ID, ClassSchema
 from eoseg.dates import DATE_FIELD, DateChoice, select_date, selected_date
 from eoseg.grid import crs_of, iter_tiles
+from eoseg.outputs import PRODUCT_KEY, check_output, check_replaceable
 from eoseg.predict import open_classmap
-from eoseg.store import check_output
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def write_cog(
     Raises:
         InvalidParameterError: A multi-date map without ``date``, or a date it lacks.
     """
-    check_output(out, overwrite)
+    check_output(out, "cog", overwrite=overwrite, inputs={"CLASSMAP": classmap_path}, flag="--cog")
     purpose = f"or put {DATE_FIELD} in the --cog path to export each"
     ds = select_date(open_classmap(classmap_path), date, purpose=purpose)
     day = selected_date(ds)
@@ -83,6 +83,7 @@ def write_cog(
             dst.write_colormap(1, {c.id: (*c.rgb(), 255) for c in schema})
             dst.update_tags(1, **{f"class_{c.id}": c.name for c in schema})
             dst.update_tags(
+                **{PRODUCT_KEY: "cog"},  # what makes it replaceable by a new export
                 model=ds.attrs.get("model_version", ""),
                 run_id=ds.attrs.get("run_id", ""),
                 **({"date": day} if day else {}),
@@ -97,6 +98,7 @@ def write_cog(
             OVERVIEW_RESAMPLING="MODE",
             BIGTIFF="IF_SAFER",
         )
+        check_replaceable(out, final_tmp)
         os.replace(final_tmp, out)
     log.info("wrote COG %s", out)
     return out
@@ -144,6 +146,10 @@ def write_quicklook(
         frameon=False,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".quicklook-") as tmp:
+        staged = Path(tmp) / "quicklook.png"
+        fig.savefig(staged, dpi=100, bbox_inches="tight", metadata={PRODUCT_KEY: "quicklook"})
+        plt.close(fig)
+        check_replaceable(out, staged)
+        os.replace(staged, out)
     return out

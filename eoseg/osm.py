@@ -42,7 +42,7 @@ from eoseg.errors import (
     InvalidParameterError,
     UnreadableVectorError,
 )
-from eoseg.store import check_output
+from eoseg.outputs import check_output
 from eoseg.vector_io import read_vector, vector_info
 from eoseg.vectorize import write_polygons
 
@@ -131,7 +131,7 @@ def write_osm_labels(
         InvalidParameterError: ``out_path`` has an unsupported suffix.
     """
     out = Path(out_path)
-    check_output(out, overwrite)
+    check_output(out, "polygons", overwrite=overwrite, inputs={"source": source})
     frame = osm_features(source, schema, bbox=bbox)
     if frame.empty:
         raise UnreadableVectorError(

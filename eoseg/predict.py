@@ -38,6 +38,7 @@ from eoseg.cluster import ProgressFn, run_tiles
 from eoseg.cube import open_cube
 from eoseg.dates import date_labels
 from eoseg.grid import Tile, grid_coords, iter_tiles
+from eoseg.locks import output_lock
 from eoseg.model_input import input_stack, time_slices
 from eoseg.models.accel import Accelerator, resolve_accelerator
 from eoseg.models.card import (
@@ -48,8 +49,8 @@ from eoseg.models.card import (
     normalize,
     read_card,
 )
+from eoseg.outputs import check_output
 from eoseg.store import (
-    check_output,
     create_store,
     done_tiles,
     open_product,
@@ -262,7 +263,8 @@ def predict(
         InputNotFoundError: Cube or model missing.
     """
     start = time.perf_counter()
-    check_output(out, overwrite)
+    inputs = {"--cube": cube_path, "--model": model_dir}
+    check_output(out, "classmap", overwrite=overwrite, inputs=inputs)
     cube = open_cube(cube_path)
     card = read_card(model_dir)  # the card only: the client never touches CUDA
     check_bands(card, tuple(str(b) for b in cube["band"].values))
@@ -296,21 +298,22 @@ def predict(
         "cube_signature": cube.attrs["eoseg_signature"],
         "input_time": card.time,
     }
-    staging = create_store(out, template, product="classmap", signature=signature, attrs=attrs)
-    todo = [t for t in tiles if t.name not in done_tiles(staging)]
-    model_key = str(Path(model_dir).resolve())
-    if client is not None:
-        client.register_plugin(ModelPlugin(model_key))
-    run_tiles(
-        client,
-        predict_tile,
-        todo,
-        progress=progress,
-        cube_path=str(cube_path),
-        model_dir=model_key,
-        staging=staging,
-    )
-    publish(out, overwrite=overwrite)
+    with output_lock(out, run_id=run_id):
+        staging = create_store(out, template, product="classmap", signature=signature, attrs=attrs)
+        todo = [t for t in tiles if t.name not in done_tiles(staging)]
+        model_key = str(Path(model_dir).resolve())
+        if client is not None:
+            client.register_plugin(ModelPlugin(model_key))
+        run_tiles(
+            client,
+            predict_tile,
+            todo,
+            progress=progress,
+            cube_path=str(cube_path),
+            model_dir=model_key,
+            staging=staging,
+        )
+        publish(out, overwrite=overwrite)
     return PredictResult(
         path=out,
         model=f"{card.name}@{card.version}",

@@ -7,6 +7,7 @@ These are the library functions behind ``eoseg export``, ``eoseg evaluate`` and
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,9 @@ from eoseg.label_mapping import ClassMapping, ClassMapSpec, load_class_map
 from eoseg.labels import open_truth
 from eoseg.metrics import AccuracyReport, evaluate
 from eoseg.mosaic import write_cog, write_quicklook
+from eoseg.outputs import OutputKind, check_output
 from eoseg.predict import open_classmap
 from eoseg.stats import ClassAreas, class_areas, read_aoi
-from eoseg.store import check_output
 from eoseg.vectorize import vectorize, write_polygons
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,7 @@ def export_classmap(
     cogs = _targets(ds, picks, cog, "--cog", "export each")
     looks = _targets(ds, picks, quicklook, "--quicklook", "render each")
     shapes = _targets(ds, picks, polygons, "--polygons", None)
-    for _, target in (*cogs, *looks, *shapes):
-        check_output(target, overwrite)
+    _check_targets(classmap, {"cog": cogs, "quicklook": looks, "polygons": shapes}, overwrite)
     if cogs:
         start = time.perf_counter()
         paths = [write_cog(classmap, p, overwrite=overwrite, date=_one(i)) for i, p in cogs]
@@ -76,6 +76,27 @@ def export_classmap(
             [write_quicklook(classmap, p, date=_one(i)) for i, p in looks]
         )
     return doc
+
+
+def _check_targets(
+    classmap: Path,
+    targets: dict[OutputKind, list[tuple[list[int] | None, Path]]],
+    overwrite: bool,
+) -> None:
+    """Every export file may be written (`eoseg.outputs.check_output`), each its own."""
+    seen: dict[Path, str] = {}
+    for kind, files in targets.items():
+        flag = f"--{kind}"
+        for _, target in files:
+            key = Path(os.path.abspath(target))
+            if key in seen:
+                raise InvalidParameterError(
+                    f"{target} is given to both {seen[key]} and {flag}: give each export its "
+                    "own file"
+                )
+            seen[key] = flag
+            inputs = {"CLASSMAP": classmap}
+            check_output(target, kind, overwrite=overwrite, inputs=inputs, flag=flag)
 
 
 def _export_dates(ds: xr.Dataset, date: DateChoice) -> list[int] | None:

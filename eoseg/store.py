@@ -33,29 +33,12 @@ import zarr
 from eoseg import __version__
 from eoseg.errors import InputNotFoundError, InvalidStoreError, OutputExistsError
 from eoseg.grid import Tile
+from eoseg.outputs import PRODUCT_KEY, check_existing, check_replaceable, identify, staging_path
 
 log = logging.getLogger(__name__)
 
 _TILES_DIR = "_eoseg_tiles"
 """Group inside a store holding one provenance JSON per written tile."""
-
-
-def staging_path(path: Path) -> Path:
-    """Where a product is written before it is published."""
-    return path.with_name(path.name + ".partial")
-
-
-def check_output(path: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing product unless asked.
-
-    Raises:
-        OutputExistsError: ``path`` exists and ``overwrite`` is false.
-    """
-    if path.exists() and not overwrite:
-        raise OutputExistsError(
-            f"{path} already exists and would be replaced: pass --overwrite to replace it, "
-            "or choose another output path"
-        )
 
 
 def create_store(
@@ -74,21 +57,33 @@ def create_store(
 
     Returns:
         The staging path.
+
+    Raises:
+        OutputExistsError: The staging path holds something eoseg did not put there (it
+            is never deleted).
     """
     staging = staging_path(path)
     if staging.exists():
-        try:
-            old = zarr.open_group(str(staging), mode="r").attrs.get("eoseg_signature")
-        except Exception:  # an unreadable leftover is simply discarded
-            old = None
+        found = identify(staging)
+        if found.kind != product and not found.empty:
+            raise OutputExistsError(
+                f"{staging} holds {found.what}, but eoseg writes the {product} of {path} "
+                "there until it is complete: move it away, or choose another output path"
+            )
+        old = None
+        if not found.empty:
+            try:
+                old = zarr.open_group(str(staging), mode="r").attrs.get("eoseg_signature")
+            except Exception:  # our own leftover, unreadable: discarded below
+                old = None
         if old == signature:
             log.info("resuming %s: %d tiles already written", staging, len(done_tiles(staging)))
             return staging
-        shutil.rmtree(staging)
+        shutil.rmtree(staging) if staging.is_dir() else staging.unlink()
     ds = template.copy()
     ds.attrs = {
         **dict(attrs),
-        "eoseg_product": product,
+        PRODUCT_KEY: product,
         "eoseg_version": __version__,
         "eoseg_signature": signature,
         "eoseg_complete": False,
@@ -140,8 +135,8 @@ def publish(path: Path, *, overwrite: bool) -> Path:
     aside first and deleted only after the new one is in place.
     """
     staging = staging_path(path)
-    check_output(path, overwrite)
     group = zarr.open_group(str(staging), mode="r+")
+    check_existing(path, group.attrs[PRODUCT_KEY], overwrite=overwrite)  # type: ignore[arg-type]
     group.attrs["eoseg_complete"] = True
     consolidate(staging)
     swap_into_place(staging, path)
@@ -181,8 +176,13 @@ def swap_into_place(src: Path, out: Path) -> None:
     """Move the finished folder ``src`` to ``out``, replacing what was there.
 
     The old ``out`` is moved aside first and deleted only once the new one is in place, so
-    a crash leaves either the old or the new product at ``out``, never a half one.
+    a crash leaves either the old or the new product at ``out``, never a half one. Only
+    nothing, an empty folder or a product of the same kind is replaced.
+
+    Raises:
+        OutputExistsError: ``out`` holds something else (see `eoseg.outputs`).
     """
+    check_replaceable(out, src)
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
@@ -203,10 +203,10 @@ def staged_folder(out: Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    swap_into_place(tmp, out)
 
 
 def open_product(path: Path | str, product: str) -> xr.Dataset:
@@ -231,7 +231,7 @@ def open_product(path: Path | str, product: str) -> xr.Dataset:
             f"{path} is not a readable Zarr v3 store ({exc}): expected a {product} written "
             f"by eoseg; create it with 'eoseg {_COMMAND[product]}'"
         ) from exc
-    found = ds.attrs.get("eoseg_product")
+    found = ds.attrs.get(PRODUCT_KEY)
     if found != product:
         raise InvalidStoreError(
             f"{path} is a {found or 'non-eoseg'} store, expected a {product}: "
@@ -257,7 +257,7 @@ def open_grid_store(path: Path | str) -> xr.Dataset:
         if not path.exists():
             raise InputNotFoundError(f"no store at {path}: check the path")
         raise InvalidStoreError(f"{path} is not a Zarr v3 store written by eoseg")
-    product = zarr.open_group(str(path), mode="r").attrs.get("eoseg_product")
+    product = zarr.open_group(str(path), mode="r").attrs.get(PRODUCT_KEY)
     if product not in _COMMAND:
         raise InvalidStoreError(f"{path} is not an eoseg store (cube, labels or classmap)")
     return open_product(path, str(product))

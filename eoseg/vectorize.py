@@ -11,6 +11,7 @@ which ``shapely.coverage_simplify`` keeps when simplifying.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -35,6 +36,7 @@ from eoseg.classes import IGNORE_ID, ClassSchema
 from eoseg.dates import check_one_date
 from eoseg.errors import InvalidParameterError
 from eoseg.grid import raster_tiles
+from eoseg.outputs import PRODUCT_KEY, check_replaceable
 
 log = logging.getLogger(__name__)
 
@@ -143,12 +145,18 @@ def write_polygons(
             f"{sorted(_DRIVERS)}: rename the output"
         )
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp{suffix}")
+    marker = {PRODUCT_KEY: "polygons"}  # what makes the file replaceable by a new export
     try:
         driver = _DRIVERS[suffix]
         if driver is None:
-            gdf.to_parquet(tmp, write_covering_bbox=True)  # readers can filter by bbox
-        else:
-            gdf.to_file(tmp, driver=driver, layer=layer if driver == "GPKG" else None)
+            frame = gdf.copy(deep=False)
+            frame.attrs = {**gdf.attrs, **marker}  # kept in the Parquet metadata
+            frame.to_parquet(tmp, write_covering_bbox=True)  # readers can filter by bbox
+        elif driver == "GPKG":
+            gdf.to_file(tmp, driver=driver, layer=layer, metadata=marker)
+        else:  # GeoJSON: a member of the feature collection
+            gdf.to_file(tmp, driver=driver, FOREIGN_MEMBERS_COLLECTION=json.dumps(marker))
+        check_replaceable(path, tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -17,6 +17,7 @@ from prefect import flow, task
 from eoseg.classes import DEMO_CLASSES, ClassSchema, LandClass
 from eoseg.cluster import connect
 from eoseg.cube import open_cube
+from eoseg.outputs import check_existing, mark_demo_workdir
 from eoseg.stats import class_areas
 from eoseg.synthetic import DemoSpec, make_demo_data
 from eoseg.train import TrainConfig
@@ -92,6 +93,9 @@ def demo_flow(
     ``quick`` uses a tiny landscape and a few training steps: a smoke test, not a map.
     """
     root = Path(workdir)
+    # The kind rule only: `eoseg demo` checked the rest and holds the work dir's lock.
+    check_existing(root, "demo", overwrite=True, flag="--workdir", overwrite_flag=None)
+    mark_demo_workdir(root)
     spec = replace(QUICK_SPEC if quick else DemoSpec(), seed=seed)
     training = replace(QUICK_TRAINING if quick else DEMO_TRAINING, seed=seed)
     timings: dict[str, float] = {}
@@ -142,6 +146,7 @@ def demo_flow(
             finetune_labels=clean["labels"],
             classes=str(classes),
             config=training,
+            overwrite=True,
         )
         timed("train", t)
         t = time.perf_counter()

@@ -10,6 +10,7 @@ from prefect import flow, task
 
 from eoseg.cluster import connect
 from eoseg.dates import DATE_FIELD, date_labels
+from eoseg.outputs import scratch_dir
 from eoseg.predict import open_classmap, predict
 from eoseg.publish import evaluate_classmap, export_classmap, query_areas, query_areas_by_date
 from eoseg.registry import fetch_model
@@ -65,7 +66,8 @@ def evaluate_task(
     days = date_labels(open_classmap(classmap))
     picks: list[str | None] = list(days) if date is None and len(days) > 1 else [date]
     reports = {}
-    with tempfile.TemporaryDirectory(dir=Path(classmap).parent, prefix=".truth-") as tmp:
+    scratch = scratch_dir(Path(classmap).parent)  # beside the map, if it can be written
+    with tempfile.TemporaryDirectory(dir=scratch, prefix=".truth-") as tmp:
         for pick in picks:
             reports[pick] = evaluate_classmap(
                 Path(classmap), Path(truth), class_field=class_field, workdir=Path(tmp), date=pick

@@ -62,6 +62,7 @@ def train_task(
     finetune_labels: str | None = None,
     classes: str | None = None,
     config: TrainConfig | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train (and fine-tune) a U-Net; returns the model card as a dict."""
     card = train_from_stores(
@@ -71,6 +72,7 @@ def train_task(
         finetune_labels=Path(finetune_labels) if finetune_labels else None,
         classes=Path(classes) if classes else None,
         config=config,
+        overwrite=overwrite,
     )
     return card.to_dict()
 
@@ -100,6 +102,7 @@ def train_flow(
     promote: bool = False,
     class_map: str | dict[str, int | str] | None = None,
     finetune_class_map: str | dict[str, int | str] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Rasterize noisy (and clean) labels and train a model on the cube.
 
@@ -122,6 +125,8 @@ def train_flow(
             codes) to classes: a TOML/JSON file, ``{"311": "forest"}``, or
             ``"311=forest,511=water"`` (see `eoseg.label_mapping`).
         finetune_class_map: The same for ``finetune_vector``.
+        overwrite: Replace an existing model folder at ``out`` (the label stores beside
+            it are always rewritten).
 
     Returns:
         ``{"labels": ..., "model": card dict, "registered": ...}``.
@@ -158,6 +163,7 @@ def train_flow(
         finetune_labels=clean["labels"] if clean else None,
         classes=classes,
         config=config,
+        overwrite=overwrite,
     )
     registered = register_task(out, registry, promote=promote) if registry else None
     metrics = card.get("metrics", {})

@@ -15,12 +15,14 @@ use `run_subprocess`.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +45,8 @@ class Case:
         prepare: Spoils the workspace copy before the command runs (its files are
             snapshotted after it, so what it writes is "pre-existing").
         new_files: Paths (relative to the workspace) the command may create, e.g. a log.
+        run: Runs the expanded command line instead of `run_inprocess` (e.g.
+            `run_unprivileged` for read-only outputs).
     """
 
     id: str
@@ -50,6 +54,7 @@ class Case:
     expect: Sequence[str] = ()
     prepare: Prepare | None = None
     new_files: Sequence[str] = field(default_factory=tuple)
+    run: Callable[[Sequence[str]], Outcome] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +92,54 @@ def run_inprocess(args: Sequence[str]) -> Outcome:
     if isinstance(exc, SystemExit):
         exc = None
     return Outcome(result.exit_code, output, exc)
+
+
+def run_unprivileged(args: Sequence[str]) -> Outcome:
+    """The CLI in this process, obeying file permissions even when run as root.
+
+    Tests run as root here, and root writes into read-only folders: for the duration of
+    the command this thread drops the capabilities that let it (Linux ``capset``; a
+    thread's own effective set, restored after). Not root: permissions already hold.
+    """
+    with _without_root_powers():
+        return run_inprocess(args)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+_CAP_VERSION_3 = 0x20080522
+_DAC_CAPS = (1 << 1) | (1 << 2) | (1 << 3)  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
+
+
+@contextmanager
+def _without_root_powers() -> Iterator[None]:
+    if os.geteuid() != 0:
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = _CapHeader(_CAP_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget failed")
+    saved = data[0].effective
+    data[0].effective = saved & ~_DAC_CAPS
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+    try:
+        yield
+    finally:
+        data[0].effective = saved
+        libc.capset(ctypes.byref(header), data)
 
 
 def run_subprocess(
@@ -137,7 +190,7 @@ def run_case(case: Case, template: Path, tmp_path: Path) -> Outcome:
         case.prepare(ws)
     before = snapshot(ws)
     try:
-        outcome = run_inprocess(expand(case.args, ws))
+        outcome = (case.run or run_inprocess)(expand(case.args, ws))
     finally:
         _restore_permissions(ws)
     check_refusal(outcome, [e.replace("{ws}", str(ws)) for e in case.expect])

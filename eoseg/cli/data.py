@@ -80,9 +80,12 @@ def ingest(
     """
     from eoseg.cube import ingest as run
     from eoseg.grid import parse_bbox
+    from eoseg.outputs import check_output
 
     def body() -> None:
         box = parse_bbox(bbox) if bbox else None
+        # Outputs are checked before any cluster starts.
+        check_output(out, "cube", overwrite=overwrite, inputs={"SOURCES": sources})
         with dask_client(scheduler) as client, console.progress_bar("ingest") as bar:
             result = run(
                 sources,
@@ -184,10 +187,13 @@ def rasterize(
     from eoseg.classes import load_schema
     from eoseg.label_mapping import load_class_map
     from eoseg.labels import rasterize_labels
+    from eoseg.outputs import check_output
 
     def body() -> None:
         schema = load_schema(classes) if classes is not None else None  # before any cluster
         mapping = load_class_map(class_map, schema) if class_map is not None else None
+        inputs = {"SOURCE": source, "--cube": cube, "--classes": classes}
+        check_output(out, "labels", overwrite=overwrite, inputs=inputs)
         with dask_client(scheduler) as client, console.progress_bar("rasterize") as bar:
             result = rasterize_labels(
                 source,

@@ -34,15 +34,21 @@ def demo(
     train (pretrain on noisy, fine-tune on clean) → predict → export COG and polygons →
     evaluate on a held-out area → class areas. Prints a summary and writes a quicklook.
     """
-    workdir = workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    confine_to(workdir)
-    from flows.demo import demo_flow
+    from eoseg.locks import output_lock
+    from eoseg.outputs import check_output, demo_lock, mark_demo_workdir
 
-    quiet_dask()
+    workdir = workdir.resolve()
 
     def body() -> None:
-        summary = demo_flow(workdir=str(workdir), scheduler=scheduler, seed=seed, quick=quick)
+        # An empty or new folder, or an earlier demo's, which the demo rewrites.
+        check_output(workdir, "demo", overwrite=True, flag="--workdir", overwrite_flag=None)
+        with output_lock(workdir, flag="--workdir", lock=demo_lock(workdir)):
+            mark_demo_workdir(workdir)
+            confine_to(workdir)
+            from flows.demo import demo_flow
+
+            quiet_dask()
+            summary = demo_flow(workdir=str(workdir), scheduler=scheduler, seed=seed, quick=quick)
         if json_out:
             console.emit_json(summary)
         else:

@@ -45,9 +45,12 @@ def predict(
     map; a per-date model (trained on a --by-date cube) maps every date into a
     (time, y, x) class map on the cube's dates, e.g. one map per month.
     """
+    from eoseg.outputs import check_output
     from eoseg.predict import predict as run
 
     def body() -> None:
+        inputs = {"--cube": cube, "--model": model}
+        check_output(out, "classmap", overwrite=overwrite, inputs=inputs)  # before any cluster
         with dask_client(scheduler) as client, console.progress_bar("predict") as bar:
             result = run(
                 cube,
@@ -142,10 +145,13 @@ def evaluate(
       eoseg evaluate map.zarr --truth clc.gpkg --class-field code --class-map clc.toml
     """
     from eoseg.metrics import format_report
+    from eoseg.outputs import scratch_dir
     from eoseg.publish import evaluate_classmap
 
     def body() -> None:
-        with tempfile.TemporaryDirectory(prefix=".eoseg-truth-", dir=classmap.parent) as tmp:
+        # Beside the map when it can be written (same disk); a read-only map is still read.
+        scratch = scratch_dir(classmap.parent)
+        with tempfile.TemporaryDirectory(prefix=".eoseg-truth-", dir=scratch) as tmp:
             accuracy = evaluate_classmap(
                 classmap,
                 truth,

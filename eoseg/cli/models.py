@@ -47,13 +47,19 @@ RegistryOpt = Annotated[
 ]
 
 
-def _registry(registry: str | None) -> str:
+def _registry(registry: str | None, *, writes: str | None = None) -> str:
+    """The registry given; with ``writes`` (a path inside it), a local registry must let it
+    be written, before anything is copied."""
     if not registry:
         raise InvalidParameterError(
             "no model registry given: pass --registry with a folder or an fsspec URL "
             "(e.g. --registry s3://bucket/models), or set the EOSEG_REGISTRY environment "
             "variable"
         )
+    if writes is not None and "://" not in registry:
+        from eoseg.outputs import check_writable
+
+        check_writable(Path(registry) / writes, "--registry")
     return registry
 
 
@@ -120,7 +126,7 @@ def register(
     from eoseg.registry import register as run
 
     def body() -> None:
-        reg = _registry(registry)
+        reg = _registry(registry, writes="NAME")  # the registry folder itself
         card = run(model_dir, reg)
         doc = {"registry": reg, "name": card.name, "version": card.version}
         report("registered", doc, json_out)
@@ -139,7 +145,7 @@ def promote(
     from eoseg.registry import production_versions, set_production
 
     def body() -> None:
-        reg = _registry(registry)
+        reg = _registry(registry, writes=f"{name}/PRODUCTION")
         previous = production_versions(reg).get(name)
         set_production(reg, name, version)
         doc = {"registry": reg, "name": name, "version": version, "previous": previous}
@@ -176,15 +182,19 @@ def fetch(
     $XDG_CACHE_HOME/eoseg/models), so an interrupted download is never used and a
     finished one is reused.
     """
+    from eoseg.locks import output_lock
     from eoseg.models.card import read_card
+    from eoseg.outputs import check_output
     from eoseg.registry import fetch_model
-    from eoseg.store import check_output
 
     def body() -> None:
         reg = _registry(registry)
-        if out is not None:
-            check_output(out, overwrite)
-        path = fetch_model(reg, name, version, out_dir=out)
+        if out is None:
+            path = fetch_model(reg, name, version)
+        else:
+            check_output(out, "model", overwrite=overwrite, inputs={"--registry": reg})
+            with output_lock(out):
+                path = fetch_model(reg, name, version, out_dir=out)
         if json_out:
             card = read_card(path)
             console.emit_json(

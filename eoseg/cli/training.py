@@ -10,7 +10,9 @@ import typer
 from eoseg import console
 from eoseg.cli.common import (
     JsonOpt,
+    OverwriteOpt,
     guard,
+    new_run_id,
     report,
 )
 
@@ -135,6 +137,7 @@ def train(
             "in TOML syntax), e.g. --set gce_q=0.5 --set finetune_norm=train. Repeatable.",
         ),
     ] = None,
+    overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a U-Net: pretrain on (noisy) labels, then fine-tune on clean ones if given.
@@ -154,6 +157,7 @@ def train(
     16/3 U-Net and chips up to 64 px on a CPU (the card's "architecture" and "sampling"
     record them).
     """
+    from eoseg.outputs import check_output
     from eoseg.train import train_from_stores
     from eoseg.train.config import configure, load_train_config, parse_settings
 
@@ -184,6 +188,9 @@ def train(
             seed=seed,
             time=time,
         )
+        inputs = {"--cube": cube, "--labels": labels, "--finetune-labels": finetune_labels,
+                  "--classes": classes, "--config": config}  # fmt: skip
+        check_output(out, "model", overwrite=overwrite, inputs=inputs)
         with console.train_progress() as bar:
             card = train_from_stores(
                 cube,
@@ -193,6 +200,8 @@ def train(
                 config=options,
                 classes=classes,
                 progress=bar,
+                overwrite=overwrite,
+                run_id=new_run_id(),
             )
         doc = {
             "model": out,

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from eoseg.outputs import checkpoint_path
 from eoseg.store import staged_folder
 
 logger = logging.getLogger(__name__)
@@ -56,8 +57,7 @@ def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 def checkpoint_dir(out_dir: str | os.PathLike[str]) -> Path:
     """The checkpoint folder of a model folder: its sibling ``<out_dir>.ckpt``."""
-    out = Path(out_dir)
-    return out.parent / f"{out.name}.ckpt"
+    return checkpoint_path(Path(out_dir))
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:

@@ -8,7 +8,9 @@ import xarray as xr
 
 from eoseg.classes import IGNORE_ID, ClassSchema, generic_schema, load_schema
 from eoseg.errors import InvalidParameterError
+from eoseg.locks import output_lock
 from eoseg.models import ModelCard
+from eoseg.outputs import check_output
 from eoseg.train.config import TrainConfig
 from eoseg.train.run import Progress, train_model
 
@@ -22,6 +24,8 @@ def train_from_stores(
     classes: Path | None = None,
     config: TrainConfig | None = None,
     progress: Progress | None = None,
+    overwrite: bool = False,
+    run_id: str = "",
 ) -> ModelCard:
     """Train from stores on disk: the function behind ``eoseg train`` and the train flow.
 
@@ -34,10 +38,22 @@ def train_from_stores(
             default: generic names for the ids found in the labels.
         config: Training options; default `TrainConfig()`.
         progress: Optional ``(stage, step, total, info)`` callback.
+        overwrite: Replace an existing model folder at ``out_dir`` (only a model folder:
+            see `eoseg.outputs`).
+        run_id: Run id recorded in the output's lock while training.
+
+    Raises:
+        OutputExistsError: ``out_dir`` holds a model and ``overwrite`` is false, or holds
+            anything else; another run is writing it.
+        InvalidParameterError: ``out_dir`` is, lies inside or contains an input, or
+            cannot be written.
     """
     from eoseg.cube import open_cube
     from eoseg.labels import open_labels
 
+    inputs = {"--cube": cube_path, "--labels": labels_path,
+              "--finetune-labels": finetune_labels, "--classes": classes}  # fmt: skip
+    check_output(out_dir, "model", overwrite=overwrite, inputs=inputs)
     cube = open_cube(cube_path)
     labels = open_labels(labels_path)
     clean = open_labels(finetune_labels) if finetune_labels else None
@@ -47,15 +63,16 @@ def train_from_stores(
             f"{(cube.sizes['y'], cube.sizes['x'])}: rasterize them onto this cube"
         )
     schema = load_schema(classes) if classes else _schema_from_labels(labels, clean)
-    return train_model(
-        cube,
-        labels,
-        out_dir,
-        schema=schema,
-        config=config,
-        finetune_labels=clean,
-        progress=progress,
-    )
+    with output_lock(out_dir, run_id=run_id):
+        return train_model(
+            cube,
+            labels,
+            out_dir,
+            schema=schema,
+            config=config,
+            finetune_labels=clean,
+            progress=progress,
+        )
 
 
 def _schema_from_labels(*stores: xr.DataArray | None) -> ClassSchema:
