@@ -79,11 +79,22 @@ def connect(
             processes=processes,
             dashboard_address=":0",  # any free port: several clusters may share a host
             local_directory=str(local_directory) if local_directory else None,
+            silence_logs=_worker_log_level(),
         ) as cluster,
         Client(cluster) as client,
     ):
         log.info("local Dask cluster: %d workers (%s)", workers, cluster.scheduler_address)
         yield client
+
+
+def _worker_log_level() -> int:
+    """What local workers print on this process's stderr.
+
+    A task's error reaches the caller (`run_tiles`), so the workers' own report of it
+    ("Compute Failed" with a traceback), and their complaints while the cluster shuts
+    down after it, are noise unless eoseg logs at INFO (``--verbose``).
+    """
+    return logging.WARNING if log.isEnabledFor(logging.INFO) else logging.CRITICAL
 
 
 @contextmanager
@@ -108,6 +119,7 @@ def _cuda_cluster(local_directory: Path | None, threads: int) -> Iterator[Client
             threads_per_worker=threads,
             dashboard_address=":0",
             local_directory=str(local_directory) if local_directory else None,
+            silence_logs=_worker_log_level(),
         ) as cluster,
         Client(cluster) as client,
     ):
