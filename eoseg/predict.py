@@ -322,14 +322,14 @@ def _template(cube: xr.Dataset, dims: tuple[str, ...], tile_size: int) -> xr.Dat
     )
     if "time" in dims:
         template = template.assign_coords(time=cube["time"].values)
-    template["class"].attrs.update(long_name="class id, 255 = nodata", grid_mapping="spatial_ref")
-    template["confidence"].attrs.update(
-        long_name="top-class probability x 255", grid_mapping="spatial_ref"
-    )
     # Zarr's fill value is each variable's nodata value (what a pixel without input gets),
     # so a chunk that is not there can never read as a class.
-    template["class"].encoding["fill_value"] = IGNORE_ID
-    template["confidence"].encoding["fill_value"] = 0
+    for name, long_name, nodata in (
+        ("class", "class id, 255 = nodata", IGNORE_ID),
+        ("confidence", "top-class probability x 255", 0),
+    ):
+        template[name].attrs.update(long_name=long_name, grid_mapping="spatial_ref")
+        template[name].encoding["fill_value"] = nodata
     return template
 
 
@@ -379,14 +379,8 @@ def predict(
     run_id: str = "",
     progress: ProgressFn | None = None,
 ) -> PredictResult:
-    """Predict a class map for a whole cube and publish it (`prepare_predict`, then
-    `run_predict`).
-
-    Raises:
-        BandMismatchError: The cube lacks bands the model needs.
-        InputNotFoundError: Cube or model missing.
-        InvalidStoreError: Cube or model damaged.
-    """
+    """Predict a class map for a whole cube and publish it: `prepare_predict` (which says
+    what bad input raises), then `run_predict`."""
     job = prepare_predict(cube_path, model_dir, out, overwrite=overwrite, run_id=run_id)
     return run_predict(job, client=client, progress=progress)
 

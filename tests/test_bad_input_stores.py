@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,7 +31,7 @@ from eoseg.models import ModelCard, UNet, save_model
 from eoseg.predict import open_classmap, predict
 from eoseg.registry import register, set_production
 from eoseg.store import staging_path
-from tests.badinput import Case, run_case, run_subprocess
+from tests.badinput import Case, run_case, run_inprocess, run_subprocess
 
 CLASS_CHUNK = "map.zarr/class/c/0/0"
 CUBE_CHUNK = "cube.zarr/data/c/0/0/0/0"
@@ -333,7 +334,9 @@ def wait_for_tile(folder: Path, proc: subprocess.Popen[str], timeout: float = 18
 
 
 @pytest.mark.slow
-def test_predict_ctrl_c_keeps_tiles_and_resumes(bad_input_template: Path, tmp_path: Path) -> None:
+def test_predict_ctrl_c_keeps_tiles_and_resumes(
+    bad_input_template: Path, tmp_path: Path, client: Any
+) -> None:
     """predict-ctrl-c: Ctrl-C after the first tiles prints one line (what is kept, how to
     resume) and exits 130 (128 + SIGINT, what shells report); the same command resumes
     from the kept tiles to the map an uninterrupted run makes."""
@@ -366,7 +369,8 @@ def test_predict_ctrl_c_keeps_tiles_and_resumes(bad_input_template: Path, tmp_pa
     assert f"interrupted: {len(kept)} of 6 tiles are written and kept in" in text
     assert 0 < len(kept) < 6 and not out.exists()
 
-    resumed = run_subprocess(args)
+    # Resumed in-process on the session's threaded cluster: no second process to start.
+    resumed = run_inprocess([*args, "--scheduler", client.scheduler.address])
     assert resumed.exit_code == 0, resumed.output
     markers = out / "_eoseg_tiles"
     assert {n: (markers / n).stat().st_mtime_ns for n in kept} == kept  # not computed again
