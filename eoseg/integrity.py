@@ -85,8 +85,7 @@ def _missing_keys(fs: Any, folder: str, array: zarr.Array) -> list[str]:
     step = array.shards or array.chunks  # with sharding, a shard is one stored object
     counts = [math.ceil(n / s) for n, s in zip(array.shape, step, strict=True)]
     expected = math.prod(counts)
-    prefix = f"{folder}/c"
-    present = {p[len(folder) + 1 :] for p in fs.find(prefix)} if fs.exists(prefix) else set()
+    present = {p[len(folder) + 1 :] for p in fs.find(f"{folder}/c")}  # one listing
     if array.ndim == 0 or len(present) >= expected:
         return []
     keys = (array.metadata.encode_chunk_key(ix) for ix in product(*map(range, counts)))

@@ -88,12 +88,16 @@ def test_corrupted_shard_of_a_sharded_cube(demo_data, tmp_path: Path) -> None:  
         tile_size=64,
         chunk_size=32,
     ).path
-    shard = next(p for p in sorted((cube / "data" / "c").rglob("*")) if p.is_file())
-    shard.write_bytes(shard.read_bytes()[:100])  # truncated
-    key = shard.relative_to(cube).as_posix()
+    shards = [p for p in sorted((cube / "data" / "c").rglob("*")) if p.is_file()]
+    first, last = shards[0], shards[-1]
+    assert len(shards) >= 2
+    first.write_bytes(first.read_bytes()[:100])  # truncated
     data = open_cube(cube)["data"]
-    with pytest.raises(InvalidStoreError, match=f"chunk {key} of store"):
+    with pytest.raises(InvalidStoreError, match=f"chunk {first.relative_to(cube)} of store"):
         data.values  # noqa: B018
+    last.unlink()  # a lost shard: one missing key, whatever the chunks inside
+    with pytest.raises(InvalidStoreError, match=rf"missing \({last.relative_to(cube)}\)"):
+        open_cube(cube)
 
 
 def test_listing_chunks_is_quick(tmp_path: Path) -> None:
