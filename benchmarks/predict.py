@@ -25,8 +25,8 @@ from eoseg.classes import DEMO_CLASSES
 from eoseg.cluster import GPU_THREADS, connect
 from eoseg.cube import ingest, open_cube
 from eoseg.grid import iter_tiles
+from eoseg.models import ModelCard, load_model, save_model
 from eoseg.models.accel import resolve_accelerator
-from eoseg.models.card import ModelCard, load_model, save_model
 from eoseg.models.unet import UNet, count_flops_per_pixel, count_parameters
 from eoseg.predict import predict, predict_window, read_window
 from eoseg.synthetic import DemoSpec, make_demo_data

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,18 +74,49 @@ def connect(
             client.close()
         return
     workers = n_workers or max(1, min(4, os.cpu_count() or 1))
-    with (
-        LocalCluster(
+    with _workers_ignore_sigint():
+        cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
             processes=processes,
             dashboard_address=":0",  # any free port: several clusters may share a host
             local_directory=str(local_directory) if local_directory else None,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+            silence_logs=_worker_log_level(),
+        )
+    with cluster, Client(cluster) as client:
         log.info("local Dask cluster: %d workers (%s)", workers, cluster.scheduler_address)
         yield client
+
+
+def _worker_log_level() -> int:
+    """What local workers print on this process's stderr.
+
+    A task's error reaches the caller (`run_tiles`), so the workers' own report of it
+    ("Compute Failed" with a traceback), and their complaints while the cluster shuts
+    down after it, are noise unless eoseg logs at INFO (``--verbose``).
+    """
+    return logging.WARNING if log.isEnabledFor(logging.INFO) else logging.CRITICAL
+
+
+@contextmanager
+def _workers_ignore_sigint() -> Iterator[None]:
+    """Worker processes started inside ignore SIGINT.
+
+    A terminal's Ctrl-C goes to the whole foreground process group. The client handles it
+    (stops the run, closes the cluster, says what was kept); workers would each print a
+    KeyboardInterrupt traceback. An ignored signal stays ignored across fork and exec, and
+    Python then installs no KeyboardInterrupt handler, so workers spawned meanwhile never
+    see it. Ctrl-C waits while the workers start (a few seconds). Only the main thread may
+    change signal handlers: elsewhere (a Prefect task's thread) nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager
@@ -103,14 +136,14 @@ def _cuda_cluster(local_directory: Path | None, threads: int) -> Iterator[Client
             "--scheduler cuda found no CUDA device (torch.cuda.is_available() is False): "
             "check the driver and that torch is a CUDA build, or leave --scheduler out"
         )
-    with (
-        LocalCUDACluster(
+    with _workers_ignore_sigint():
+        cluster = LocalCUDACluster(
             threads_per_worker=threads,
             dashboard_address=":0",
             local_directory=str(local_directory) if local_directory else None,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+            silence_logs=_worker_log_level(),
+        )
+    with cluster, Client(cluster) as client:
         log.info("local dask-cuda cluster: %d GPU workers", len(cluster.workers))
         yield client
 

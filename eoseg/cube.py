@@ -53,6 +53,7 @@ from eoseg.store import (
     done_tiles,
     open_product,
     publish,
+    resumable,
     tile_provenance,
 )
 
@@ -188,17 +189,18 @@ def ingest(
         done = done_tiles(staging)
         todo = [j for j in jobs if j.tile.name not in done]
         log.info("ingest: %d scenes, %d tiles (%d done)", len(scenes), len(tiles), len(done))
-        run_tiles(
-            client,
-            ingest_tile,
-            todo,
-            progress=progress,
-            grid=grid,
-            n_bands=len(bands),
-            encode=encoding.encode,
-            staging=staging,
-            method=composite,
-        )
+        with resumable(staging, len(tiles)):
+            run_tiles(
+                client,
+                ingest_tile,
+                todo,
+                progress=progress,
+                grid=grid,
+                n_bands=len(bands),
+                encode=encoding.encode,
+                staging=staging,
+                method=composite,
+            )
         records = tile_provenance(staging)
         used = {i for r in records for i in r["scenes"]}
         skipped = [(k.id or k.source, k.reason) for k in scan.skipped] + unwanted
@@ -257,6 +259,9 @@ def _template(
         coords={**coords, "band": np.array(bands, dtype=object), "time": when},
     )
     ds["data"].encoding.update(enc.xarray_encoding())
+    # Zarr's fill values are nodata: what is not written is not valid and has no value.
+    ds["data"].encoding["fill_value"] = enc.fill
+    ds["valid"].encoding["fill_value"] = 0
     if chunk and chunk < tile:
         # Tiles are shards: each task writes whole shards, so parallel writes never race.
         ds["data"].encoding.update(chunks=(1, nb, chunk, chunk), shards=(1, nb, tile, tile))

@@ -257,6 +257,7 @@ def labels_template(grid: GeoBox, tile_size: int) -> xr.Dataset:
         coords=coords,
     )
     template["labels"].attrs.update(long_name="class id, 255 = ignore", grid_mapping="spatial_ref")
+    template["labels"].encoding["fill_value"] = IGNORE_ID  # a chunk not there is no label
     return template
 
 

@@ -41,14 +41,8 @@ from eoseg.grid import Tile, grid_coords, iter_tiles
 from eoseg.locks import output_lock
 from eoseg.model_input import input_stack, time_slices
 from eoseg.models.accel import Accelerator, resolve_accelerator
-from eoseg.models.card import (
-    ModelCard,
-    adjust_logits,
-    check_bands,
-    load_model,
-    normalize,
-    read_card,
-)
+from eoseg.models.card import ModelCard, adjust_logits, check_bands, normalize
+from eoseg.models.weights import load_model
 from eoseg.outputs import check_output
 from eoseg.store import (
     create_store,
@@ -56,6 +50,7 @@ from eoseg.store import (
     open_product,
     open_store,
     publish,
+    resumable,
     write_tile,
 )
 
@@ -246,48 +241,51 @@ def predict_tile(tile: Tile, *, cube_path: str, model_dir: str, staging: Path) -
     return tile.height * tile.width * len(classes)
 
 
-def predict(
-    cube_path: Path,
-    model_dir: Path,
-    out: Path,
-    *,
-    client: Client | None = None,
-    overwrite: bool = False,
-    run_id: str = "",
-    progress: ProgressFn | None = None,
-) -> PredictResult:
-    """Predict a class map for a whole cube and publish it.
+@dataclass(frozen=True, slots=True)
+class PredictJob:
+    """A predict run whose inputs are checked, ready to start (see `prepare_predict`)."""
+
+    cube_path: Path
+    model_dir: Path
+    out: Path
+    overwrite: bool
+    card: ModelCard
+    tiles: tuple[Tile, ...]
+    template: xr.Dataset
+    attrs: dict[str, Any]
+    signature: str
+    megapixels: float
+    dates: tuple[str, ...]
+    started: float
+
+
+def prepare_predict(
+    cube_path: Path, model_dir: Path, out: Path, *, overwrite: bool = False, run_id: str = ""
+) -> PredictJob:
+    """Check everything a predict run needs, before any cluster starts or file is written.
+
+    The model is loaded here, on the CPU, and verified against its card
+    (`eoseg.models.load_model`): a damaged model fails with a message, not on a worker.
 
     Raises:
+        OutputExistsError: ``out`` exists and ``overwrite`` is false.
         BandMismatchError: The cube lacks bands the model needs.
         InputNotFoundError: Cube or model missing.
+        InvalidStoreError: Cube or model damaged.
     """
     start = time.perf_counter()
     inputs = {"--cube": cube_path, "--model": model_dir}
     check_output(out, "classmap", overwrite=overwrite, inputs=inputs)
     cube = open_cube(cube_path)
-    card = read_card(model_dir)  # the card only: the client never touches CUDA
+    # On the CPU: the client never touches CUDA (dask-cuda pins workers to their GPUs).
+    card = load_model(model_dir, device="cpu")[1]
     check_bands(card, tuple(str(b) for b in cube["band"].values))
     grid: GeoBox = cube.odc.geobox
     tile_size = int(cube.attrs["tile_size"])
-    tiles = list(iter_tiles(grid, tile_size))
     signature = hashlib.sha256(
         json.dumps([cube.attrs["eoseg_signature"], card.version, tile_size]).encode()
     ).hexdigest()[:16]
-    coords = grid_coords(grid)
     dims, dates = class_map_dims(card, cube)
-    shape: tuple[int, ...] = grid.shape.yx
-    chunks: tuple[int, ...] = (tile_size, tile_size)
-    if "time" in dims:  # one map per date, each date its own chunks
-        shape, chunks = (len(dates), *shape), (1, *chunks)
-    zeros = da.zeros(shape, chunks=chunks, dtype="uint8")
-    template = xr.Dataset({"class": (dims, zeros), "confidence": (dims, zeros)}, coords=coords)
-    if "time" in dims:
-        template = template.assign_coords(time=cube["time"].values)
-    template["class"].attrs.update(long_name="class id, 255 = nodata", grid_mapping="spatial_ref")
-    template["confidence"].attrs.update(
-        long_name="top-class probability x 255", grid_mapping="spatial_ref"
-    )
     attrs = {
         "run_id": run_id,
         "tile_size": tile_size,
@@ -298,30 +296,97 @@ def predict(
         "cube_signature": cube.attrs["eoseg_signature"],
         "input_time": card.time,
     }
-    with output_lock(out, run_id=run_id):
-        staging = create_store(out, template, product="classmap", signature=signature, attrs=attrs)
-        todo = [t for t in tiles if t.name not in done_tiles(staging)]
-        model_key = str(Path(model_dir).resolve())
-        if client is not None:
-            client.register_plugin(ModelPlugin(model_key))
-        run_tiles(
-            client,
-            predict_tile,
-            todo,
-            progress=progress,
-            cube_path=str(cube_path),
-            model_dir=model_key,
-            staging=staging,
-        )
-        publish(out, overwrite=overwrite)
-    return PredictResult(
-        path=out,
-        model=f"{card.name}@{card.version}",
-        tiles=len(tiles),
+    return PredictJob(
+        cube_path=Path(cube_path),
+        model_dir=Path(model_dir).resolve(),
+        out=Path(out),
+        overwrite=overwrite,
+        card=card,
+        tiles=tuple(iter_tiles(grid, tile_size)),
+        template=_template(cube, dims, tile_size),
+        attrs=attrs,
+        signature=signature,
         megapixels=grid.shape.y * grid.shape.x * max(len(dates), 1) / 1e6,
-        seconds=time.perf_counter() - start,
         dates=dates,
+        started=start,
     )
+
+
+def _template(cube: xr.Dataset, dims: tuple[str, ...], tile_size: int) -> xr.Dataset:
+    """The lazy class map (one chunk per tile, and date) whose metadata is written first."""
+    grid: GeoBox = cube.odc.geobox
+    shape: tuple[int, ...] = grid.shape.yx
+    chunks: tuple[int, ...] = (tile_size, tile_size)
+    if "time" in dims:  # one map per date, each date its own chunks
+        shape, chunks = (int(cube.sizes["time"]), *shape), (1, *chunks)
+    zeros = da.zeros(shape, chunks=chunks, dtype="uint8")
+    template = xr.Dataset(
+        {"class": (dims, zeros), "confidence": (dims, zeros)}, coords=grid_coords(grid)
+    )
+    if "time" in dims:
+        template = template.assign_coords(time=cube["time"].values)
+    # Zarr's fill value is each variable's nodata value (what a pixel without input gets),
+    # so a chunk that is not there can never read as a class.
+    for name, long_name, nodata in (
+        ("class", "class id, 255 = nodata", IGNORE_ID),
+        ("confidence", "top-class probability x 255", 0),
+    ):
+        template[name].attrs.update(long_name=long_name, grid_mapping="spatial_ref")
+        template[name].encoding["fill_value"] = nodata
+    return template
+
+
+def run_predict(
+    job: PredictJob, *, client: Client | None = None, progress: ProgressFn | None = None
+) -> PredictResult:
+    """Predict the tiles of a prepared run (those not written yet) and publish the map.
+
+    An error or Ctrl-C keeps the tiles written in the staging store, which the same run
+    resumes (`eoseg.store.resumable`).
+    """
+    with output_lock(job.out, run_id=str(job.attrs.get("run_id", ""))):
+        staging = create_store(
+            job.out, job.template, product="classmap", signature=job.signature, attrs=job.attrs
+        )
+        todo = [t for t in job.tiles if t.name not in done_tiles(staging)]
+        model_key = str(job.model_dir)
+        with resumable(staging, len(job.tiles)):
+            if client is not None:
+                client.register_plugin(ModelPlugin(model_key))
+            run_tiles(
+                client,
+                predict_tile,
+                todo,
+                progress=progress,
+                cube_path=str(job.cube_path),
+                model_dir=model_key,
+                staging=staging,
+            )
+        publish(job.out, overwrite=job.overwrite)
+    return PredictResult(
+        path=job.out,
+        model=f"{job.card.name}@{job.card.version}",
+        tiles=len(job.tiles),
+        megapixels=job.megapixels,
+        seconds=time.perf_counter() - job.started,
+        dates=job.dates,
+    )
+
+
+def predict(
+    cube_path: Path,
+    model_dir: Path,
+    out: Path,
+    *,
+    client: Client | None = None,
+    overwrite: bool = False,
+    run_id: str = "",
+    progress: ProgressFn | None = None,
+) -> PredictResult:
+    """Predict a class map for a whole cube and publish it: `prepare_predict` (which says
+    what bad input raises), then `run_predict`."""
+    job = prepare_predict(cube_path, model_dir, out, overwrite=overwrite, run_id=run_id)
+    return run_predict(job, client=client, progress=progress)
 
 
 def class_map_dims(card: ModelCard, cube: xr.Dataset) -> tuple[tuple[str, ...], tuple[str, ...]]:

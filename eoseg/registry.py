@@ -30,12 +30,17 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from eoseg.errors import InputNotFoundError, InvalidParameterError, InvalidStoreError
-from eoseg.models.card import CARD_FILE, WEIGHTS_FILE, ModelCard
+from eoseg.models.card import CARD_FILE, WEIGHTS_FILE, ModelCard, parse_card
+from eoseg.models.weights import verify_model
 from eoseg.store import staged_folder
 
 logger = logging.getLogger(__name__)
 
 PRODUCTION_FILE = "PRODUCTION"
+_REGISTRY_FIX = (
+    "delete that version from the registry and register the model folder again "
+    "('eoseg models register')"
+)
 Location = str | os.PathLike[str]
 """A local path or an fsspec URL."""
 
@@ -79,16 +84,15 @@ def _parse_card(data: bytes, where: str) -> ModelCard:
         ) from exc
 
 
-def _read_card_at(fs: Any, folder: str, shown: str) -> ModelCard:
+def _read_card_at(fs: Any, folder: str, shown: str) -> bytes:
     try:
-        data = fs.cat_file(f"{folder}/{CARD_FILE}")
+        return bytes(fs.cat_file(f"{folder}/{CARD_FILE}"))
     except FileNotFoundError:
         raise InputNotFoundError(
             f"no model card at {shown}/{CARD_FILE}: a model folder holds {CARD_FILE} and "
             f"{WEIGHTS_FILE}; pass the folder written by 'eoseg train' (or a registry "
             "version folder)"
         ) from None
-    return _parse_card(data, f"{shown}/{CARD_FILE}")
 
 
 def _files(fs: Any, folder: str) -> dict[str, int]:
@@ -125,19 +129,27 @@ def register(model_dir: Location, registry_dir: Location) -> ModelCard:
 
     Raises:
         InputNotFoundError: If the model folder is incomplete.
+        InvalidStoreError: If its card or weights are damaged, or its content does not
+            hash to its version (see `eoseg.models.verify_model`).
         InvalidParameterError: If the model's name cannot be a registry folder.
     """
     src_fs, src = _resolve(model_dir)
-    card = _read_card_at(src_fs, src, os.fspath(model_dir))
+    shown = os.fspath(model_dir)
+    card_data = _read_card_at(src_fs, src, shown)
     files = _files(src_fs, src)
     if WEIGHTS_FILE not in files:
         raise InputNotFoundError(
-            f"no {WEIGHTS_FILE} in {os.fspath(model_dir)}: register a complete model folder "
-            "written by training"
+            f"no {WEIGHTS_FILE} in {shown}: register a complete model folder written by training"
         )
+    fix = "register the model folder written by 'eoseg train', or retrain"
+    card_doc, card = parse_card(card_data, shown, fix)
+    # The version is a content hash: recompute it, so that a truncated, replaced or
+    # edited model never enters the registry under a version it does not have.
+    weights = bytes(src_fs.cat_file(f"{src}/{WEIGHTS_FILE}"))
+    verify_model(weights, card_doc, shown, fix)
     if not card.name or "/" in card.name or card.name.startswith(".") or not card.version:
         raise InvalidParameterError(
-            f"model card in {os.fspath(model_dir)} has name {card.name!r} and version "
+            f"model card in {shown} has name {card.name!r} and version "
             f"{card.version!r}: a registered model needs a name without '/' or a leading "
             "'.' and a version; save it with eoseg.models.save_model"
         )
@@ -147,9 +159,11 @@ def register(model_dir: Location, registry_dir: Location) -> ModelCard:
         logger.info("model %s %s already registered", card.name, card.version)
         return card
     for rel in sorted(files):
-        if rel != CARD_FILE:
+        if rel not in (CARD_FILE, WEIGHTS_FILE):
             _copy(src_fs, f"{src}/{rel}", fs, f"{dest}/{rel}")
-    _put_atomic(fs, f"{dest}/{CARD_FILE}", src_fs.cat_file(f"{src}/{CARD_FILE}"))
+    fs.makedirs(dest, exist_ok=True)
+    fs.pipe_file(f"{dest}/{WEIGHTS_FILE}", weights)  # the bytes verified above
+    _put_atomic(fs, f"{dest}/{CARD_FILE}", card_data)
     logger.info("registered model %s %s in %s", card.name, card.version, registry_dir)
     return card
 
@@ -249,24 +263,39 @@ def default_cache_dir() -> Path:
     return Path(base) / "eoseg" / "models"
 
 
-def _complete(folder: Path, version: str) -> bool:
-    card = folder / CARD_FILE
-    if not (card.is_file() and (folder / WEIGHTS_FILE).is_file()):
-        return False
-    return _parse_card(card.read_bytes(), str(card)).version == version
+def _verify_folder(folder: Path, version: str, where: str) -> None:
+    """Refuse a local copy of a registry version that is not exactly that version.
+
+    Raises:
+        InvalidStoreError: Files missing, or a card or weights not of ``version``.
+    """
+    card_path, weights_path = folder / CARD_FILE, folder / WEIGHTS_FILE
+    if not (card_path.is_file() and weights_path.is_file()):
+        raise InvalidStoreError(
+            f"{where} lacks {CARD_FILE} or {WEIGHTS_FILE}: it is damaged; {_REGISTRY_FIX}"
+        )
+    card_doc, card = parse_card(card_path.read_bytes(), where, _REGISTRY_FIX)
+    if card.version != version:
+        raise InvalidStoreError(
+            f"{where} holds a card of version {card.version!r}, not {version!r}: the "
+            f"registry was edited by hand; {_REGISTRY_FIX}"
+        )
+    verify_model(weights_path.read_bytes(), card_doc, where, _REGISTRY_FIX)
 
 
 def _cached(folder: Path, version: str) -> bool:
     try:
-        return _complete(folder, version)
+        _verify_folder(folder, version, str(folder))
     except InvalidStoreError:
-        return False  # a damaged cache entry is fetched again
+        return False  # a missing or damaged cache entry is fetched again
+    return True
 
 
 def _download(
     fs: Any, src: str, files: Iterable[tuple[str, int]], dest: Path, version: str
 ) -> None:
-    """Copy ``files`` into ``dest`` (replaced atomically) once every size and the card check."""
+    """Copy ``files`` into ``dest`` (replaced atomically) once every size and the content
+    hash check."""
     with staged_folder(dest) as tmp:
         for rel, size in files:
             local = tmp / rel
@@ -277,11 +306,7 @@ def _download(
                     f"download of {src}/{rel} has {local.stat().st_size} bytes, the "
                     f"registry lists {size}: the copy was cut short; fetch again"
                 )
-        if not _complete(tmp, version):
-            raise InvalidStoreError(
-                f"registry folder {src} holds a card of another version than {version!r}: "
-                "the registry was edited by hand; delete that folder and register again"
-            )
+        _verify_folder(tmp, version, f"registry version {src}")
 
 
 def fetch_model(
@@ -311,13 +336,15 @@ def fetch_model(
 
     Raises:
         InputNotFoundError: If the name, version or production pointer is missing.
-        InvalidStoreError: If the registered version is incomplete or a download is short.
+        InvalidStoreError: If the registered version is incomplete, damaged (its content
+            does not hash to its version) or a download is short.
     """
     fs, root = _resolve(registry_dir)
     if version is None:
         version = production_version(registry_dir, name)
     src = _require_version(fs, root, registry_dir, name, version)
     if out_dir is None and _is_local(fs):
+        _verify_folder(Path(src), version, src)  # what predict will load, verified here
         return Path(src)
     dest = Path(out_dir) if out_dir is not None else Path(cache_dir or default_cache_dir())
     if out_dir is None:

@@ -31,8 +31,14 @@ import xarray as xr
 import zarr
 
 from eoseg import __version__
-from eoseg.errors import InputNotFoundError, InvalidStoreError, OutputExistsError
+from eoseg.errors import (
+    EosegError,
+    InputNotFoundError,
+    InvalidStoreError,
+    OutputExistsError,
+)
 from eoseg.grid import Tile
+from eoseg.integrity import ALL_CHUNKS_ATTR, check_chunks, checked_reads
 from eoseg.outputs import PRODUCT_KEY, check_existing, check_replaceable, identify, staging_path
 
 log = logging.getLogger(__name__)
@@ -87,6 +93,8 @@ def create_store(
         "eoseg_version": __version__,
         "eoseg_signature": signature,
         "eoseg_complete": False,
+        # Every chunk is written (see write_tile), so a missing one is damage, not fill.
+        ALL_CHUNKS_ATTR: True,
     }
     ds.to_zarr(str(staging), mode="w", compute=False, zarr_format=3, consolidated=False)
     # A Zarr group (not a bare folder) so Zarr readers do not warn about a foreign object.
@@ -100,13 +108,18 @@ def write_tile(
     """Write one tile's arrays (already encoded) and its provenance record.
 
     Each array's last two axes are the tile's ``(y, x)``; leading axes are written whole.
-    Idempotent: writing the same tile twice gives the same store.
+    Every chunk is stored, even one equal to the fill value, so that a reader can tell a
+    lost chunk from an empty one (`eoseg.integrity.check_chunks`). Idempotent: writing the
+    same tile twice gives the same store.
     """
     group = zarr.open_group(str(staging), mode="r+")
     for name, values in arrays.items():
         target = group[name]
+        if not isinstance(target, zarr.Array):
+            raise InvalidStoreError(f"{staging} holds a group {name!r} where an array belongs")
+        target = target.with_config({"write_empty_chunks": True})
         index = (slice(None),) * (values.ndim - 2) + (tile.ys, tile.xs)
-        target[index] = values  # type: ignore[index]
+        target[index] = values
     record = {"tile": tile.name, "y0": tile.y0, "x0": tile.x0, **provenance}
     marker = staging / _TILES_DIR / f"{tile.name}.json"
     tmp = marker.with_suffix(f".{uuid.uuid4().hex}.tmp")
@@ -126,6 +139,51 @@ def tile_provenance(store: Path) -> list[dict[str, Any]]:
     """The provenance records of every written tile, sorted by tile name."""
     folder = store / _TILES_DIR
     return [json.loads(p.read_text()) for p in sorted(folder.glob("r*_c*.json"))]
+
+
+@contextmanager
+def resumable(staging: Path, total: int) -> Iterator[None]:
+    """Around the tile writes of a run: what an error or Ctrl-C leaves is a resumable
+    staging store, and the message says so.
+
+    On bad input (`EosegError`, e.g. a damaged chunk read by a worker) the staging store
+    is kept only when it holds written tiles, and the message says where; on Ctrl-C a
+    `RunInterrupted` says how many tiles are kept and how to resume.
+    """
+    try:
+        yield
+    except EosegError as exc:
+        kept = len(done_tiles(staging))
+        if not kept:
+            shutil.rmtree(staging, ignore_errors=True)  # nothing worth resuming
+            raise
+        raise type(exc)(
+            f"{exc} ({kept} of {total} tiles written are kept in {staging}; once that is "
+            "fixed, the same command resumes from them)"
+        ) from exc
+    except KeyboardInterrupt as exc:
+        raise RunInterrupted(staging, total) from exc
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a tiled run; its message says what was kept and how to resume.
+
+    A `KeyboardInterrupt`, not an `EosegError`: code that catches ``Exception`` still lets
+    it through. The message counts the tiles when it is shown, after the cluster has
+    stopped (tiles in flight may still land). The CLI prints it and exits with 130.
+    """
+
+    def __init__(self, staging: Path, total: int) -> None:
+        super().__init__(staging, total)
+        self.staging = staging
+        self.total = total
+
+    def __str__(self) -> str:
+        kept = len(done_tiles(self.staging))
+        return (
+            f"interrupted: {kept} of {self.total} tiles are written and kept in "
+            f"{self.staging}; run the same command again to resume from them"
+        )
 
 
 def publish(path: Path, *, overwrite: bool) -> Path:
@@ -163,8 +221,11 @@ def consolidate(store: Path) -> None:
 
 
 def open_store(path: Path | str, **kwargs: Any) -> xr.Dataset:
-    """Open an eoseg store with xarray: consolidated metadata when present, CRS decoded."""
-    with warnings.catch_warnings():
+    """Open an eoseg store with xarray: consolidated metadata when present, CRS decoded.
+
+    A chunk that cannot be decoded raises `InvalidStoreError` naming it when read.
+    """
+    with warnings.catch_warnings(), checked_reads():
         # Stores written before eoseg consolidated their metadata are listed instead.
         warnings.filterwarnings(
             "ignore", message=".*consolidated metadata", category=RuntimeWarning
@@ -209,12 +270,18 @@ def staged_folder(out: Path) -> Iterator[Path]:
         raise
 
 
-def open_product(path: Path | str, product: str) -> xr.Dataset:
+def open_product(path: Path | str, product: str, *, check: bool = True) -> xr.Dataset:
     """Open a published product lazily, checking that it is what it claims to be.
+
+    Args:
+        path: The store.
+        product: ``"cube"``, ``"labels"`` or ``"classmap"``.
+        check: Also check that no chunk is missing (`eoseg.integrity.check_chunks`); a
+            caller that reads only the grid skips it.
 
     Raises:
         InputNotFoundError: Nothing at ``path``.
-        InvalidStoreError: Not an eoseg store of that product, or not complete.
+        InvalidStoreError: Not an eoseg store of that product, not complete, or damaged.
     """
     path = Path(path)
     if not path.exists():
@@ -239,6 +306,8 @@ def open_product(path: Path | str, product: str) -> xr.Dataset:
         )
     if not ds.attrs.get("eoseg_complete", False):
         raise InvalidStoreError(f"{path} is incomplete: re-run 'eoseg {_COMMAND[product]}'")
+    if check:
+        check_chunks(path, ds, fix=f"re-run 'eoseg {_COMMAND[product]} --overwrite'")
     return ds
 
 
@@ -260,4 +329,4 @@ def open_grid_store(path: Path | str) -> xr.Dataset:
     product = zarr.open_group(str(path), mode="r").attrs.get(PRODUCT_KEY)
     if product not in _COMMAND:
         raise InvalidStoreError(f"{path} is not an eoseg store (cube, labels or classmap)")
-    return open_product(path, str(product))
+    return open_product(path, str(product), check=False)  # only the grid is read

@@ -182,15 +182,21 @@ def _allowed(rel: str, allowed: Sequence[str]) -> bool:
     return any(rel == a or rel.startswith(a.rstrip("/") + "/") for a in allowed)
 
 
-def run_case(case: Case, template: Path, tmp_path: Path) -> Outcome:
-    """Copy the workspace, spoil it, run the command and judge the result."""
+def run_case(
+    case: Case,
+    template: Path,
+    tmp_path: Path,
+    run: Callable[[Sequence[str]], Outcome] = run_inprocess,
+) -> Outcome:
+    """Copy the workspace, spoil it, run the command (in-process, or e.g. with
+    `run_subprocess`) and judge the result."""
     ws = tmp_path / "ws"
     shutil.copytree(template, ws, symlinks=True)
     if case.prepare is not None:
         case.prepare(ws)
     before = snapshot(ws)
     try:
-        outcome = (case.run or run_inprocess)(expand(case.args, ws))
+        outcome = (case.run or run)(expand(case.args, ws))
     finally:
         _restore_permissions(ws)
     check_refusal(outcome, [e.replace("{ws}", str(ws)) for e in case.expect])

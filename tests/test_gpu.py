@@ -18,8 +18,8 @@ def test_cuda_bf16_prediction_matches_cpu(cube_path: Path, model_dir: Path) -> N
         pytest.skip("no CUDA device")
     from eoseg.cube import open_cube
     from eoseg.grid import iter_tiles
+    from eoseg.models import load_model
     from eoseg.models.accel import resolve_accelerator
-    from eoseg.models.card import load_model
     from eoseg.predict import predict_window, read_window
 
     cube = open_cube(cube_path)

@@ -16,6 +16,7 @@ import typer
 
 from eoseg import console
 from eoseg.errors import EosegError
+from eoseg.store import RunInterrupted
 
 T = TypeVar("T")
 
@@ -34,13 +35,22 @@ SchedulerOpt = Annotated[
 ]
 
 
+INTERRUPTED = 130
+"""Exit status after Ctrl-C: 128 + SIGINT, what shells report for an interrupted command."""
+
+
 def guard(fn: Callable[[], T]) -> T:
-    """Run a command body; bad input becomes a message and exit status 2."""
+    """Run a command body; bad input becomes a message and exit status 2, Ctrl-C one line
+    (what was kept, how to resume) and exit status 130."""
     try:
         return fn()
     except EosegError as exc:
         console.print_error(str(exc))
         raise typer.Exit(2) from None
+    except KeyboardInterrupt as exc:
+        message = str(exc) if isinstance(exc, RunInterrupted) else "interrupted"
+        console.stderr.print(message, highlight=False, markup=False)
+        raise typer.Exit(INTERRUPTED) from None
 
 
 @contextmanager
@@ -57,10 +67,19 @@ def new_run_id() -> str:
 
 
 def quiet_dask() -> None:
-    """Dask sets its loggers to INFO when imported; keep them quiet unless --verbose."""
+    """Dask sets its loggers to INFO when imported; keep them quiet unless --verbose.
+
+    Errors only: a task's error reaches the user as eoseg's message, and the warnings of a
+    cluster shutting down after it ("Worker process still alive ..., killing") are noise.
+    """
     if logging.getLogger("eoseg").level > logging.INFO:
         for name in ("distributed", "dask"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+SERVER_TIMEOUT_VAR = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+SERVER_TIMEOUT_S = 120
+"""Seconds the temporary Prefect server gets to start (``eoseg demo --server-timeout``)."""
 
 
 def confine_to(workdir: Path) -> None:
@@ -79,7 +98,7 @@ def confine_to(workdir: Path) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The temporary server takes ~15 s to start on 2 idle cores; Prefect waits 20 s, which
     # a loaded laptop misses ("Timed out while attempting to connect to ephemeral ...").
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault(SERVER_TIMEOUT_VAR, str(SERVER_TIMEOUT_S))
     tempfile.tempdir = None  # re-read TMPDIR
 
 

@@ -45,22 +45,13 @@ def predict(
     map; a per-date model (trained on a --by-date cube) maps every date into a
     (time, y, x) class map on the cube's dates, e.g. one map per month.
     """
-    from eoseg.outputs import check_output
-    from eoseg.predict import predict as run
+    from eoseg.predict import prepare_predict, run_predict
 
     def body() -> None:
-        inputs = {"--cube": cube, "--model": model}
-        check_output(out, "classmap", overwrite=overwrite, inputs=inputs)  # before any cluster
+        # Bad input (cube, model, output) is refused before the cluster starts.
+        job = prepare_predict(cube, model, out, overwrite=overwrite, run_id=new_run_id())
         with dask_client(scheduler) as client, console.progress_bar("predict") as bar:
-            result = run(
-                cube,
-                model,
-                out,
-                client=client,
-                overwrite=overwrite,
-                run_id=new_run_id(),
-                progress=bar,
-            )
+            result = run_predict(job, client=client, progress=bar)
         doc = result.to_dict()
         report("predict", doc, json_out)
 

@@ -4,12 +4,12 @@ from eoseg.models.card import (
     ModelCard,
     build_model,
     check_bands,
-    load_model,
     normalize,
     read_card,
     save_model,
 )
 from eoseg.models.unet import UNet, count_flops_per_pixel, count_parameters
+from eoseg.models.weights import load_model, verify_model
 
 __all__ = [
     "ModelCard",
@@ -22,4 +22,5 @@ __all__ = [
     "normalize",
     "read_card",
     "save_model",
+    "verify_model",
 ]

@@ -2,8 +2,9 @@
 
 A model folder holds ``weights.safetensors`` and ``model.json``. The version is a short
 hash of the weights and the card (without its ``version`` and ``created`` fields), so two
-identical trainings produce the same version. Weights load with safetensors only; no
-pickle is ever opened.
+identical trainings produce the same version, and a folder can be verified against its
+card (`eoseg.models.weights.load_model`). Weights load with safetensors only; no pickle
+is ever opened.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from eoseg.classes import ClassSchema
@@ -35,6 +37,11 @@ logger = logging.getLogger(__name__)
 WEIGHTS_FILE = "weights.safetensors"
 CARD_FILE = "model.json"
 _VERSION_CHARS = 12
+MODEL_FIX = (
+    "restore the model folder (e.g. 'eoseg models fetch NAME --out DIR') or retrain "
+    "('eoseg train'), and pass it as --model"
+)
+"""What to do about a damaged model folder (the end of every such message)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,15 +163,16 @@ def build_model(card: ModelCard) -> nn.Module:
     )
 
 
-def _content_version(state: Mapping[str, torch.Tensor], card: ModelCard) -> str:
+def content_version(state: Mapping[str, torch.Tensor], card_doc: Mapping[str, Any]) -> str:
+    """The version of a model: a hash of its weights and its card's JSON document (without
+    ``version`` and ``created``). Hashing the document as stored (not as this eoseg would
+    write it) keeps the versions of cards written by older eoseg verifiable."""
     h = hashlib.sha256()
     for key in sorted(state):
         t = state[key].detach().cpu().contiguous()
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    d = card.to_dict()
-    d.pop("version")
-    d.pop("created")
+    d = {k: v for k, v in card_doc.items() if k not in ("version", "created")}
     h.update(json.dumps(d, sort_keys=True).encode())
     return h.hexdigest()[:_VERSION_CHARS]
 
@@ -185,7 +193,7 @@ def save_model(model: nn.Module, card: ModelCard, out_dir: str | os.PathLike[str
     """
     out = Path(out_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    version = _content_version(state, card)
+    version = content_version(state, card.to_dict())
     created = datetime.now(UTC).isoformat(timespec="seconds")
     saved = dataclasses.replace(card, version=version, created=created)
     with staged_folder(out) as tmp:
@@ -196,50 +204,94 @@ def save_model(model: nn.Module, card: ModelCard, out_dir: str | os.PathLike[str
 
 
 def read_card(model_dir: str | os.PathLike[str]) -> ModelCard:
-    """Read ``model.json`` of a model folder.
+    """Read and check ``model.json`` of a model folder (see `parse_card`).
 
     Raises:
         InputNotFoundError: If the folder or its card is missing.
+        InvalidStoreError: If the card is not valid (see `check_card`).
     """
-    path = Path(model_dir) / CARD_FILE
-    if not path.is_file():
-        raise InputNotFoundError(
-            f"no model card at {path}: a model folder holds {CARD_FILE} and {WEIGHTS_FILE}; "
-            "pass the folder written by 'eoseg train' (or a registry version folder)"
-        )
-    return ModelCard.from_dict(json.loads(path.read_text()))
+    return parse_card(read_model_file(Path(model_dir) / CARD_FILE), str(Path(model_dir)))[1]
 
 
-def load_model(
-    model_dir: str | os.PathLike[str], device: str | torch.device = "cpu"
-) -> tuple[nn.Module, ModelCard]:
-    """Load a model folder (safetensors only) and return the network in eval mode.
-
-    Args:
-        model_dir: Folder holding ``weights.safetensors`` and ``model.json``.
-        device: Torch device to place the weights on.
-
-    Returns:
-        ``(model, card)``.
+def parse_card(data: bytes, where: str, fix: str = MODEL_FIX) -> tuple[dict[str, Any], ModelCard]:
+    """The JSON document of a card and the `ModelCard` it holds, checked (`check_card`).
 
     Raises:
-        InputNotFoundError: If the folder, the card or the weights are missing.
+        InvalidStoreError: If ``data`` is not a card, or not one a map can be made with.
     """
-    card = read_card(model_dir)
-    wpath = Path(model_dir) / WEIGHTS_FILE
-    if not wpath.is_file():
-        raise InputNotFoundError(
-            f"model card found but no weights at {wpath}: the model folder is incomplete; "
-            "copy the whole folder or retrain"
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise _invalid_card(where, exc, fix) from exc
+    return doc, card_from_doc(doc, where, fix)
+
+
+def card_from_doc(doc: Mapping[str, Any], where: str, fix: str = MODEL_FIX) -> ModelCard:
+    """The checked `ModelCard` of a card's JSON document (see `parse_card`)."""
+    try:
+        card = ModelCard.from_dict(doc)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise _invalid_card(where, exc, fix) from exc
+    check_card(card, where, fix)
+    return card
+
+
+def _invalid_card(where: str, exc: Exception, fix: str) -> InvalidStoreError:
+    return InvalidStoreError(
+        f"{where}/{CARD_FILE} is not a valid model card ({type(exc).__name__}: {exc}): "
+        f"expected the JSON written by 'eoseg train'; {fix}"
+    )
+
+
+def check_card(card: ModelCard, where: str, fix: str = MODEL_FIX) -> None:
+    """Refuse a card with which no map can be made: normalisation statistics that are
+    missing, not finite, or a zero std (every pixel would normalise to one value), no
+    class, or no positive chip size.
+
+    Raises:
+        InvalidStoreError: Naming the entry and its value.
+    """
+    n = len(card.bands)
+    problems = []
+    for name, values in (("mean", card.mean), ("std", card.std)):
+        if len(values) != n:
+            problems.append(f"{name} has {len(values)} values for {n} bands {card.bands}")
+        elif not all(math.isfinite(v) for v in values):
+            problems.append(f"{name} {list(values)} is not finite")
+    if len(card.std) == n and any(v <= 0 for v in card.std):
+        problems.append(f"std {list(card.std)} is not positive")
+    if not n or not len(card.classes) or card.chip_size < 1:
+        problems.append(
+            f"it has {n} bands, {len(card.classes)} classes and chip size {card.chip_size}"
         )
-    model = build_model(card)
-    state = load_file(str(wpath), device=str(device))
-    model.load_state_dict(state)
-    if _content_version(state, card) != card.version:
-        logger.warning("model %s: content does not match version %s", model_dir, card.version)
-    model.to(device)
-    model.eval()
-    return model, card
+    if problems:
+        raise InvalidStoreError(
+            f"model card {where}/{CARD_FILE} cannot make a map: {'; '.join(problems)}; "
+            "expected per-band statistics of the training data (std > 0), as 'eoseg train' "
+            f"writes them: the card was edited or damaged; {fix}"
+        )
+
+
+def read_model_file(path: Path) -> bytes:
+    """The bytes of a model folder's file; a missing one is bad input, not a crash."""
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        if path.name == CARD_FILE:
+            raise InputNotFoundError(
+                f"no model card at {path}: a model folder holds {CARD_FILE} and "
+                f"{WEIGHTS_FILE}; pass the folder written by 'eoseg train' (or a registry "
+                "version folder) as --model"
+            ) from None
+        raise InputNotFoundError(
+            f"model card found but no weights at {path}: the model folder is incomplete; "
+            "copy the whole folder or retrain, and pass it as --model"
+        ) from None
+    except IsADirectoryError:
+        raise InvalidStoreError(
+            f"{path} is a folder, expected a file of the model: pass the folder written by "
+            "'eoseg train' as --model"
+        ) from None
 
 
 def check_bands(card: ModelCard, cube_bands: Sequence[str]) -> tuple[int, ...]:
