@@ -274,3 +274,15 @@ def test_no_validation_samples_training_chips_only() -> None:
     train, val = sets["pretrain"]
     assert len(train) == plan.stage("pretrain").train_chips and len(val) == 0
     assert plan.stage("pretrain").val_note == "validation disabled (--val-fraction 0)"
+
+
+@pytest.mark.parametrize(
+    ("depth", "chip", "expected"), [(3, 32, 2), (3, 64, 3), (4, 256, 4), (4, 64, 3), (3, 16, 1)]
+)
+def test_derived_depth_keeps_an_8px_bottleneck(depth: int, chip: int, expected: int) -> None:
+    from eoseg.train.config import fit_depth_to_chip
+
+    config, why = fit_depth_to_chip(TrainConfig(depth=depth), chip)
+    assert config.depth == expected
+    assert chip >> expected >= 8 or expected == 1
+    assert (why is None) == (expected == depth)

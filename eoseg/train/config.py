@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import tomllib
 from collections.abc import Callable
@@ -78,6 +79,26 @@ A 32/4 U-Net on 256 px chips took 13 minutes an epoch on two CPU cores; a 16/3 U
 def device_defaults(device_type: str) -> DeviceDefaults:
     """The `DeviceDefaults` of a torch device type (``"cuda"``, ``"cpu"``, ...)."""
     return DEVICE_DEFAULTS.get(device_type, DEVICE_DEFAULTS["cpu"])
+
+
+MIN_BOTTLENECK = 8
+"""Least side in pixels of the U-Net's bottleneck on a training chip: a derived depth is
+lowered for small chips (32 px chips get depth 2, not a 4 px bottleneck)."""
+
+
+def fit_depth_to_chip(config: TrainConfig, chip_size: int) -> tuple[TrainConfig, str | None]:
+    """``config`` with a derived depth lowered so the bottleneck keeps `MIN_BOTTLENECK` px,
+    and why (None when unchanged). On eolearn_slovenia (32 px chips) depth 2 scored about
+    0.016 higher held-out accuracy than depth 3 over three seeds, with less spread."""
+    depth = config.depth or 1
+    fitted = max(1, min(depth, int(math.log2(max(chip_size // MIN_BOTTLENECK, 1)))))
+    if fitted == depth:
+        return config, None
+    why = (
+        f"depth {fitted}: {chip_size} px chips keep a bottleneck of {MIN_BOTTLENECK}+ px "
+        f"(the device's depth {depth} would leave {chip_size >> depth} px)"
+    )
+    return dataclasses.replace(config, depth=fitted), why
 
 
 def resolve_network(config: TrainConfig, device_type: str) -> TrainConfig:

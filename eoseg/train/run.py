@@ -46,7 +46,13 @@ from eoseg.train.checkpoint import (
     remove_checkpoint,
     save_checkpoint,
 )
-from eoseg.train.config import TrainConfig, device_defaults, resolve_network, stage_spec
+from eoseg.train.config import (
+    TrainConfig,
+    device_defaults,
+    fit_depth_to_chip,
+    resolve_network,
+    stage_spec,
+)
 from eoseg.train.finetune import finetune_chips, rehearse_missing, replay_noisy
 from eoseg.train.loop import History, fit_stage
 from eoseg.train.normalise import cube_band_stats
@@ -180,8 +186,13 @@ def _train(
     if finetune_labels is not None:
         stages["finetune"] = finetune_labels
     accel = resolve_accelerator(config.device, config.precision)
+    given_depth = config.depth
     config = resolve_network(config, accel.device.type)
     plan = plan_sampling(stages, config, device_defaults(accel.device.type).max_chip)
+    sampling = plan.to_dict()
+    if given_depth is None:
+        config, why = fit_depth_to_chip(config, plan.chip_size)
+        sampling["why"] += [why] if why else []
     time = config.time or cube_time_mode(cube)
     sets, noisy_flags = sample_training_chips(
         cube, stages, plan, config, schema, progress, time=time
@@ -214,7 +225,7 @@ def _train(
         parameters=count_parameters(model),
         flops_per_pixel=count_flops_per_pixel(model, len(pre_train.bands), plan.chip_size),
         fingerprint=_fingerprint(config, schema, [c for pair in sets.values() for c in pair]),
-        sampling=plan.to_dict(),
+        sampling=sampling,
     )
     ckpt = checkpoint_dir(out_dir)
     saved = load_checkpoint(ckpt) if resume else None
