@@ -100,7 +100,7 @@ def test_demo_workdir_is_reused(tmp_path: Path) -> None:
 def test_library_never_replaces_another_kind(bad_input_template: Path, tmp_path: Path) -> None:
     """Below the commands too: saving a model onto a cube, or a store's staging path holding
     a user's folder, is refused and nothing is touched."""
-    from eoseg.models.card import load_model, save_model
+    from eoseg.models import load_model, save_model
     from eoseg.store import create_store
 
     shutil.copytree(bad_input_template / "cube.zarr", tmp_path / "cube.zarr")

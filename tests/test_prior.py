@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from eoseg.models.card import adjust_logits, load_model, save_model
+from eoseg.models import load_model
+from eoseg.models.card import adjust_logits, save_model
 from eoseg.predict import predict_window
 from eoseg.train.prior import class_pixels, logit_adjustment
 from tests.conftest import save_untrained_model

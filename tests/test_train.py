@@ -315,14 +315,14 @@ def test_validation_miou_counts_only_classes_present_in_the_reference() -> None:
 
 def test_stage_keeps_its_best_epoch_and_may_stop_early(scene, tmp_path) -> None:
     cube, noisy, _ = scene
-    config = dataclasses.replace(TINY, epochs=8, finetune_epochs=0, patience=2, lr=0.05)
+    config = dataclasses.replace(TINY, epochs=8, finetune_epochs=0, patience=1, lr=0.05)
     card = train_model(cube, noisy, tmp_path / "m", schema=SCHEMA, config=config)
     history = card.metrics["pretrain"]
     scores, best = history["val_miou"], history["best_epoch"]
     assert scores[best - 1] == max(scores) and best == max(
         i + 1 for i, v in enumerate(scores) if v == max(scores)
     )  # ties go to the later epoch
-    assert len(scores) - best == 2  # stopped after two epochs without progress
+    assert len(scores) - best == 1 and len(scores) < 8  # stopped after an epoch without progress
     # the saved weights are the best epoch's: the final figure is that epoch's figure
     assert card.metrics["val_miou"] == pytest.approx(scores[best - 1], abs=1e-12)
     plain = dataclasses.replace(config, keep_best=False, patience=None)

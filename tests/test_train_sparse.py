@@ -38,8 +38,9 @@ from eoseg.train.run import sample_training_chips
 CLASSES = (0, 1, 2, 3)
 """Water, forest, grassland, cropland: spectrally separable in the synthetic scenes."""
 PER_CLASS = 3
-CONFIG = TrainConfig(num_threads=2, epochs=5)
-"""The defaults, with fewer epochs for test time."""
+CONFIG = TrainConfig(num_threads=2, epochs=5, refit=False)
+"""The defaults, with fewer epochs for test time, and the model that validation measured
+(no refit on all labels after it; `test_cli_trains_without_size_options` has the refit)."""
 
 
 def _draw_squares(truth: np.ndarray, rng: np.random.Generator) -> list[tuple[int, int, int, int]]:
@@ -150,6 +151,11 @@ def test_cli_trains_without_size_options(sparse_scene, tmp_path) -> None:
     card = json.loads((out / "model.json").read_text())
     assert card["sampling"]["chip_size"] == doc["chip_size"]
     assert card["metrics"]["chips"]["pretrain"][1] > 0
+    # a dozen polygons: refit on all of them for the epochs validation chose
+    assert card["sampling"]["refit_chips"] > 0 and "refit" in card["sampling"]["derived"]
+    refit, pretrain = card["metrics"]["refit"], card["metrics"]["pretrain"]
+    assert len(refit["train_loss"]) == pretrain["best_epoch"] and not refit["val_miou"][0]
+    assert "measured before the refit" in card["metrics"]["val_note"]
 
 
 def test_cli_chip_larger_than_the_scene_names_the_option(sparse_scene, tmp_path) -> None:
