@@ -84,6 +84,16 @@ def train(
             "(default: off)."
         ),
     ] = None,
+    refit: Annotated[
+        bool | None,
+        typer.Option(
+            "--refit/--no-refit",
+            help="After validation, fit the last stage again on all its labels for the "
+            "epochs validation chose (default: derived; on for at most 1,000 labelled "
+            "regions).",
+            show_default=False,
+        ),
+    ] = None,
     num_threads: Annotated[
         int | None,
         typer.Option(help="Torch CPU threads (default: OMP_NUM_THREADS if set, else all cores)."),
@@ -151,7 +161,9 @@ def train(
 
     Chip size, split blocks, labelled share and chip counts are derived from the labels
     unless given (a few small polygons get small chips; the model card's "sampling" says
-    what was chosen and why). Each stage keeps its epoch of best validation mIoU.
+    what was chosen and why). Each stage keeps its epoch of best validation mIoU; with a
+    few polygons the last stage is then refit on all of them (--no-refit to keep the
+    validated model).
     Training resumes from its last epoch checkpoint if interrupted. The network and the
     largest chip follow the device: a 32/4 U-Net and chips up to 256 px on a GPU, a
     16/3 U-Net and chips up to 64 px on a CPU (the card's "architecture" and "sampling"
@@ -174,6 +186,7 @@ def train(
             val_chips=val_chips,
             min_labelled=min_labelled,
             patience=patience,
+            refit=refit,
             num_threads=num_threads,
             base_width=base_width,
             depth=depth,
