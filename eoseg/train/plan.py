@@ -229,7 +229,7 @@ def _chip_candidates(shape: tuple[int, int], config: TrainConfig, max_chip: int)
     if config.chip_size is not None:
         if config.chip_size > side:
             raise InvalidParameterError(
-                f"chip_size {config.chip_size} does not fit the {shape[0]}x{shape[1]} px "
+                f"--chip-size {config.chip_size} does not fit the {shape[0]}x{shape[1]} px "
                 f"scene: lower --chip-size to at most {side} (or leave it out to derive it)"
             )
         return [config.chip_size]
@@ -277,7 +277,7 @@ def _choose_sizes(
         if config.block_size is not None:
             if config.block_size < chip:
                 raise InvalidParameterError(
-                    f"block_size {config.block_size} is smaller than the {chip} px chip: "
+                    f"--block-size {config.block_size} is smaller than the {chip} px chip: "
                     f"raise --block-size to at least {chip} or lower --chip-size"
                 )
             return config.block_size

@@ -148,6 +148,11 @@ def train_model(
         BandMismatchError: If ``config.bands`` names a band the cube lacks.
     """
     config = config or TrainConfig()
+    if finetune_labels is not None and config.finetune_epochs == 0:
+        raise InvalidParameterError(
+            "--finetune-epochs 0 would leave the --finetune-labels unused: give at least 1 "
+            "fine-tuning epoch, or leave --finetune-labels out"
+        )
     prev_threads = torch.get_num_threads()
     prev_det = torch.are_deterministic_algorithms_enabled()
     threads = config.num_threads or _default_threads()
