@@ -15,6 +15,7 @@ from eoseg.cli.common import (
     guard,
     quiet_dask,
 )
+from eoseg.errors import InvalidParameterError
 
 
 def demo(
@@ -34,15 +35,19 @@ def demo(
     train (pretrain on noisy, fine-tune on clean) → predict → export COG and polygons →
     evaluate on a held-out area → class areas. Prints a summary and writes a quicklook.
     """
-    workdir = workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    confine_to(workdir)
-    from flows.demo import demo_flow
-
-    quiet_dask()
 
     def body() -> None:
-        summary = demo_flow(workdir=str(workdir), scheduler=scheduler, seed=seed, quick=quick)
+        if seed < 0:  # checked before the work dir is made: a refused run leaves nothing
+            raise InvalidParameterError(
+                f"--seed must be a whole number >= 0; found {seed}: give e.g. --seed 0"
+            )
+        root = workdir.resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        confine_to(root)
+        from flows.demo import demo_flow
+
+        quiet_dask()
+        summary = demo_flow(workdir=str(root), scheduler=scheduler, seed=seed, quick=quick)
         if json_out:
             console.emit_json(summary)
         else:
