@@ -176,7 +176,8 @@ def ingest(
         The run report; scenes that contributed nothing are listed in ``skipped``.
 
     Raises:
-        EosegError: No usable scene, or options that cannot work (see `eoseg.errors`).
+        EosegError: No usable scene, options that cannot work, a grid too large or in a
+            CRS far from the scenes, or scenes without a valid pixel (see `eoseg.errors`).
     """
     start = time.perf_counter()
     check_output(out, overwrite)
@@ -273,7 +274,7 @@ def _refuse_without_valid_pixel(
     """
     if any(r["valid_fraction"] > 0 for r in records):
         return
-    shutil.rmtree(staging, ignore_errors=True)  # rerunning the same input gives the same
+    shutil.rmtree(staging, ignore_errors=True)  # nothing to resume: it would stay empty
     why = "; ".join(f"{scene}: {reason}" for scene, reason in skipped[:3])
     raise InputNotFoundError(
         "the scenes hold no valid pixel on the grid (every value is nodata or masked as "

@@ -157,9 +157,8 @@ def check_grid_size(
         raise InvalidParameterError(
             f"the grid would be {ny:,} x {nx:,} px ({_count(pixels)} px), more than "
             f"--max-pixels {_count(max_pixels)}: {_size_cause(grid, scenes, resolution)}. "
-            "Give a coarser "
-            "--resolution, clip with --bbox or leave out far-away scenes; if a grid this "
-            "large is intended, raise --max-pixels"
+            "Give a coarser --resolution, clip with --bbox or leave out far-away scenes; if "
+            "a grid this large is intended, raise --max-pixels"
         )
     tiles = math.ceil(ny / tile_size) * math.ceil(nx / tile_size)
     if tiles > MAX_TILES:
