@@ -243,7 +243,7 @@ def ingest(
     used = {i for r in records for i in r["scenes"]}
     skipped = [(k.id or k.source, k.reason) for k in scan.skipped] + unwanted
     skipped += unused_scenes(scenes, records, outside)
-    _refuse_without_valid_pixel(records, staging, skipped)
+    _refuse_without_valid_pixel(records, staging, [s.id for s in scenes])
     for scene_id, reason in skipped:
         log.warning("scene %s contributed nothing: %s", scene_id, reason)
     publish(out, overwrite=overwrite)
@@ -265,7 +265,7 @@ def ingest(
 
 
 def _refuse_without_valid_pixel(
-    records: Sequence[dict[str, Any]], staging: Path, skipped: Sequence[tuple[str, str]]
+    records: Sequence[dict[str, Any]], staging: Path, scene_ids: Sequence[str]
 ) -> None:
     """A cube holding no valid pixel is no product: drop its staging store and say why.
 
@@ -275,11 +275,12 @@ def _refuse_without_valid_pixel(
     if any(r["valid_fraction"] > 0 for r in records):
         return
     shutil.rmtree(staging, ignore_errors=True)  # nothing to resume: it would stay empty
-    why = "; ".join(f"{scene}: {reason}" for scene, reason in skipped[:3])
+    names = ", ".join(scene_ids[:3]) + (", ..." if len(scene_ids) > 3 else "")
     raise InputNotFoundError(
-        "the scenes hold no valid pixel on the grid (every value is nodata or masked as "
-        f"cloud){f' ({why})' if why else ''}: expected imagery with data; check the scenes' "
-        "nodata value and cloud mask, and that they cover the grid (--bbox)"
+        f"no scene holds a valid pixel on the grid ({len(scene_ids)} scene(s): {names}; "
+        "every value is nodata or masked as cloud), so the cube would be empty: expected "
+        "imagery with data; check the scenes' nodata value and cloud mask, and that they "
+        "cover the grid (--bbox)"
     )
 
 

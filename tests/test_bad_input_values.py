@@ -132,7 +132,8 @@ CASES = [
          ("missing.tif does not exist",)),
     Case("ingest-all-nodata", ["ingest", "{ws}/empty.tif", "--out", "{ws}/new.zarr",
                                "--scheduler", "{scheduler}"],
-         ("no valid pixel", "nodata value"), prepare=_scene_like("empty.tif", empty=True)),
+         ("no scene holds a valid pixel", "(1 scene(s): empty;", "nodata value"),
+         prepare=_scene_like("empty.tif", empty=True)),
     # rasterize: values of a class-id raster, empty vector files
     Case("rasterize-fractional-class-ids",
          ["rasterize", "{ws}/ids.tif", "--cube", "{ws}/cube.zarr", "--out", "{ws}/new.zarr"],
