@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,8 +32,9 @@ from odc.geo.geobox import GeoBox
 from eoseg.catalog import Scene, scan_sources
 from eoseg.cluster import ProgressFn, run_tiles
 from eoseg.composite import COMPOSITES, Composite, ingest_tile, unused_scenes
-from eoseg.errors import InvalidParameterError
+from eoseg.errors import InputNotFoundError, InvalidParameterError
 from eoseg.grid import (
+    DEFAULT_MAX_PIXELS,
     DEFAULT_TILE_SIZE,
     crs_of,
     describe_grid,
@@ -96,13 +99,36 @@ class IngestResult:
         }
 
 
-def _check_options(tile_size: int, chunk_size: int | None, composite: str) -> None:
+def _check_options(
+    resolution: float | None,
+    tile_size: int,
+    chunk_size: int | None,
+    composite: str,
+    max_pixels: float,
+) -> None:
     if composite not in COMPOSITES:
-        raise InvalidParameterError(f"composite must be one of {COMPOSITES}; found {composite!r}")
-    if chunk_size is not None and (chunk_size <= 0 or tile_size % chunk_size):
+        raise InvalidParameterError(f"--composite must be one of {COMPOSITES}; found {composite!r}")
+    if resolution is not None and not (math.isfinite(resolution) and resolution > 0):
         raise InvalidParameterError(
-            f"chunk size {chunk_size} must divide the tile size {tile_size}: tiles are "
-            "shards made of whole chunks"
+            f"--resolution must be a positive pixel size in the grid CRS's units (e.g. 10 "
+            f"for 10 m); found {resolution}: give one, or leave --resolution out to keep "
+            "the first scene's pixels"
+        )
+    for flag, size in (("--tile-size", tile_size), ("--chunk-size", chunk_size)):
+        if size is not None and size < 1:
+            raise InvalidParameterError(
+                f"{flag} must be at least 1 px; found {size}: give e.g. 2048 for --tile-size, "
+                "512 for --chunk-size, or leave it out"
+            )
+    if chunk_size is not None and tile_size % chunk_size:
+        raise InvalidParameterError(
+            f"--chunk-size {chunk_size} must divide --tile-size {tile_size}: tiles are "
+            "shards made of whole chunks; give e.g. 512, or leave --chunk-size out"
+        )
+    if not (math.isfinite(max_pixels) and max_pixels >= 1):
+        raise InvalidParameterError(
+            f"--max-pixels must be a positive number of pixels; found {max_pixels}: give "
+            f"e.g. 1e11, or leave it out for {DEFAULT_MAX_PIXELS:.0e}".replace("e+", "e")
         )
 
 
@@ -118,6 +144,8 @@ def ingest(
     composite: Composite = "first",
     by_date: bool = False,
     sensors: Sequence[str] | None = None,
+    max_pixels: float | None = None,
+    allow_distant_crs: bool = False,
     client: Client | None = None,
     overwrite: bool = False,
     run_id: str = "",
@@ -137,6 +165,10 @@ def ingest(
         composite: ``"first"`` valid value in source order, or ``"median"`` of valid values.
         by_date: One time step per acquisition date instead of one composite.
         sensors: Keep only scenes of these sensor profiles (others are reported skipped).
+        max_pixels: Largest grid accepted, in pixels (a larger one is refused before any
+            work, with its size and likely cause); default `DEFAULT_MAX_PIXELS`.
+        allow_distant_crs: Accept a grid CRS whose area of use lies far from the scenes
+            (refused by default: `eoseg.ingest_plan.check_crs_reach`).
         client: Dask client; ``None`` runs the tiles in this process.
         overwrite: Replace an existing cube at ``out``.
         run_id: Run id recorded in the store.
@@ -146,11 +178,13 @@ def ingest(
         The run report; scenes that contributed nothing are listed in ``skipped``.
 
     Raises:
-        EosegError: No usable scene, or options that cannot work (see `eoseg.errors`).
+        EosegError: No usable scene, options that cannot work, a grid too large or in a
+            CRS far from the scenes, or scenes without a valid pixel (see `eoseg.errors`).
     """
     start = time.perf_counter()
     check_output(out, "cube", overwrite=overwrite, inputs={"SOURCES": sources})
-    _check_options(tile_size, chunk_size, composite)
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    _check_options(resolution, tile_size, chunk_size, composite, max_pixels)
     scan = scan_sources(sources)
     if not scan.scenes:
         raise scan.skipped[0].error  # nothing usable: the first problem says what to fix
@@ -166,7 +200,15 @@ def ingest(
             f"{sorted({s.sensor for s in scan.scenes})}: choose among those"
         )
     bands = check_bands(scenes)
-    grid = plan_grid(scenes, crs, resolution, bbox)
+    grid = plan_grid(
+        scenes,
+        crs,
+        resolution,
+        bbox,
+        tile_size=tile_size,
+        max_pixels=max_pixels,
+        allow_distant_crs=allow_distant_crs,
+    )
     tiles = list(iter_tiles(grid, tile_size))
     steps = time_steps(scenes, by_date)
     jobs, outside = plan_jobs(scenes, steps, grid, tiles)
@@ -205,6 +247,7 @@ def ingest(
         used = {i for r in records for i in r["scenes"]}
         skipped = [(k.id or k.source, k.reason) for k in scan.skipped] + unwanted
         skipped += unused_scenes(scenes, records, outside)
+        _refuse_without_valid_pixel(records, staging, [s.id for s in scenes])
         for scene_id, reason in skipped:
             log.warning("scene %s contributed nothing: %s", scene_id, reason)
         publish(out, overwrite=overwrite)
@@ -222,6 +265,26 @@ def ingest(
         valid_fraction=sum(r["valid_fraction"] * r["pixels"] for r in records) / pixels,
         bytes=sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
         seconds=time.perf_counter() - start,
+    )
+
+
+def _refuse_without_valid_pixel(
+    records: Sequence[dict[str, Any]], staging: Path, scene_ids: Sequence[str]
+) -> None:
+    """A cube holding no valid pixel is no product: drop its staging store and say why.
+
+    Raises:
+        InputNotFoundError: Every tile is nodata.
+    """
+    if any(r["valid_fraction"] > 0 for r in records):
+        return
+    shutil.rmtree(staging, ignore_errors=True)  # nothing to resume: it would stay empty
+    names = ", ".join(scene_ids[:3]) + (", ..." if len(scene_ids) > 3 else "")
+    raise InputNotFoundError(
+        f"no scene holds a valid pixel on the grid ({len(scene_ids)} scene(s): {names}; "
+        "every value is nodata or masked as cloud), so the cube would be empty: expected "
+        "imagery with data; check the scenes' nodata value and cloud mask, and that they "
+        "cover the grid (--bbox)"
     )
 
 

@@ -24,6 +24,11 @@ from eoseg.errors import GeoreferenceError, InvalidParameterError, NoOverlapErro
 
 DEFAULT_TILE_SIZE = 2048
 
+DEFAULT_MAX_PIXELS = 10**10
+"""Largest grid (pixels) an ingest plans unless told more (``--max-pixels``): a country
+of 1,000 km x 1,000 km at 10 m. A continent needs more, given explicitly; an absurd grid
+(a --resolution of 0.001, scenes on two continents) is refused before any work."""
+
 
 @dataclass(frozen=True, slots=True)
 class Tile:
@@ -85,21 +90,35 @@ def parse_crs(value: str | int | CRS) -> CRS:
         ) from exc
 
 
-def parse_bbox(text: str) -> tuple[float, float, float, float]:
-    """Parse ``"minx,miny,maxx,maxy"`` into four floats.
+def parse_bbox(text: str, flag: str = "--bbox") -> tuple[float, float, float, float]:
+    """Parse a lon/lat box ``"minx,miny,maxx,maxy"`` (EPSG:4326 degrees) into four floats.
+
+    Args:
+        text: The box as the user wrote it.
+        flag: The option it came from, named in errors.
 
     Raises:
-        InvalidParameterError: Not four numbers, or min >= max.
+        InvalidParameterError: Not four finite numbers, min >= max, or outside lon/lat ranges.
     """
     parts = [p.strip() for p in text.split(",")]
     try:
-        minx, miny, maxx, maxy = (float(p) for p in parts)
+        values = [float(p) for p in parts]
     except ValueError:
+        values = []
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
         raise InvalidParameterError(
-            f"expected a box 'minx,miny,maxx,maxy' of four numbers; found {text!r}"
-        ) from None
-    if minx >= maxx or miny >= maxy:
-        raise InvalidParameterError(f"box {text!r} is empty: it needs minx < maxx and miny < maxy")
+            f"{flag} expects a box 'minx,miny,maxx,maxy' of four numbers; found {text!r}"
+        )
+    minx, miny, maxx, maxy = values
+    if not (minx < maxx and miny < maxy):
+        raise InvalidParameterError(
+            f"{flag} {text!r} is an empty box: it needs minx < maxx and miny < maxy"
+        )
+    if not (-180 <= minx < maxx <= 180 and -90 <= miny < maxy <= 90):
+        raise InvalidParameterError(
+            f"{flag} {text!r} needs -180 <= minx < maxx <= 180 and -90 <= miny < maxy "
+            "<= 90 (EPSG:4326 degrees, lon before lat)"
+        )
     return minx, miny, maxx, maxy
 
 
@@ -143,6 +162,12 @@ def make_grid(
             )
         union = clipped
     minx, miny, maxx, maxy = union.boundingbox
+    if not all(math.isfinite(v) for v in (minx, miny, maxx, maxy)):
+        raise GeoreferenceError(
+            f"the sources do not project into {crs} (their bounds there are "
+            f"{(minx, miny, maxx, maxy)}): they lie outside where that CRS is defined; "
+            "choose a CRS for the sources' area with --crs"
+        )
     ox, oy = origin
     # Snap outward to whole pixels counted from the origin (columns east, rows south);
     # the epsilon absorbs float noise from reprojection. Counting in pixels keeps the
@@ -157,8 +182,19 @@ def make_grid(
 
 
 def _lonlat_bounds(geom: Geometry) -> str:
+    return describe_lonlat(lonlat_bounds(geom))
+
+
+def lonlat_bounds(geom: Geometry) -> tuple[float, float, float, float]:
+    """``(west, south, east, north)`` of a geometry in degrees (EPSG:4326)."""
     b = geom.to_crs("EPSG:4326").boundingbox
-    return f"lon {b.left:.4f}..{b.right:.4f}, lat {b.bottom:.4f}..{b.top:.4f}"
+    return b.left, b.bottom, b.right, b.top
+
+
+def describe_lonlat(bounds: tuple[float, float, float, float], digits: int = 4) -> str:
+    """Degree bounds as people read them: ``"lon 11.9822..12.0189, lat 47.9925..48.0075"``."""
+    w, s, e, n = bounds
+    return f"lon {w:.{digits}f}..{e:.{digits}f}, lat {s:.{digits}f}..{n:.{digits}f}"
 
 
 def iter_tiles(grid: GeoBox, tile_size: int) -> Iterator[Tile]:
@@ -254,3 +290,66 @@ def describe_grid(grid: GeoBox) -> dict[str, object]:
         "shape": [grid.shape.y, grid.shape.x],
         "bounds": [b.left, b.bottom, b.right, b.top],
     }
+
+
+def grid_of(raster: xr.DataArray | xr.Dataset, what: str) -> GeoBox:
+    """The grid of a georeferenced raster read from a store.
+
+    Raises:
+        GeoreferenceError: ``raster`` has no CRS/transform (``what`` names it).
+    """
+    import odc.geo.xr  # noqa: F401  (registers the .odc accessor)
+
+    geobox = raster.odc.geobox
+    if not isinstance(geobox, GeoBox) or geobox.crs is None:
+        raise GeoreferenceError(
+            f"{what} has no CRS/transform: expected a georeferenced eoseg store; re-create it"
+        )
+    return geobox
+
+
+def check_same_grid(expected: GeoBox, found: GeoBox, *, what: str, on: str, fix: str) -> None:
+    """Refuse two rasters that must share one grid (CRS, pixel size, origin and shape) and
+    do not: labels and their cube, a class map and its truth.
+
+    Args:
+        expected: The grid of the reference raster (``on``).
+        found: The grid of the raster checked (``what``).
+        what: The raster checked, for the message (``"labels labels.zarr"``).
+        on: The reference raster (``"the cube cube.zarr"``).
+        fix: How to put ``what`` on the grid (the command to run).
+
+    Raises:
+        GeoreferenceError: The grids differ.
+    """
+    same_crs = expected.crs == found.crs
+    # Float noise from reprojection and JSON: a thousandth of a pixel is the same grid.
+    tolerance = 1e-3 * min(abs(expected.resolution.x), abs(expected.resolution.y))
+    same_pixels = expected.affine.almost_equals(found.affine, precision=tolerance)
+    if same_crs and same_pixels and expected.shape == found.shape:
+        return
+    raise GeoreferenceError(
+        f"{what} lies on another grid ({_grid_text(found)}) than {on} "
+        f"({_grid_text(expected)}): {fix}"
+    )
+
+
+def _grid_text(grid: GeoBox) -> str:
+    crs = grid.crs
+    name = "no CRS" if crs is None else crs_name(crs)
+    unit = "" if crs is None else f" {unit_symbol(crs)}"
+    a = grid.affine
+    size = f"{abs(a.a):g}" if abs(a.a) == abs(a.e) else f"{abs(a.a):g} x {abs(a.e):g}"
+    shape = f"{grid.shape.y} x {grid.shape.x} px"
+    return f"{name}, {size}{unit} pixels, {shape} from ({a.c:.2f}, {a.f:.2f})"
+
+
+def crs_name(crs: CRS) -> str:
+    """A CRS as messages name it: ``"EPSG:32632"``, else its name (never its WKT)."""
+    return f"EPSG:{crs.epsg}" if crs.epsg else str(crs.proj.name)
+
+
+def unit_symbol(crs: CRS) -> str:
+    """The symbol of a CRS's units for messages: ``"m"``, ``"°"``, else their name."""
+    units = crs.units[0] if crs.units else ""
+    return "°" if units.startswith("degree") else {"metre": "m"}.get(units, units)

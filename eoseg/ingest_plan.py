@@ -6,19 +6,42 @@ before it creates the store, so a bad combination of scenes fails before any wor
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyproj
 import shapely
+from odc.geo import CRS
 from odc.geo.geobox import GeoBox
 
 from eoseg.catalog import Scene
 from eoseg.composite import TileJob
-from eoseg.errors import BandMismatchError, InvalidParameterError
-from eoseg.grid import Tile, crs_of, make_grid, parse_crs
+from eoseg.errors import BandMismatchError, GeoreferenceError, InvalidParameterError
+from eoseg.grid import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_TILE_SIZE,
+    Tile,
+    crs_name,
+    crs_of,
+    describe_lonlat,
+    lonlat_bounds,
+    make_grid,
+    parse_crs,
+    unit_symbol,
+)
 from eoseg.sensors import same_band
+
+MAX_TILES = 1_000_000
+"""Most tiles an ingest schedules: each is a task and a provenance record."""
+
+MAX_CRS_REACH_DEG = 20.0
+"""How far (degrees) scenes may reach beyond the area of use of the grid's CRS. Countries
+stretch a UTM zone by a zone or two (Norway maps 4-31°E in zone 33N, 13° beyond it); 20°
+beyond a zone the scale error passes 8%, and a CRS so far from the data is most likely a
+typo (EPSG:32610 for 32632)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +96,10 @@ def plan_grid(
     crs: str | None = None,
     resolution: float | None = None,
     bbox: tuple[float, float, float, float] | None = None,
+    *,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    max_pixels: float = DEFAULT_MAX_PIXELS,
+    allow_distant_crs: bool = False,
 ) -> GeoBox:
     """The grid of a cube: the first scene's CRS and pixel grid unless given.
 
@@ -81,6 +108,15 @@ def plan_grid(
     ingests without resampling and lines up with other rasters on its grid (labels);
     the grid extends over the other scenes by whole such pixels. A ``resolution``, or
     another CRS, gives square pixels of that size (default: the first scene's x size).
+
+    The grid is only described here (no tile listed, no pixel read), and refused when it
+    is too large (`check_grid_size`) or its CRS is meant for an area far from the scenes
+    (`check_crs_reach`, unless ``allow_distant_crs``).
+
+    Raises:
+        InvalidParameterError: The grid has more than ``max_pixels`` pixels, or more
+            tiles than `MAX_TILES`.
+        GeoreferenceError: A scene lies far outside the area of use of the grid's CRS.
     """
     first = scenes[0]
     grid_crs = parse_crs(crs) if crs else first.crs
@@ -89,13 +125,121 @@ def plan_grid(
             f"--crs {crs} has units {grid_crs.units} but the sources are in "
             f"{first.crs.units}: give --resolution in the grid's units"
         )
+    if not allow_distant_crs:
+        check_crs_reach(grid_crs, scenes, given=crs is not None)
     same_crs = grid_crs == first.crs
     res: float | tuple[float, float] = float(resolution or first.resolution)
     t = first.transform
     if not resolution and same_crs and t is not None and t.b == t.d == 0 and t.a > 0 > t.e:
         res = (t.a, -t.e)  # north-up: the scene's own pixel sizes
     origin = (first.bounds[0], first.bounds[3]) if same_crs else (0.0, 0.0)
-    return make_grid([s.footprint for s in scenes], grid_crs, res, bbox, origin)
+    grid = make_grid([s.footprint for s in scenes], grid_crs, res, bbox, origin)
+    check_grid_size(grid, tile_size, max_pixels, scenes, resolution)
+    return grid
+
+
+def check_grid_size(
+    grid: GeoBox,
+    tile_size: int,
+    max_pixels: float,
+    scenes: Sequence[Scene],
+    resolution: float | None,
+) -> None:
+    """Refuse a grid larger than ``max_pixels``, or cut into more than `MAX_TILES` tiles,
+    naming its size and the likely cause (a fine --resolution, scenes far apart).
+
+    Raises:
+        InvalidParameterError: The grid is too large.
+    """
+    ny, nx = grid.shape.y, grid.shape.x
+    pixels = ny * nx
+    if pixels > max_pixels:
+        raise InvalidParameterError(
+            f"the grid would be {ny:,} x {nx:,} px ({_count(pixels)} px), more than "
+            f"--max-pixels {_count(max_pixels)}: {_size_cause(grid, scenes, resolution)}. "
+            "Give a coarser --resolution, clip with --bbox or leave out far-away scenes; if "
+            "a grid this large is intended, raise --max-pixels"
+        )
+    tiles = math.ceil(ny / tile_size) * math.ceil(nx / tile_size)
+    if tiles > MAX_TILES:
+        raise InvalidParameterError(
+            f"--tile-size {tile_size} cuts the {ny:,} x {nx:,} px grid into {tiles:,} tiles, "
+            f"more than the {MAX_TILES:,} a run can schedule: raise --tile-size (default "
+            f"{DEFAULT_TILE_SIZE})"
+        )
+
+
+def _count(n: float) -> str:
+    """A pixel count as people write it: ``24,000`` or ``2.4e12``."""
+    return f"{n:,.0f}" if n < 1e6 else f"{n:.2g}".replace("e+", "e")
+
+
+def _size_cause(grid: GeoBox, scenes: Sequence[Scene], resolution: float | None) -> str:
+    first = scenes[0]
+    grid_crs = crs_of(grid)
+    span = describe_lonlat(lonlat_bounds(grid.extent), digits=2)
+    units = unit_symbol(grid_crs)
+    res = abs(grid.resolution.x)
+    causes = [f"it spans {span} at {res:g}{'' if units == '°' else ' '}{units} pixels"]
+    if resolution is not None and grid_crs.units == first.crs.units:
+        finer = first.resolution / resolution
+        if finer >= 2:
+            causes.append(
+                f"--resolution {resolution:g} is {finer:,.0f} times finer than the pixels of "
+                f"scene {first.id} ({first.resolution:g} {units})"
+            )
+    crss = sorted({crs_name(s.crs) for s in scenes})
+    if len(crss) > 1:
+        causes.append(f"the scenes are in {len(crss)} CRSs ({', '.join(crss[:4])}) far apart")
+    return "; ".join(causes)
+
+
+def check_crs_reach(grid_crs: CRS, scenes: Sequence[Scene], *, given: bool) -> None:
+    """Refuse a grid CRS meant for an area far from a scene (e.g. a UTM zone 100° away).
+
+    Raises:
+        GeoreferenceError: A scene reaches more than `MAX_CRS_REACH_DEG` beyond the area
+            of use of ``grid_crs`` (CRSs without a declared area of use pass).
+    """
+    # A CRS read from a file's WKT1 lacks its area of use; its EPSG entry has it.
+    area = (pyproj.CRS.from_epsg(grid_crs.epsg) if grid_crs.epsg else grid_crs.proj).area_of_use
+    if area is None:
+        return
+    reach = [(_degrees_beyond(lonlat_bounds(s.footprint), area.bounds), s) for s in scenes]
+    beyond, scene = max(reach, key=lambda r: r[0])
+    if beyond <= MAX_CRS_REACH_DEG:
+        return
+    where = lonlat_bounds(scene.footprint)
+    whose = "--crs" if given else "the first scene's CRS"
+    fix = (
+        "give a CRS of the scenes' area with --crs"
+        if given
+        else "ingest far-apart scenes into separate cubes, or give a CRS covering all with --crs"
+    )
+    raise GeoreferenceError(
+        f"scene {scene.id} ({describe_lonlat(where, 2)}) lies {beyond:.0f}° beyond the area "
+        f"{whose} {crs_name(grid_crs)} is meant for ({describe_lonlat(area.bounds, 2)}), where its "
+        f"grid would be badly distorted: {fix} (its UTM zone is {_utm_zone(where)}), or "
+        "pass --allow-distant-crs if this CRS is intended"
+    )
+
+
+def _degrees_beyond(
+    data: tuple[float, float, float, float], area: tuple[float, float, float, float]
+) -> float:
+    """How many degrees lon/lat bounds reach outside an area of use (0 inside)."""
+    w, s, e, n = data
+    aw, a_s, ae, an = area
+    if ae < aw:  # an area across the antimeridian
+        ae += 360.0
+    shift = 360.0 * round(((w + e) / 2 - (aw + ae) / 2) / 360.0)  # compare on one side
+    return max(aw - (w - shift), (e - shift) - ae, a_s - s, n - an, 0.0)
+
+
+def _utm_zone(bounds: tuple[float, float, float, float]) -> str:
+    lon, lat = (bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2
+    zone = min(60, max(1, int((lon + 180.0) // 6.0) + 1))
+    return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
 
 
 def plan_jobs(

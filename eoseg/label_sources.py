@@ -46,8 +46,9 @@ from eoseg.errors import (
 )
 from eoseg.grid import crs_of
 from eoseg.label_mapping import ClassMapping
+from eoseg.label_values import check_class_ids
 from eoseg.osm import OSM_SUFFIXES, BBox, osm_features
-from eoseg.vector_io import is_text_field, vector_info
+from eoseg.vector_io import count_features, is_text_field, vector_info
 from eoseg.vectorize import write_polygons
 
 log = logging.getLogger(__name__)
@@ -167,8 +168,14 @@ def check_label_source(
     """
     if not path.exists():
         raise InputNotFoundError(f"label file {path} does not exist: check the path")
+    n = len(schema) if schema is not None else IGNORE_ID
     if path.suffix.lower() in VECTOR_SUFFIXES:
         crs, fields, source_bounds = vector_info(path)
+        if count_features(path) == 0:
+            raise UnreadableVectorError(
+                f"{path} has no features: expected polygons with a class field "
+                f"({class_field!r}); check that the file (and its first layer) holds the labels"
+            )
         if crs is None:
             raise UnreadableVectorError(f"{path} has no CRS: assign one (e.g. with ogr2ogr -a_srs)")
         if class_field not in fields:
@@ -192,7 +199,8 @@ def check_label_source(
             f"do not overlap the cube (lon {b.left:.4f}..{b.right:.4f}, lat "
             f"{b.bottom:.4f}..{b.top:.4f}): check the labels' CRS and area"
         )
-    n = len(schema) if schema is not None else IGNORE_ID
+    if kind == "raster" and class_map is None:
+        check_class_ids(path, grid, n)
     return LabelSource(str(path), kind, crs, class_field, str(path), n, class_map)
 
 

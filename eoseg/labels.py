@@ -350,10 +350,12 @@ def _resample_raster(source: LabelSource, box: GeoBox) -> tuple[np.ndarray, dict
         return map_codes(_resample_codes(source, box), source.class_map)
     out = np.full(box.shape.yx, IGNORE_ID, dtype="uint8")
     with rasterio.open(source.path) as src:
+        # Values were checked (eoseg.label_values): NaN in a float raster is no label.
+        floats = np.dtype(src.dtypes[0]).kind == "f"
         reproject(
             source=rasterio.band(src, 1),
             destination=out,
-            src_nodata=src.nodata if src.nodata is not None else IGNORE_ID,
+            src_nodata=src.nodata if src.nodata is not None else np.nan if floats else IGNORE_ID,
             dst_transform=box.affine,
             dst_crs=crs_of(box).wkt,
             dst_nodata=IGNORE_ID,

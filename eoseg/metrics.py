@@ -17,11 +17,13 @@ import dask
 import dask.array
 import numpy as np
 import xarray as xr
+from odc.geo.geobox import GeoBox
 from rich.table import Table
 
 from eoseg.classes import IGNORE_ID, ClassSchema
 from eoseg.dates import check_one_date
 from eoseg.errors import InvalidParameterError, NoOverlapError
+from eoseg.grid import check_same_grid
 
 log = logging.getLogger(__name__)
 
@@ -233,16 +235,18 @@ def _check_same_grid(pred: ArrayLike, truth: ArrayLike) -> None:
             "put both on the same grid (resample the truth onto the map's grid)"
         )
     if isinstance(pred, xr.DataArray) and isinstance(truth, xr.DataArray):
-        for dim in ("x", "y"):
-            if (
-                dim in pred.coords
-                and dim in truth.coords
-                and not np.allclose(pred[dim].values, truth[dim].values)
-            ):
-                raise InvalidParameterError(
-                    f"prediction and truth have different {dim} coordinates: "
-                    "put both on the same grid (resample the truth onto the map's grid)"
-                )
+        import odc.geo.xr  # noqa: F401  (registers the .odc accessor)
+
+        grids = pred.odc.geobox, truth.odc.geobox
+        if isinstance(grids[0], GeoBox) and isinstance(grids[1], GeoBox):
+            check_same_grid(
+                grids[0],
+                grids[1],
+                what="the truth",
+                on="the class map",
+                fix="resample the truth onto the map's grid (eoseg evaluate --truth does so "
+                "for a GeoTIFF or vector file)",
+            )
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ These are the library functions behind ``eoseg export``, ``eoseg evaluate`` and
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ import xarray as xr
 from eoseg.classes import ClassSchema
 from eoseg.dates import DATE_FIELD, DateChoice, date_index, date_labels, dated_path, select_date
 from eoseg.errors import InvalidParameterError
+from eoseg.grid import check_same_grid, grid_of
 from eoseg.label_mapping import ClassMapping, ClassMapSpec, load_class_map
 from eoseg.labels import open_truth
 from eoseg.metrics import AccuracyReport, evaluate
@@ -50,8 +52,14 @@ def export_classmap(
     names ``--date``. Polygons of a multi-date map always carry their ``date``.
 
     Raises:
-        InvalidParameterError: See above, or a ``date`` the map lacks.
+        InvalidParameterError: See above, a ``date`` the map lacks, or a ``simplify``
+            tolerance that is negative or not finite.
     """
+    if simplify is not None and not (math.isfinite(simplify) and simplify >= 0):
+        raise InvalidParameterError(
+            f"--simplify must be a tolerance >= 0 in map units (e.g. 10 for 10 m); found "
+            f"{simplify}: give one, or leave --simplify out to keep the pixel outlines"
+        )
     doc: dict[str, Any] = {"classmap": classmap}
     ds = open_classmap(classmap)
     picks = _export_dates(ds, date)
@@ -177,6 +185,14 @@ def evaluate_classmap(
     mapping = None if class_map is None else load_class_map(class_map, schema)
     reference = open_truth(
         truth, classmap, class_field=class_field, schema=schema, class_map=mapping, workdir=workdir
+    )
+    check_same_grid(
+        grid_of(ds, f"class map {classmap}"),
+        grid_of(reference, f"--truth {truth}"),
+        what=f"--truth {truth}",
+        on=f"the class map {classmap}",
+        fix="give the truth as a GeoTIFF or vector file (evaluate puts those on the map's "
+        f"grid), or rasterize it onto the map (eoseg rasterize SOURCE --cube {classmap})",
     )
     return evaluate(ds["class"], reference, schema)
 

@@ -58,6 +58,22 @@ def _resolve(location: Location) -> tuple[Any, str]:
     return fs, str(path).rstrip("/")
 
 
+def _open_registry(registry_dir: Location) -> tuple[Any, str]:
+    """`_resolve` for a registry: refuses a file (a registry is a folder or a prefix).
+
+    Raises:
+        InvalidParameterError: ``registry_dir`` is a file.
+    """
+    fs, root = _resolve(registry_dir)
+    if fs.isfile(root):
+        raise InvalidParameterError(
+            f"--registry {os.fspath(registry_dir)} is a file; expected a registry folder "
+            "(or an fsspec URL of one) holding <name>/<version>/ model folders: give the "
+            "folder, e.g. --registry models/"
+        )
+    return fs, root
+
+
 def _is_local(fs: Any) -> bool:
     return isinstance(fs, LocalFileSystem)
 
@@ -153,7 +169,7 @@ def register(model_dir: Location, registry_dir: Location) -> ModelCard:
             f"{card.version!r}: a registered model needs a name without '/' or a leading "
             "'.' and a version; save it with eoseg.models.save_model"
         )
-    fs, root = _resolve(registry_dir)
+    fs, root = _open_registry(registry_dir)
     dest = f"{root}/{card.name}/{card.version}"
     if fs.isfile(f"{dest}/{CARD_FILE}"):
         logger.info("model %s %s already registered", card.name, card.version)
@@ -190,7 +206,7 @@ def list_models(registry_dir: Location) -> list[ModelCard]:
     Raises:
         InvalidStoreError: If a registered card is not valid JSON.
     """
-    fs, root = _resolve(registry_dir)
+    fs, root = _open_registry(registry_dir)
     entries = _version_dirs(fs, root)
     blobs = fs.cat([path for _, _, path in entries]) if entries else {}
     cards = []
@@ -221,7 +237,7 @@ def set_production(registry_dir: Location, name: str, version: str) -> None:
     Raises:
         InputNotFoundError: If that version is not registered.
     """
-    fs, root = _resolve(registry_dir)
+    fs, root = _open_registry(registry_dir)
     _require_version(fs, root, registry_dir, name, version)
     _put_atomic(fs, f"{root}/{name}/{PRODUCTION_FILE}", (version + "\n").encode())
     logger.info("production model %s is now %s", name, version)
@@ -229,7 +245,7 @@ def set_production(registry_dir: Location, name: str, version: str) -> None:
 
 def production_versions(registry_dir: Location) -> dict[str, str]:
     """Production version of every model name that has one set."""
-    fs, root = _resolve(registry_dir)
+    fs, root = _open_registry(registry_dir)
     try:
         paths = fs.glob(f"{root}/*/{PRODUCTION_FILE}")
     except FileNotFoundError:
@@ -244,7 +260,7 @@ def production_version(registry_dir: Location, name: str) -> str:
     Raises:
         InputNotFoundError: If no production version is set or it is not registered.
     """
-    fs, root = _resolve(registry_dir)
+    fs, root = _open_registry(registry_dir)
     try:
         version = fs.cat_file(f"{root}/{name}/{PRODUCTION_FILE}").decode().strip()
     except FileNotFoundError:
@@ -339,7 +355,7 @@ def fetch_model(
         InvalidStoreError: If the registered version is incomplete, damaged (its content
             does not hash to its version) or a download is short.
     """
-    fs, root = _resolve(registry_dir)
+    fs, root = _open_registry(registry_dir)
     if version is None:
         version = production_version(registry_dir, name)
     src = _require_version(fs, root, registry_dir, name, version)

@@ -112,10 +112,12 @@ def split_blocks(
         InvalidParameterError: If ``block_size`` or ``val_fraction`` is out of range.
     """
     if block_size < 1:
-        raise InvalidParameterError(f"block_size must be >= 1; got {block_size}: set --block-size")
+        raise InvalidParameterError(
+            f"--block-size must be >= 1; found {block_size}: give a larger one"
+        )
     if not 0.0 <= val_fraction < 1.0:
         raise InvalidParameterError(
-            f"val_fraction must be in [0, 1); got {val_fraction}: set --val-fraction"
+            f"--val-fraction must be in [0, 1); found {val_fraction}: give e.g. 0.25"
         )
     split = BlockSplit((int(shape[0]), int(shape[1])), int(block_size), frozenset())
     rng = np.random.default_rng(seed)
@@ -356,8 +358,8 @@ def sample_chips(
         )
     if chip_size < 1 or chip_size > min(height, width):
         raise InvalidParameterError(
-            f"chip_size {chip_size} does not fit a {height}x{width} raster: "
-            "choose a chip size (--chip-size) between 1 and the smaller raster side"
+            f"--chip-size {chip_size} does not fit a {height}x{width} raster: "
+            "choose a chip size between 1 and the smaller raster side"
         )
     if count < 0:
         raise InvalidParameterError(f"count must be >= 0; got {count}")

@@ -37,7 +37,7 @@ from eoseg.errors import (
     NoOverlapError,
     UnreadableVectorError,
 )
-from eoseg.grid import parse_bbox, raster_tiles
+from eoseg.grid import describe_lonlat, parse_bbox, raster_tiles
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,9 @@ def class_areas(
         )
     total = float(sums.sum()) / 1e6
     if aoi_map is not None and total == 0.0:
-        raise NoOverlapError(_no_overlap_message(aoi_map, geobox, "covers no pixel centre"))
+        to_ll = pyproj.Transformer.from_crs(_crs(geobox), 4326, always_xy=True)
+        aoi_ll = to_ll.transform_bounds(*aoi_map.bounds)
+        raise NoOverlapError(_no_overlap_message(aoi_ll, geobox, "covers no pixel centre"))
     nodata = float(sums[IGNORE_ID]) / 1e6
     return ClassAreas(
         class_names=schema.names,
@@ -218,13 +220,7 @@ def read_aoi(spec: str) -> shapely.Geometry:
             f"AOI {spec!r} is neither an existing file nor a box: give a GeoJSON/GeoPackage "
             "path or 'minx,miny,maxx,maxy' in EPSG:4326 degrees"
         )
-    minx, miny, maxx, maxy = parse_bbox(spec)
-    if not (-180 <= minx < maxx <= 180 and -90 <= miny < maxy <= 90):
-        raise InvalidParameterError(
-            f"AOI box {spec!r} needs -180 <= minx < maxx <= 180 and -90 <= miny < maxy <= 90 "
-            "(EPSG:4326 degrees, lon before lat)"
-        )
-    return shapely.box(minx, miny, maxx, maxy)
+    return shapely.box(*parse_bbox(spec, "--aoi"))
 
 
 def write_areas_csv(areas: ClassAreas, path: str | os.PathLike[str]) -> Path:
@@ -288,7 +284,7 @@ def _aoi_in_map_crs(
         shapely.transform(geom, lambda xy: np.column_stack(to_map.transform(xy[:, 0], xy[:, 1])))
     )
     if not mapped.intersects(shapely.box(*geobox.extent.geom.bounds)):
-        raise NoOverlapError(_no_overlap_message(mapped, geobox, "lies outside it"))
+        raise NoOverlapError(_no_overlap_message(geom.bounds, geobox, "lies outside the area"))
     return mapped, aoi_km2
 
 
@@ -298,15 +294,16 @@ def _polygonal(geom: shapely.Geometry) -> shapely.Geometry:
     return shapely.union_all(parts) if parts else shapely.Polygon()
 
 
-def _no_overlap_message(aoi_map: shapely.Geometry, geobox: GeoBox, found: str) -> str:
+def _no_overlap_message(
+    aoi_lonlat: tuple[float, float, float, float], geobox: GeoBox, found: str
+) -> str:
+    """One sentence with both extents in degrees (the AOI's as given, for a box)."""
     to_ll = pyproj.Transformer.from_crs(_crs(geobox), 4326, always_xy=True)
     grid_ll = to_ll.transform_bounds(*geobox.extent.geom.bounds)
-    aoi_ll = to_ll.transform_bounds(*aoi_map.bounds)
-    fmt = ", ".join
     return (
-        f"AOI (lon/lat bounds {fmt(f'{v:.4f}' for v in aoi_ll)}) {found} of the class map "
-        f"(lon/lat bounds {fmt(f'{v:.4f}' for v in grid_ll)}, {geobox.crs}): "
-        "choose an AOI inside the mapped area, or check its CRS (a box is lon,lat order)"
+        f"the AOI ({describe_lonlat(aoi_lonlat)}) {found} of the class map "
+        f"({describe_lonlat(grid_ll)}): choose an AOI inside the mapped area, or check its "
+        "CRS (a box is lon,lat order, in degrees)"
     )
 
 

@@ -131,3 +131,18 @@ def is_text_field(path: Path, field: str) -> bool:
         return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
     info = pyogrio.read_info(path)
     return str(dict(zip(info["fields"], info["dtypes"], strict=True))[field]) == "object"
+
+
+def count_features(path: Path) -> int | None:
+    """Number of features of a vector file (its first layer), or None when the format
+    cannot tell without reading every feature."""
+    try:
+        if is_parquet(path):
+            return int(pq.read_metadata(path).num_rows)
+        count = int(pyogrio.read_info(path, force_feature_count=True)["features"])
+    except Exception as exc:
+        raise UnreadableVectorError(
+            f"{path} is not a vector file GDAL/OGR can read ({exc}): expected GeoJSON, "
+            "GeoPackage, GeoParquet or Shapefile"
+        ) from exc
+    return count if count >= 0 else None

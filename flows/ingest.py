@@ -74,6 +74,8 @@ def ingest_task(
     composite: str = "first",
     by_date: bool = False,
     sensors: list[str] | None = None,
+    max_pixels: float | None = None,
+    allow_distant_crs: bool = False,
     overwrite: bool = False,
     run_id: str = "",
 ) -> dict[str, Any]:
@@ -90,6 +92,8 @@ def ingest_task(
             composite=composite,  # type: ignore[arg-type]  # validated by ingest
             by_date=by_date,
             sensors=sensors,
+            max_pixels=max_pixels,
+            allow_distant_crs=allow_distant_crs,
             client=client,
             overwrite=overwrite,
             run_id=run_id,
@@ -137,6 +141,8 @@ def ingest_flow(
     composite: str = "first",
     by_date: bool = False,
     sensors: list[str] | None = None,
+    max_pixels: float | None = None,
+    allow_distant_crs: bool = False,
     scheduler: str | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -151,6 +157,8 @@ def ingest_flow(
         tile_size: Tile (unit of work) size; chunk_size: inner chunks (sharded store).
         composite: ``first`` or ``median``; by_date: one time step per date.
         sensors: Keep only scenes of these sensor profiles, e.g. ``["sentinel-2-l2a"]``.
+        max_pixels: Largest grid accepted (default `eoseg.grid.DEFAULT_MAX_PIXELS`);
+            allow_distant_crs: accept a CRS meant for an area far from the scenes.
         scheduler: Dask scheduler address (default: a local cluster per task).
         overwrite: Replace an existing cube.
     """
@@ -178,6 +186,8 @@ def ingest_flow(
         composite=composite,
         by_date=by_date,
         sensors=sensors,
+        max_pixels=max_pixels,
+        allow_distant_crs=allow_distant_crs,
         overwrite=overwrite,
     )
     create_markdown_artifact(

@@ -12,7 +12,7 @@ import xarray as xr
 from rich.console import Console
 
 from eoseg.classes import ClassSchema, LandClass
-from eoseg.errors import InvalidParameterError, NoOverlapError
+from eoseg.errors import GeoreferenceError, InvalidParameterError, NoOverlapError
 from eoseg.metrics import AccuracyReport, ArrayLike, confusion_matrix, evaluate, format_report
 
 
@@ -139,7 +139,9 @@ def test_shape_mismatch_raises() -> None:
 def test_grid_mismatch_raises() -> None:
     a = xr.DataArray(np.zeros((2, 2), np.uint8), dims=("y", "x"), coords={"y": [0, 1], "x": [0, 1]})
     b = a.assign_coords(x=[5, 6])
-    with pytest.raises(InvalidParameterError, match="different x coordinates"):
+    with pytest.raises(
+        GeoreferenceError, match=r"another grid \(no CRS, 1 pixels, 2 x 2 px from \(4\.50"
+    ):
         confusion_matrix(a, b, 2)
 
 

@@ -13,7 +13,7 @@ from eoseg.classes import IGNORE_ID, generic_schema
 from eoseg.errors import InvalidParameterError, NoOverlapError
 from eoseg.sampling import sample_chips
 from eoseg.train import TrainConfig
-from eoseg.train.config import resolve_network
+from eoseg.train.network import resolve_network
 from eoseg.train.normalise import cube_band_stats
 from eoseg.train.plan import EPOCH_RANGE, plan_sampling
 from eoseg.train.run import sample_training_chips
@@ -280,7 +280,7 @@ def test_no_validation_samples_training_chips_only() -> None:
     ("depth", "chip", "expected"), [(3, 32, 2), (3, 64, 3), (4, 256, 4), (4, 64, 3), (3, 16, 1)]
 )
 def test_derived_depth_keeps_an_8px_bottleneck(depth: int, chip: int, expected: int) -> None:
-    from eoseg.train.config import fit_depth_to_chip
+    from eoseg.train.network import fit_depth_to_chip
 
     config, why = fit_depth_to_chip(TrainConfig(depth=depth), chip)
     assert config.depth == expected

@@ -162,7 +162,9 @@ def test_tiles_outside_aoi_are_not_read(classmap: xr.DataArray) -> None:
 
 
 def test_aoi_outside_map_raises(classmap: xr.DataArray) -> None:
-    with pytest.raises(NoOverlapError, match=r"lies outside it of the class map.*choose an AOI"):
+    with pytest.raises(
+        NoOverlapError, match=r"lies outside the area of the class map.*choose an AOI"
+    ):
         class_areas(classmap, DEMO_CLASSES, aoi=shapely.box(20, 10, 21, 11))
 
 

@@ -99,7 +99,7 @@ def test_soft_jaccard_loss() -> None:
 def test_config_validation() -> None:
     with pytest.raises(InvalidParameterError, match="not divisible by 2\\*\\*depth = 8"):
         TrainConfig(chip_size=60, depth=3)
-    with pytest.raises(InvalidParameterError, match="epochs must be >= 0"):
+    with pytest.raises(InvalidParameterError, match="--epochs must be a whole number >= 1"):
         TrainConfig(epochs=-1)
     with pytest.raises(InvalidParameterError, match="finetune_noisy_share"):
         TrainConfig(finetune_noisy_share=1.0)

@@ -17,7 +17,8 @@ from eoseg.models.accel import resolve_accelerator
 from eoseg.predict import predict_window
 from eoseg.train import TrainConfig, train_model
 from eoseg.train.augment import augment, dihedral, elastic_deform
-from eoseg.train.config import configure, load_train_config, resolve_network
+from eoseg.train.config import configure, load_train_config
+from eoseg.train.network import resolve_network
 
 
 def test_defaults_follow_the_design() -> None:

@@ -8,7 +8,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -55,11 +55,33 @@ def guard(fn: Callable[[], T]) -> T:
 
 @contextmanager
 def dask_client(scheduler: str | None, workdir: Path | None = None) -> Iterator[Any]:
-    from eoseg.cluster import connect
+    """A Dask client that connects (or starts the local cluster) only when first used.
 
-    quiet_dask()
-    with connect(scheduler, local_directory=workdir) as client:
-        yield client
+    Commands validate their input and plan their work before they submit a tile, so a
+    refused input fails in a moment, with no cluster started and nothing written.
+    """
+    with ExitStack() as stack:
+        yield _LazyClient(stack, scheduler, workdir)
+
+
+class _LazyClient:
+    """Stands for a `distributed.Client`; the first attribute asked for connects it."""
+
+    def __init__(self, stack: ExitStack, scheduler: str | None, workdir: Path | None) -> None:
+        self._stack = stack
+        self._scheduler = scheduler
+        self._workdir = workdir
+        self._client: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._client is None:
+            from eoseg.cluster import connect
+
+            quiet_dask()
+            self._client = self._stack.enter_context(
+                connect(self._scheduler, local_directory=self._workdir)
+            )
+        return getattr(self._client, name)
 
 
 def new_run_id() -> str:

@@ -63,6 +63,23 @@ def ingest(
         list[str] | None,
         typer.Option(help="Keep only scenes of this sensor profile (repeatable)."),
     ] = None,
+    max_pixels: Annotated[
+        float | None,
+        typer.Option(
+            help="Largest grid accepted, in pixels [1e10: a country at 10 m]; a larger one "
+            "is refused before any work, with its size and likely cause. A continent at "
+            "10 m needs e.g. 2e11.",
+            show_default=False,
+        ),
+    ] = None,
+    allow_distant_crs: Annotated[
+        bool,
+        typer.Option(
+            "--allow-distant-crs",
+            help="Accept a grid CRS meant for an area far from the scenes (e.g. a UTM zone "
+            "on another continent); refused by default, as it is most likely a mistake.",
+        ),
+    ] = False,
     scheduler: SchedulerOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
@@ -83,7 +100,7 @@ def ingest(
     from eoseg.outputs import check_output
 
     def body() -> None:
-        box = parse_bbox(bbox) if bbox else None
+        box = parse_bbox(bbox, "--bbox") if bbox else None
         # Outputs are checked before any cluster starts.
         check_output(out, "cube", overwrite=overwrite, inputs={"SOURCES": sources})
         with dask_client(scheduler) as client, console.progress_bar("ingest") as bar:
@@ -98,6 +115,8 @@ def ingest(
                 composite=composite,  # type: ignore[arg-type]  # validated by ingest
                 by_date=by_date,
                 sensors=sensor,
+                max_pixels=max_pixels,
+                allow_distant_crs=allow_distant_crs,
                 client=client,
                 overwrite=overwrite,
                 run_id=new_run_id(),

@@ -59,6 +59,10 @@ def demo(
     workdir = workdir.resolve()
 
     def body() -> None:
+        if seed < 0:  # checked before the work dir is made: a refused run leaves nothing
+            raise InvalidParameterError(
+                f"--seed must be a whole number >= 0; found {seed}: give e.g. --seed 0"
+            )
         # An empty or new folder, or an earlier demo's, which the demo rewrites.
         check_output(workdir, "demo", overwrite=True, flag="--workdir", overwrite_flag=None)
         with output_lock(workdir, flag="--workdir", lock=demo_lock(workdir)):

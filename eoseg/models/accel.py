@@ -76,16 +76,18 @@ def resolve_accelerator(device: str | None = None, precision: str = "auto") -> A
         InvalidParameterError: On an unknown precision or a device torch cannot use.
     """
     if precision not in PRECISIONS:
-        raise InvalidParameterError(f"precision must be one of {PRECISIONS}; got {precision!r}")
+        raise InvalidParameterError(
+            f"--precision must be one of {PRECISIONS}; found {precision!r}: choose one"
+        )
     try:
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError as exc:
         raise InvalidParameterError(
-            f"device {device!r} is not a torch device ({exc}): use 'cpu', 'cuda' or 'cuda:N'"
+            f"--device {device!r} is not a torch device ({exc}): use 'cpu', 'cuda' or 'cuda:N'"
         ) from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InvalidParameterError(
-            f"device {device!r} asks for CUDA but torch sees no GPU (torch "
+            f"--device {device!r} asks for CUDA but torch sees no GPU (torch "
             f"{torch.__version__}): install the CUDA build (see README) or use --device cpu"
         )
     on_gpu = dev.type == "cuda"

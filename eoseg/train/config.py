@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import numbers
 import os
 import tomllib
 from collections.abc import Callable
@@ -50,70 +51,6 @@ logger = logging.getLogger(__name__)
 NormStats = Literal["cube", "chips"]
 """Where the input normalisation statistics are measured (`eoseg.train.normalise`)."""
 NormMode = Literal["frozen", "train"]
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceDefaults:
-    """The network and the largest chip a device trains by default.
-
-    Attributes:
-        base_width: U-Net channels at full resolution.
-        depth: U-Net downsampling steps.
-        max_chip: Largest chip side the sampling plan may derive.
-    """
-
-    base_width: int
-    depth: int
-    max_chip: int
-
-
-DEVICE_DEFAULTS: dict[str, DeviceDefaults] = {
-    "cuda": DeviceDefaults(base_width=32, depth=4, max_chip=256),
-    "cpu": DeviceDefaults(base_width=16, depth=3, max_chip=64),
-}
-"""Default network and largest chip per torch device type (other types: as the CPU).
-A 32/4 U-Net on 256 px chips took 13 minutes an epoch on two CPU cores; a 16/3 U-Net on
-64 px chips trains the real samples in minutes there (benchmarks/README.md)."""
-
-
-def device_defaults(device_type: str) -> DeviceDefaults:
-    """The `DeviceDefaults` of a torch device type (``"cuda"``, ``"cpu"``, ...)."""
-    return DEVICE_DEFAULTS.get(device_type, DEVICE_DEFAULTS["cpu"])
-
-
-MIN_BOTTLENECK = 8
-"""Least side in pixels of the U-Net's bottleneck on a training chip: a derived depth is
-lowered for small chips (32 px chips get depth 2, not a 4 px bottleneck)."""
-
-
-def fit_depth_to_chip(config: TrainConfig, chip_size: int) -> tuple[TrainConfig, str | None]:
-    """``config`` with a derived depth lowered so the bottleneck keeps `MIN_BOTTLENECK` px,
-    and why (None when unchanged). On eolearn_slovenia (32 px chips) depth 2 scored about
-    0.016 higher held-out accuracy than depth 3 over three seeds, with less spread."""
-    depth = config.depth or 1
-    fitted = max(1, min(depth, int(math.log2(max(chip_size // MIN_BOTTLENECK, 1)))))
-    if fitted == depth:
-        return config, None
-    why = (
-        f"depth {fitted}: {chip_size} px chips keep a bottleneck of {MIN_BOTTLENECK}+ px "
-        f"(the device's depth {depth} would leave {chip_size >> depth} px)"
-    )
-    return dataclasses.replace(config, depth=fitted), why
-
-
-def resolve_network(config: TrainConfig, device_type: str) -> TrainConfig:
-    """``config`` with ``base_width`` and ``depth`` set: as given, else the device's.
-
-    Raises:
-        InvalidParameterError: If ``chip_size`` does not divide by the resolved depth.
-    """
-    dev = device_defaults(device_type)
-    return dataclasses.replace(
-        config, base_width=config.base_width or dev.base_width, depth=config.depth or dev.depth
-    )
-
-
-"""Batch-norm statistics during fine-tuning: kept from pretraining, or adapted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,19 +187,15 @@ class TrainConfig:
     refit: bool | None = None
 
     def __post_init__(self) -> None:
+        for name, ok, expected in _NUMBER_RULES:
+            _check(self, name, ok, expected)
         factor = 2 ** (self.depth or 0)
         if self.chip_size is not None and self.chip_size % factor:
             raise InvalidParameterError(
-                f"chip_size {self.chip_size} is not divisible by 2**depth = {factor}: "
-                f"choose a multiple of {factor} ({flag('chip_size')}) or leave it out"
+                f"{flag('chip_size')} {self.chip_size} is not divisible by 2**depth = {factor} "
+                f"(a U-Net of depth {self.depth} halves it {self.depth} times): choose a "
+                f"multiple of {factor}, or leave {flag('chip_size')} out to derive it"
             )
-        for name in ("epochs", "finetune_epochs", "freeze_encoder_epochs", "val_chips"):
-            _check(self, name, lambda v: v is None or v >= 0, ">= 0")
-        for name in ("train_chips", "batch_size", "base_width", "depth", "block_size"):
-            _check(self, name, lambda v: v is None or v >= 1, ">= 1")
-        _check(self, "patience", lambda v: v is None or v >= 1, ">= 1 (or None: no early stop)")
-        _check(self, "val_fraction", lambda v: 0.0 <= v < 1.0, "in [0, 1)")
-        _check(self, "min_labelled", lambda v: v is None or 0.0 <= v <= 1.0, "in [0, 1]")
         for name, allowed in (
             ("noisy_loss", ("ce", "gce", "bootstrap")),
             ("bootstrap_mode", ("soft", "hard")),
@@ -274,22 +207,68 @@ class TrainConfig:
             ("norm_stats", ("cube", "chips")),
         ):
             _check(self, name, allowed.__contains__, f"one of {allowed}")
-        _check(self, "jitter", lambda v: v >= 0, ">= 0")
-        _check(self, "elastic", lambda v: v >= 0, ">= 0")
-        _check(
-            self,
-            "finetune_noisy_share",
-            lambda v: 0.0 <= v < 1.0,
-            "in [0, 1) (fine-tuning needs clean chips)",
-        )
-        _check(self, "gce_q", lambda v: 0.0 < v <= 1.0, "in (0, 1]")
-        _check(self, "bootstrap_beta", lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
         _check(
             self,
             "class_weights",
-            lambda w: w is None or w == "balanced" or (not isinstance(w, str) and min(w) >= 0),
+            lambda w: (
+                w is None
+                or w == "balanced"
+                or (not isinstance(w, str) and all(math.isfinite(v) and v >= 0 for v in w))
+            ),
             "'balanced', None or non-negative numbers",
         )
+
+
+def _whole(least: int, optional: bool = True) -> Callable[[Any], bool]:
+    """A whole number (not a bool) of at least ``least``; None passes when ``optional``."""
+    return lambda v: (
+        (optional and v is None)
+        or (isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= least)
+    )
+
+
+def _real(low: float, high: float = math.inf, *, open_low: bool = False) -> Callable[[Any], bool]:
+    """A finite number in ``[low, high)`` (``(low, high)`` when ``open_low``); None passes."""
+    return lambda v: (
+        v is None
+        or (
+            isinstance(v, numbers.Real)
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            and (float(v) > low if open_low else float(v) >= low)
+            and float(v) < high
+        )
+    )
+
+
+_NUMBER_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    # An untrained model is no product: pretraining runs at least one epoch.
+    ("epochs", _whole(1), "a whole number >= 1 (or left out: derived)"),
+    ("finetune_epochs", _whole(0, optional=False), "a whole number >= 0"),
+    ("freeze_encoder_epochs", _whole(0, optional=False), "a whole number >= 0"),
+    ("val_chips", _whole(0), "a whole number >= 0"),
+    ("chip_size", _whole(1), "a whole number of pixels >= 1"),
+    ("train_chips", _whole(1), "a whole number >= 1"),
+    ("batch_size", _whole(1, optional=False), "a whole number >= 1"),
+    ("base_width", _whole(1), "a whole number >= 1"),
+    ("depth", _whole(1), "a whole number >= 1"),
+    ("block_size", _whole(1), "a whole number of pixels >= 1"),
+    ("patience", _whole(1), "a whole number >= 1 (or left out: no early stop)"),
+    ("num_threads", _whole(1), "a whole number >= 1"),
+    ("seed", _whole(0, optional=False), "a whole number >= 0"),
+    ("lr", _real(0.0, open_low=True), "a finite number > 0"),
+    ("finetune_lr", _real(0.0, open_low=True), "a finite number > 0"),
+    ("weight_decay", _real(0.0), "a finite number >= 0"),
+    ("jaccard_weight", _real(0.0), "a finite number >= 0"),
+    ("jitter", _real(0.0, 1.0), "in [0, 1) (a gain of 1 ± jitter)"),
+    ("elastic", _real(0.0), "a finite number of pixels >= 0"),
+    ("val_fraction", _real(0.0, 1.0), "in [0, 1)"),
+    ("min_labelled", _real(0.0, math.nextafter(1.0, 2.0)), "in [0, 1]"),
+    ("finetune_noisy_share", _real(0.0, 1.0), "in [0, 1) (fine-tuning needs clean chips)"),
+    ("gce_q", _real(0.0, math.nextafter(1.0, 2.0), open_low=True), "in (0, 1]"),
+    ("bootstrap_beta", _real(0.0, math.nextafter(1.0, 2.0)), "in [0, 1]"),
+)
+"""The numeric options and the values they accept (each message names the flag)."""
 
 
 CLI_FLAGS = frozenset(
@@ -317,8 +296,8 @@ def _check(config: TrainConfig, name: str, ok: Callable[[Any], bool], expected: 
         good = False
     if not good:
         raise InvalidParameterError(
-            f"{name} must be {expected}; got {value!r}: set {flag(name)} "
-            "(or the same key in the --config file)"
+            f"{flag(name)} must be {expected}; found {value!r}: give such a value "
+            f"(or `{name} = ...` in the --config file)"
         )
 
 
@@ -339,8 +318,8 @@ def stage_spec(
         logger.info("%s class weights %s", stage, [round(w, 3) for w in weights])
     elif weights is not None and len(weights) != n_classes:
         raise InvalidParameterError(
-            f"class_weights has {len(weights)} entries but the schema has {n_classes} "
-            "classes: give one weight per class id, or 'balanced' (--set class_weights=...)"
+            f"--set class_weights=... has {len(weights)} entries but the schema has "
+            f"{n_classes} classes: give one weight per class id, or 'balanced'"
         )
     pre = stage == "pretrain"
     loss = SegmentationLoss(

@@ -32,7 +32,7 @@ scene train as readily as labels that cover the whole scene:
   one counts (holding a quarter out cost about 0.06 in held-out accuracy on
   eolearn_slovenia, and made the result depend on which ones), and such a fit costs a
   minute. Its chips: 4 per region (32 to 128).
-- largest chip: the device's (`eoseg.train.config.DEVICE_DEFAULTS`: 256 px on a GPU,
+- largest chip: the device's (`eoseg.train.network.DEVICE_DEFAULTS`: 256 px on a GPU,
   64 px on a CPU), passed in as ``max_chip``.
 """
 
@@ -267,7 +267,7 @@ def _chip_candidates(shape: tuple[int, int], config: TrainConfig, max_chip: int)
     if config.chip_size is not None:
         if config.chip_size > side:
             raise InvalidParameterError(
-                f"chip_size {config.chip_size} does not fit the {shape[0]}x{shape[1]} px "
+                f"--chip-size {config.chip_size} does not fit the {shape[0]}x{shape[1]} px "
                 f"scene: lower --chip-size to at most {side} (or leave it out to derive it)"
             )
         return [config.chip_size]
@@ -315,7 +315,7 @@ def _choose_sizes(
         if config.block_size is not None:
             if config.block_size < chip:
                 raise InvalidParameterError(
-                    f"block_size {config.block_size} is smaller than the {chip} px chip: "
+                    f"--block-size {config.block_size} is smaller than the {chip} px chip: "
                     f"raise --block-size to at least {chip} or lower --chip-size"
                 )
             return config.block_size

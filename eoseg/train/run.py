@@ -46,15 +46,10 @@ from eoseg.train.checkpoint import (
     remove_checkpoint,
     save_checkpoint,
 )
-from eoseg.train.config import (
-    TrainConfig,
-    device_defaults,
-    fit_depth_to_chip,
-    resolve_network,
-    stage_spec,
-)
+from eoseg.train.config import TrainConfig, stage_spec
 from eoseg.train.finetune import finetune_chips, rehearse_missing, replay_noisy
 from eoseg.train.loop import History, fit_stage
+from eoseg.train.network import device_defaults, fit_depth_to_chip, resolve_network
 from eoseg.train.normalise import cube_band_stats
 from eoseg.train.plan import SamplingPlan, plan_sampling
 from eoseg.train.prior import class_pixels, logit_adjustment
@@ -157,6 +152,11 @@ def train_model(
         BandMismatchError: If ``config.bands`` names a band the cube lacks.
     """
     config = config or TrainConfig()
+    if finetune_labels is not None and config.finetune_epochs == 0:
+        raise InvalidParameterError(
+            "--finetune-epochs 0 would leave the --finetune-labels unused: give at least 1 "
+            "fine-tuning epoch, or leave --finetune-labels out"
+        )
     prev_threads = torch.get_num_threads()
     prev_det = torch.are_deterministic_algorithms_enabled()
     threads = config.num_threads or _default_threads()

@@ -7,7 +7,7 @@ from pathlib import Path
 import xarray as xr
 
 from eoseg.classes import IGNORE_ID, ClassSchema, generic_schema, load_schema
-from eoseg.errors import InvalidParameterError
+from eoseg.grid import check_same_grid, grid_of
 from eoseg.locks import output_lock
 from eoseg.models import ModelCard
 from eoseg.outputs import check_output
@@ -57,11 +57,20 @@ def train_from_stores(
     cube = open_cube(cube_path)
     labels = open_labels(labels_path)
     clean = open_labels(finetune_labels) if finetune_labels else None
-    if labels.shape != (cube.sizes["y"], cube.sizes["x"]):
-        raise InvalidParameterError(
-            f"labels {labels_path} are {labels.shape} px but the cube is "
-            f"{(cube.sizes['y'], cube.sizes['x'])}: rasterize them onto this cube"
-        )
+    grid = grid_of(cube, f"cube {cube_path}")
+    for flag, path, store in (
+        ("--labels", labels_path, labels),
+        ("--finetune-labels", finetune_labels, clean),
+    ):
+        if store is not None:
+            check_same_grid(
+                grid,
+                grid_of(store, f"labels {path}"),
+                what=f"{flag} {path}",
+                on=f"the cube {cube_path}",
+                fix="rasterize the labels onto this cube (eoseg rasterize SOURCE --cube "
+                f"{cube_path} --out ...)",
+            )
     schema = load_schema(classes) if classes else _schema_from_labels(labels, clean)
     with output_lock(out_dir, run_id=run_id):
         return train_model(
