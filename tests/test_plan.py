@@ -75,7 +75,9 @@ def test_dense_labels_keep_the_former_defaults() -> None:
     assert len(plan.split.val_blocks) == 1 and plan.holdout is None
     record = plan.to_dict()
     assert record["derived"] == ["chip_size", "block_size", "min_labelled", "train_chips",
-                                 "val_chips", "epochs"]  # fmt: skip
+                                 "val_chips", "epochs", "refit"]  # fmt: skip
+    # dense labels: validation holds out little of them, so no refit after it
+    assert plan.refit_chips == 0 and stage.dense
     # 128 chips are 16 steps of 8: about 300 steps are 19 epochs.
     assert record["stages"]["pretrain"]["epochs"] == stage.epochs == 19
     assert any(line.startswith("chip_size 256") for line in record["why"])

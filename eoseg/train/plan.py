@@ -26,12 +26,13 @@ scene train as readily as labels that cover the whole scene:
   is one pass over the stage's chips, so a few small polygons (32 small chips, 4 steps
   an epoch) would otherwise stop after 40 steps, far from trained, while their epochs
   cost next to nothing; dense labels (16 steps an epoch) keep about 20 epochs.
-- refit: when the last stage validates and its labels form at most `REFIT_REGIONS`
-  regions, a final fit on all of them (training and validation), from the weights that
-  stage started with, for the epochs validation chose: with a few dozen polygons every
-  one counts (holding a quarter out cost about 0.06 in held-out accuracy on
-  eolearn_slovenia, and made the result depend on which ones), and such a fit costs a
-  minute. Its chips: 4 per region (32 to 128).
+- refit: when the last stage validates and its labels are sparse (not `dense`) and form
+  at most `REFIT_REGIONS` regions, a final fit on all of them (training and validation),
+  from the weights that stage started with, for the epochs validation chose: with a few
+  dozen polygons every one counts (holding a quarter out cost about 0.06 in held-out
+  accuracy on eolearn_slovenia, and made the result depend on which ones), and such a
+  fit costs a minute. Its chips: 4 per region (32 to 128). Dense labels (a building
+  raster) keep the validated model: holding some out costs little there.
 - largest chip: the device's (`eoseg.train.network.DEVICE_DEFAULTS`: 256 px on a GPU,
   64 px on a CPU), passed in as ``max_chip``.
 """
@@ -117,6 +118,8 @@ class StagePlan:
             ``finetune_epochs``).
         class_pixels: Labelled pixels per class id (index = id, up to the largest id
             present): the class prior of the stage's labels (`eoseg.train.prior`).
+        dense: Whether the labels are dense (chips centred on their regions are mostly
+            labelled: the derived labelled share reaches `DENSE_MIN_LABELLED`).
     """
 
     stage: str
@@ -129,6 +132,7 @@ class StagePlan:
     val_note: str | None = None
     epochs: int = 0
     class_pixels: tuple[int, ...] = ()
+    dense: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,10 +256,11 @@ def _refit(last: StagePlan, config: TrainConfig) -> tuple[int, str]:
         return 0, "refit: none (no validation: the last stage trains on all its labels)"
     if config.refit is False:
         return 0, "refit: none (--no-refit)"
-    if config.refit is None and regions > REFIT_REGIONS:
-        return 0, f"refit: none ({regions} regions > {REFIT_REGIONS}: validation costs little)"
+    if config.refit is None and (regions > REFIT_REGIONS or last.dense):
+        why = f"{regions} regions > {REFIT_REGIONS}" if not last.dense else "dense labels"
+        return 0, f"refit: none ({why}: holding some out for validation costs little)"
     chips = config.train_chips or int(np.clip(4 * regions, 32, 128))
-    reason = "--refit" if config.refit else f"{regions} regions <= {REFIT_REGIONS}"
+    reason = "--refit" if config.refit else f"{regions} sparse regions <= {REFIT_REGIONS}"
     return chips, (
         f"refit: {chips} chips on all {regions} regions of the {last.stage} labels, for the "
         f"epochs its validation chose ({reason})"
@@ -431,10 +436,10 @@ def _stage_plan(
             f"block(s) of {split.block_size} px): draw more polygons, or lower --block-size "
             "/ --chip-size"
         )
+    share = 0.5 * survey.share(chip, 0.1)
     if config.min_labelled is not None:
         min_labelled = config.min_labelled
     else:
-        share = 0.5 * survey.share(chip, 0.1)
         min_labelled = _two_digits_down(max(min(share, DENSE_MIN_LABELLED), 1 / chip**2))
     train_chips = config.train_chips or int(np.clip(4 * n_train, 32, 128))
     if config.val_chips is not None:
@@ -451,7 +456,7 @@ def _stage_plan(
     per_class = np.bincount(survey.region_class, weights=survey.region_area)
     return StagePlan(
         stage, min_labelled, train_chips, val_chips, survey.labelled, n_train, n_val, note,
-        epochs, tuple(int(v) for v in per_class),
+        epochs, tuple(int(v) for v in per_class), share >= DENSE_MIN_LABELLED,
     )  # fmt: skip
 
 
