@@ -241,27 +241,28 @@ def _part_mask(split: BlockSplit, part: Part) -> np.ndarray:
 
 @dataclass(frozen=True, slots=True)
 class _Window:
-    """A block and the halo of half a chip around it, clipped to the raster."""
+    """A block and a halo around it (half a chip, or none), clipped to the raster."""
 
     bounds: tuple[int, int, int, int]
     chip: int
     shape: tuple[int, int]
+    halo: int
 
     @property
     def row0(self) -> int:
-        return max(0, self.bounds[0] - self.chip // 2)
+        return max(0, self.bounds[0] - self.halo)
 
     @property
     def col0(self) -> int:
-        return max(0, self.bounds[2] - self.chip // 2)
+        return max(0, self.bounds[2] - self.halo)
 
     @property
     def rows(self) -> slice:
-        return slice(self.row0, min(self.shape[0], self.bounds[1] + self.chip // 2))
+        return slice(self.row0, min(self.shape[0], self.bounds[1] + self.halo))
 
     @property
     def cols(self) -> slice:
-        return slice(self.col0, min(self.shape[1], self.bounds[3] + self.chip // 2))
+        return slice(self.col0, min(self.shape[1], self.bounds[3] + self.halo))
 
     @property
     def inner(self) -> tuple[slice, slice]:
@@ -330,9 +331,10 @@ def sample_chips(
             regions (connected within a block) uniformly, and centre the chip on a
             pixel of it; otherwise centre on any labelled pixel.
         split: Block split restricting chips to ``part``; default blocks of
-            ``max(4 * chip_size, 1024)`` px, all usable. A chip is centred on its
-            pixel and may reach into neighbouring blocks; labels of blocks outside
-            ``part`` are hidden in it (255), their imagery stays as context.
+            ``max(4 * chip_size, 1024)`` px, all usable. A chip stays in its block
+            when blocks are two chips or more; in chip-sized blocks it is centred on
+            its pixel and may reach into neighbouring blocks, where the labels of
+            blocks outside ``part`` are hidden (255) and their imagery stays as context.
         part: ``"train"``, ``"val"`` or ``"all"`` blocks of ``split``.
         bands: Band names to read, in order; default all cube bands.
         min_labelled: Least share of a chip that must be labelled and valid.
@@ -389,8 +391,12 @@ def sample_chips(
     targets, chosen = _targets(hist, regions, count, balance, rng)
     xs, ys, origins = [], [], []
     in_part = _part_mask(split, part)
+    # A chip moves within its block when the block leaves it room (blocks of two chips or
+    # more, dense labels); a chip-sized block would pin every chip to one window, so there
+    # the chip is centred on its pixel and may reach into the neighbouring blocks.
+    halo = chip_size // 2 if split.block_size < 2 * chip_size else 0
     for bi in np.unique(chosen):
-        win = _Window(split.bounds(blocks[bi]), chip_size, (height, width))
+        win = _Window(split.bounds(blocks[bi]), chip_size, (height, width), halo)
         lab = np.asarray(labels.isel(y=win.rows, x=win.cols).values)
         centres = _Centres(lab[win.inner], ignore)
         # Labels of other parts' blocks are hidden: a chip may show their imagery as

@@ -95,29 +95,29 @@ def test_balance_oversamples_rare_class(scene) -> None:
     assert with_rare > np.mean([(y == 2).any() for y in plain.y])
 
 
-def test_split_blocks_are_disjoint(scene) -> None:
+@pytest.mark.parametrize("block", [64, 32], ids=["blocks-of-two-chips", "chip-sized-blocks"])
+def test_split_blocks_are_disjoint(scene, block: int) -> None:
+    """Labels shown in a chip are of its own part's blocks. Blocks of two chips keep each
+    chip inside one block; chip-sized blocks let chips centre on their pixel across edges."""
     cube, labels, _ = scene
-    split = split_blocks((256, 256), block_size=64, val_fraction=0.25, seed=0)
+    split = split_blocks((256, 256), block_size=block, val_fraction=0.25, seed=0)
     train_blocks, val_blocks = set(split.blocks("train")), set(split.blocks("val"))
-    assert len(val_blocks) == 4 and len(train_blocks) == 12
+    assert len(val_blocks) == round(0.25 * (256 // block) ** 2)
     assert not train_blocks & val_blocks
     train = sample_chips(cube, labels, chip_size=32, count=30, seed=0, split=split, part="train")
     val = sample_chips(cube, labels, chip_size=32, count=30, seed=0, split=split, part="val")
     assert len(train) and len(val)
     lab = labels.values
     for chips, blocks in ((train, train_blocks), (val, val_blocks)):
-        centred = 0
+        crossing = 0
         for (r, c), y in zip(chips.origins, chips.y, strict=True):
-            # a label shown in a chip is one of its own part's blocks, and equals the store's
             rows, cols = np.nonzero(y != 255)
             assert rows.size
-            assert {
-                ((r + i) // 64, (c + j) // 64) for i, j in zip(rows, cols, strict=True)
-            } <= blocks
+            shown = {((r + i) // block, (c + j) // block) for i, j in zip(rows, cols, strict=True)}
+            assert shown <= blocks
             np.testing.assert_array_equal(y[rows, cols], lab[r + rows, c + cols])
-            centred += (r // 64, c // 64) != ((r + 31) // 64, (c + 31) // 64)
-        # chips are centred on their pixel, not pushed inside one block
-        assert centred > 0
+            crossing += (r // block, c // block) != ((r + 31) // block, (c + 31) // block)
+        assert (crossing > 0) == (block == 32)
 
 
 def test_sampling_is_deterministic(scene) -> None:
