@@ -53,6 +53,7 @@ TINY = TrainConfig(
     base_width=4,
     depth=2,
     device="cpu",
+    refit=True,  # the clean box is dense: the refit is asked for, to test it and its resume
 )
 
 
@@ -110,8 +111,9 @@ def test_config_validation() -> None:
 def test_train_model_learns_and_is_deterministic(scene, tmp_path) -> None:
     cube, noisy, clean = scene
     events: list[tuple[str, int, int, dict]] = []
+    fast = dataclasses.replace(FAST, refit=True)  # dense clean labels: asked, not derived
     card = train_model(
-        cube, noisy, tmp_path / "a", schema=SCHEMA, config=FAST, finetune_labels=clean,
+        cube, noisy, tmp_path / "a", schema=SCHEMA, config=fast, finetune_labels=clean,
         progress=lambda *e: events.append(e),
     )  # fmt: skip
     assert card.metrics["val_miou"] > 0.6 and card.metrics["val_stage"] == "finetune"
@@ -122,7 +124,7 @@ def test_train_model_learns_and_is_deterministic(scene, tmp_path) -> None:
     assert card.bands == ("B02", "B03", "B04", "B08")
     assert card.mean[3] > card.mean[0]  # NIR brighter: statistics from valid pixels
     assert card.parameters > 0 and card.flops_per_pixel > 0 and card.parent is None
-    # a few clean polygons: fine-tuning is refit on all of them for the epochs it chose
+    # fine-tuning is refit on all the clean labels for the epochs it chose
     assert {e[0] for e in events} == {"sample", "pretrain", "finetune", "refit"}
     assert card.sampling["refit_chips"] > 0
     assert len(card.metrics["refit"]["train_loss"]) == card.metrics["finetune"]["best_epoch"]
@@ -133,7 +135,7 @@ def test_train_model_learns_and_is_deterministic(scene, tmp_path) -> None:
     _, loaded = load_model(tmp_path / "a")
     assert loaded.version == card.version
     again = train_model(
-        cube, noisy, tmp_path / "b", schema=SCHEMA, config=FAST, finetune_labels=clean
+        cube, noisy, tmp_path / "b", schema=SCHEMA, config=fast, finetune_labels=clean
     )
     assert again.version == card.version
     assert again.metrics == card.metrics
