@@ -116,7 +116,9 @@ def _fmt(value: Any) -> str:
 def print_error(message: str) -> None:
     """The one-paragraph message of a bad-input error, on stderr."""
     # Messages quote user input and Python values ("[255]", "eoseg[gpu]"): never markup.
-    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    # No hard wrapping: a path or a flag broken across lines cannot be copied (the terminal
+    # still wraps long lines for the eye).
+    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def print_demo_summary(summary: Mapping[str, Any]) -> None:

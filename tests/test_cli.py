@@ -385,3 +385,11 @@ def test_multi_date_class_map_through_the_cli(
     args = ["train", "--cube", str(cube), "--labels", str(tmp_path / "l.zarr"), "--out", "m2"]
     result = runner.invoke(app, [*args, "--time", "mean"])
     assert result.exit_code == 2 and "'per-date'" in result.stderr
+
+
+def test_error_messages_keep_long_paths_whole(tmp_path: Path) -> None:
+    """A path longer than the terminal is printed whole (copyable), not broken mid-word."""
+    deep = tmp_path / ("a-rather-long-folder-name-" * 4) / "missing-scene-file.tif"
+    result = runner.invoke(app, ["ingest", str(deep), "--out", str(tmp_path / "c.zarr")])
+    assert result.exit_code == 2
+    assert str(deep) in result.stderr
