@@ -274,7 +274,8 @@ def _train(
                 model.load_state_dict(starts[last])
         else:
             spec = stage_spec(config, stage, train, len(schema), plan.stage(stage).epochs)
-            starts.setdefault(stage, clone_state(model))
+            if REFIT in sets and stage == last:  # the refit starts again from here
+                starts.setdefault(stage, clone_state(model))
 
         def on_epoch(
             epoch: int, opt: Any, sched: Any, history: History, best: Any, stage: str = stage
