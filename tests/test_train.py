@@ -327,7 +327,9 @@ def test_stage_keeps_its_best_epoch_and_may_stop_early(scene, tmp_path) -> None:
     assert len(scores) - best == 1 and len(scores) < 8  # stopped after an epoch without progress
     # the saved weights are the best epoch's: the final figure is that epoch's figure
     assert card.metrics["val_miou"] == pytest.approx(scores[best - 1], abs=1e-12)
-    plain = dataclasses.replace(config, keep_best=False, patience=None)
+    # keep_best off and no weight average: the saved weights are the last epoch's
+    plain = dataclasses.replace(config, keep_best=False, patience=None, average_from=1.0)
     last = train_model(cube, noisy, tmp_path / "last", schema=SCHEMA, config=plain)
     assert last.metrics["pretrain"]["best_epoch"] is None
+    assert "averaged_steps" not in last.metrics["pretrain"]
     assert last.metrics["val_miou"] == pytest.approx(last.metrics["pretrain"]["val_miou"][-1])

@@ -136,6 +136,10 @@ class TrainConfig:
             validation chose, and save that model (derived: on for at most
             `eoseg.train.plan.REFIT_REGIONS` labelled regions). The card's validation
             figures are then those measured before the refit, and say so.
+        average_from: A stage that ends on its last weights (the refit, or a stage
+            without validation chips) ends instead on the mean of its weights over the
+            optimiser steps from this fraction of the stage on (`eoseg.train.average`);
+            1 ends on the last weights.
         adjust_prior: Record in the model card the logit adjustment that turns the
             class prior of the (class-balanced) training chips into that of the labels
             (`eoseg.train.prior`); prediction and validation apply it. Off: the map
@@ -185,6 +189,7 @@ class TrainConfig:
     norm_stats: NormStats = "cube"
     adjust_prior: bool = True
     refit: bool | None = None
+    average_from: float = 0.5
 
     def __post_init__(self) -> None:
         for name, ok, expected in _NUMBER_RULES:
@@ -267,6 +272,7 @@ _NUMBER_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("finetune_noisy_share", _real(0.0, 1.0), "in [0, 1) (fine-tuning needs clean chips)"),
     ("gce_q", _real(0.0, math.nextafter(1.0, 2.0), open_low=True), "in (0, 1]"),
     ("bootstrap_beta", _real(0.0, math.nextafter(1.0, 2.0)), "in [0, 1]"),
+    ("average_from", _real(0.0, math.nextafter(1.0, 2.0)), "in [0, 1] (1: no average)"),
 )
 """The numeric options and the values they accept (each message names the flag)."""
 
@@ -346,6 +352,7 @@ def stage_spec(
         freeze_norm=not pre and config.finetune_norm == "frozen",
         keep_best=config.keep_best,
         patience=config.patience,
+        average_from=config.average_from,
     )
 
 

@@ -8,7 +8,8 @@ callback. A stage with validation chips keeps the weights of its best epoch by
 validation mIoU (`StageSpec.keep_best`) and may stop early after `StageSpec.patience`
 epochs without a better one. A stage may keep every batch-norm layer in inference mode
 (`StageSpec.freeze_norm`): fine-tuning on a small clean box then leaves the normalisation
-statistics of pretraining, gathered over the whole area, untouched.
+statistics of pretraining, gathered over the whole area, untouched. A stage that would
+end on its last weights ends on their mean over its last steps (`eoseg.train.average`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from eoseg.models.card import ModelCard, adjust_logits, normalize
 from eoseg.models.unet import UNet
 from eoseg.sampling import ChipSet
 from eoseg.train.augment import augment
+from eoseg.train.average import WeightAverage
 from eoseg.train.losses import SegmentationLoss
 
 if TYPE_CHECKING:
@@ -36,11 +38,15 @@ logger = logging.getLogger(__name__)
 
 History = dict[str, Any]
 """Per-epoch ``train_loss`` and ``val_miou`` lists, and the kept ``best_epoch``."""
+_ENDS = ("best_epoch", "averaged_steps")
+"""`History` entries set when a stage ends (a resumed stage continues the others)."""
 Best = dict[str, Any]
 """The best epoch so far: ``{"epoch": int, "val_miou": float, "model": state_dict}``."""
-OnEpoch = Callable[[int, dict[str, Any], dict[str, Any], History, Best | None], None]
-"""``(epochs_done, optimizer_state, scheduler_state, history, best)``, called after each
-epoch."""
+OnEpoch = Callable[
+    [int, dict[str, Any], dict[str, Any], History, Best | None, dict[str, Any] | None], None
+]
+"""``(epochs_done, optimizer_state, scheduler_state, history, best, average)``, called
+after each epoch (``average``: `WeightAverage.to_state`, or None)."""
 
 
 def evaluate(
@@ -109,6 +115,9 @@ class StageSpec:
             used and left unchanged) for the whole stage; its affine weights still train.
         keep_best: End with the weights of the epoch of best validation mIoU.
         patience: Stop after this many epochs without a better validation mIoU.
+        average_from: Where the stage ends on its last weights (no validation chips, or
+            ``keep_best`` off), end on their mean over the steps from this fraction of
+            the stage on (`eoseg.train.average`); 1: on the last weights.
     """
 
     stage: str
@@ -123,6 +132,7 @@ class StageSpec:
     freeze_norm: bool = False
     keep_best: bool = True
     patience: int | None = None
+    average_from: float = 1.0
 
 
 def _set_train_mode(model: UNet, *, frozen_encoder: bool, frozen_norm: bool) -> None:
@@ -162,8 +172,8 @@ def fit_stage(
         gen: CPU generator of shuffling and augmentation.
         accel: Device, precision and layout of the forward pass.
         progress: Optional ``(stage, step, total, info)`` callback.
-        start: Saved ``{"epoch", "optimizer", "scheduler", "history", "best"}`` to
-            resume from.
+        start: Saved ``{"epoch", "optimizer", "scheduler", "history", "best",
+            "average"}`` to resume from.
         on_epoch: Called after each epoch (before ``progress``), e.g. to checkpoint.
         noisy: Optional ``(N,)`` bool flags of the training chips with noisy labels,
             passed on to ``spec.loss`` (see `SegmentationLoss.noisy_kind`).
@@ -171,7 +181,8 @@ def fit_stage(
     Returns:
         ``{"train_loss": [...], "val_miou": [...], "best_epoch": n}``, one list entry
         per epoch run; ``best_epoch`` is the epoch whose weights the model ends with
-        (None: the last one, when there is no validation or ``keep_best`` is off).
+        (None: the last one, when there is no validation or ``keep_best`` is off);
+        ``averaged_steps`` is the number of steps whose mean it ends with, if any.
     """
     history: History = {"train_loss": [], "val_miou": []}
     if spec.epochs == 0 or len(chips) == 0:
@@ -181,11 +192,14 @@ def fit_stage(
     total = spec.epochs * batches
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=total)
     first, best = 0, None
+    ends_on_last = not (len(val) and spec.keep_best)
+    average = WeightAverage.for_stage(spec.average_from, total) if ends_on_last else None
     if start is not None:
         opt.load_state_dict(start["optimizer"])
         sched.load_state_dict(start["scheduler"])
-        history = {k: list(v) for k, v in start["history"].items() if k != "best_epoch"}
+        history = {k: list(v) for k, v in start["history"].items() if k not in _ENDS}
         first, best = int(start["epoch"]), start.get("best")
+        average = WeightAverage.from_state(start.get("average")) if average else None
     encoder = model.encoder_parameters()
     for epoch in range(first, spec.epochs):
         if best is not None and spec.patience and epoch - best["epoch"] >= spec.patience:
@@ -199,7 +213,8 @@ def fit_stage(
             p.requires_grad_(not frozen)
         _set_train_mode(model, frozen_encoder=frozen, frozen_norm=spec.freeze_norm)
         loss = _train_epoch(model, chips, card, spec, gen, accel, (opt, sched), noisy,
-                            progress=progress, epoch=epoch, total=total)  # fmt: skip
+                            progress=progress, epoch=epoch, total=total,
+                            average=average)  # fmt: skip
         metrics = evaluate(model, val, card, accel=accel) if len(val) else {"val_miou": None}
         history["train_loss"].append(loss)
         history["val_miou"].append(metrics["val_miou"])
@@ -214,12 +229,17 @@ def fit_stage(
             spec.stage, epoch + 1, spec.epochs, loss, score, " (encoder frozen)" if frozen else "",
         )  # fmt: skip
         if on_epoch is not None:
-            on_epoch(epoch + 1, opt.state_dict(), sched.state_dict(), history, best)
+            saved = None if average is None else average.to_state()
+            on_epoch(epoch + 1, opt.state_dict(), sched.state_dict(), history, best, saved)
         if progress is not None:
             info = {"epoch": epoch + 1, "loss": loss, **metrics}
             progress(spec.stage, (epoch + 1) * batches, total, info)
     for p in encoder:
         p.requires_grad_(True)
+    if average is not None and average.apply(model):
+        logger.info("%s: ending on the mean weights of its last %d steps", spec.stage,
+                    average.count)  # fmt: skip
+        return {**history, "best_epoch": None, "averaged_steps": average.count}
     if best is None or not spec.keep_best:
         return {**history, "best_epoch": None}
     model.load_state_dict(best["model"])
@@ -240,8 +260,11 @@ def _train_epoch(
     progress: Progress | None,
     epoch: int,
     total: int,
+    average: WeightAverage | None = None,
 ) -> float:
-    """One pass over the training chips (epoch ``epoch``, from 0); the mean loss."""
+    """One pass over the training chips (epoch ``epoch``, from 0); the mean loss.
+
+    ``average`` takes the weights after each step."""
     opt, sched = optim
     x_all, y_all = torch.from_numpy(chips.x), torch.from_numpy(chips.y).long()
     noisy_all = None if noisy is None else torch.as_tensor(noisy, dtype=torch.bool)
@@ -259,6 +282,8 @@ def _train_epoch(
         loss.backward()
         opt.step()
         sched.step()
+        if average is not None:
+            average.update(model, epoch * batches + b + 1)
         total_loss += loss.item()
         if progress is not None:
             info = {"epoch": epoch + 1, "loss": loss.item()}

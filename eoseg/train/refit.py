@@ -81,13 +81,17 @@ def refit_spec(
     )
 
 
-def refit_note(plan: SamplingPlan, last: str, chips: int, history: History) -> str:
-    """What the card's validation figures are, once the model was refit."""
+def refit_note(
+    plan: SamplingPlan, last: str, chips: int, history: History, averaged: int | None = None
+) -> str:
+    """What the card's validation figures are, once the model was refit (``averaged``:
+    the refit's steps whose mean weights the model holds, `eoseg.train.average`)."""
     regions = plan.stage(last).train_regions + plan.stage(last).val_regions
+    mean = f", the mean weights of its last {averaged} steps" if averaged else ""
     return (
         f"; then refit on all {regions} labelled regions of the {last} labels ({chips} "
-        f"chips, {refit_epochs(history)} epochs): the saved model has also learned the "
-        "validation labels, so these figures were measured before the refit"
+        f"chips, {refit_epochs(history)} epochs{mean}): the saved model has also learned "
+        "the validation labels, so these figures were measured before the refit"
     )
 
 

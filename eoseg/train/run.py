@@ -262,7 +262,8 @@ def _train(
             continue
         start = None
         if saved is not None and saved["stage"] == stage:
-            start = {k: saved.get(k) for k in ("epoch", "optimizer", "scheduler", "best")}
+            keys = ("epoch", "optimizer", "scheduler", "best", "average")
+            start = {k: saved.get(k) for k in keys}
             start["history"] = histories[stage]
         if stage == REFIT:
             spec = refit_spec(config, last, train, len(schema), histories[last])
@@ -278,13 +279,19 @@ def _train(
                 starts.setdefault(stage, clone_state(model))
 
         def on_epoch(
-            epoch: int, opt: Any, sched: Any, history: History, best: Any, stage: str = stage
+            epoch: int,
+            opt: Any,
+            sched: Any,
+            history: History,
+            best: Any,
+            average: Any,
+            stage: str = stage,
         ) -> None:
             histories[stage] = history
             state = {"fingerprint": card.fingerprint, "stage": stage, "epoch": epoch,
                      "model": model.state_dict(), "optimizer": opt, "scheduler": sched,
                      "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                     "history": histories, "best": best,
+                     "history": histories, "best": best, "average": average,
                      "stage_start": starts.get(stage)}  # fmt: skip
             save_checkpoint(ckpt, state)
 
@@ -306,7 +313,10 @@ def _train(
     figures = metrics.get(last, {}).pop("figures", None)  # measured before the refit
     if REFIT in ran and figures is not None:
         if figures.get("val_miou") is not None:
-            figures["val_note"] += refit_note(plan, last, len(sets[REFIT][0]), metrics[last])
+            figures["val_note"] += refit_note(
+                plan, last, len(sets[REFIT][0]), metrics[last],
+                metrics[REFIT].get("averaged_steps"),
+            )  # fmt: skip
     else:
         figures = validation_figures(model, card, sets, metrics, plan, accel)
     metrics.update(figures)
