@@ -97,4 +97,4 @@ def test_benchmark_small_json_has_its_figures(tmp_path: Path) -> None:
         assert doc["torchgeo"]["chips"] == 16  # 256 px scene, 64 px chips, no overlap
         assert doc["ratio"] == pytest.approx(doc["end_to_end_mpx_s"] / doc["torchgeo_mpx_s"])
         # Same network and weights: classes agree away from the chips' edges.
-        assert doc["agreement"] > 0.8
+        assert doc["agreement"] > 0.75  # 0.85 here: 64 px chips, blended or not
