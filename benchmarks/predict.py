@@ -1,128 +1,361 @@
-"""Tiled-inference throughput: a whole cube through `eoseg.predict.predict` on a cluster.
+"""Inference speed and memory: eoseg's model alone, eoseg end to end, and TorchGeo's loop.
 
-Builds the synthetic demo landscape, ingests it, saves an untrained U-Net of the given size
-(weights do not change the work) and times ``predict`` end to end: reading windows from
-Zarr, blended overlapping chips (stride = chip / 2, so every pixel is seen by four chips),
-writing class and confidence tiles, publishing. The first run includes each worker's model
-load; later runs (``--repeat``) reuse the workers.
+One run, one scene, one set of weights (an untrained, seeded U-Net: weights do not
+change the work), three measurements. The scene (`benchmarks/predict_setup.py`) is one
+GeoTIFF of ``--scene-size`` px (default 2048: one default tile) that eoseg ingests into
+its cube and TorchGeo reads as it is. Figures (keys of ``--json``):
 
-Usage: python benchmarks/predict.py [--scheduler cuda] [--small] [--base-width 32]
-           [--depth 4] [--chip-size 256] [--tile-size 1024] [--repeat 2]
+``model_only_mpx_s``
+    `eoseg.predict.predict_window` over every tile of the scene, with each tile's window
+    (tile plus halo, eoseg's model input) already read into memory: the chips, batches,
+    blending and device of eoseg's prediction, and nothing else. In this process with
+    ``--threads`` torch threads, on eoseg's accelerator (``--precision``).
+``end_to_end_mpx_s``
+    `eoseg.predict.predict`: Zarr cube read to published Zarr class map, on eoseg's own
+    local cluster (`eoseg.cluster.connect`: its workers and threads), in a child process.
+    A first run on the scene loads the model on the workers and warms them up
+    (``end_to_end_first_mpx_s``); the figure is the next run's (`PredictResult.seconds`:
+    checks, tiles, publishing).
+``torchgeo_mpx_s``
+    The loop of TorchGeo's documentation (`benchmarks/torchgeo_loop.py`): `RasterDataset`
+    over the scene's GeoTIFF, `GridGeoSampler` (stride = chip), `DataLoader` with
+    `stack_samples`, the same U-Net class and weights in fp32 with ``--threads`` threads,
+    each chip's argmax written into the output array. In its own virtual environment
+    (`benchmarks/predict_torchgeo.py` installs it on first use; never an eoseg dependency).
+``ratio``
+    ``end_to_end_mpx_s / torchgeo_mpx_s``: eoseg against the loop users write (target
+    >= 3 on 2 CPU cores). ``end_to_end_over_model_only``: the share of the model's speed
+    that survives reading, scheduling and writing (target >= 0.8).
+``memory_1x_mb``, ``memory_big_mb``, ``memory_big_over_1x``
+    Peak resident memory of the whole process tree (the child holding client and local
+    scheduler, nannies, workers; summed RSS) during the timed run on the scene, and on a
+    scene of ``--scale`` times its area (default 16: 4x wider and taller) with the same
+    tiles, right after it on the same cluster (target: big / 1x <= 1.2).
+    ``torchgeo_memory_mb``: the same for the TorchGeo loop's process on the scene (its
+    output array grows with the area).
+``agreement``
+    Share of pixels where TorchGeo's class equals eoseg's: a check that both run the
+    same network (they differ near chip edges, where eoseg blends overlapping chips).
+
+``--small`` (a quick run): a 512 px scene in one 512 px tile, big area x4 (16 tiles of
+512 px would take minutes on 2 cores). Speed figures at that size are dominated by the
+halo and by fixed costs; quote the full size.
+
+``--plan-only`` measures scale instead (`benchmarks/predict_scale.py`): a Brazil-sized
+plan (``--tiles``, default 20,000 of ``--tile-size`` px) through
+`eoseg.cluster.run_tiles` with pixels skipped, against the compute of one tile measured
+here (model only, or ``--tile-seconds``; ``--small``: 2,000 tiles, and the tile's compute
+measured on 512 px and scaled by area).
+
+Predict settings pass through: ``--chip-size``, ``--overlap`` and ``--precision`` go to
+`eoseg.predict.predict` (and to the model-only run's `tile_input`/`predict_window`, and
+its accelerator) as keyword options when given; a setting this eoseg does not have is
+refused before anything runs. Without them each run uses eoseg's defaults.
+
+On a machine shared with other jobs, pass ``--threads 1``: torch's threads wait for each
+other, and two threads on two busy cores ran 8x slower than one here.
+
+Usage (from the checkout root)::
+
+    python -m benchmarks.predict [--small] [--json] [--chip-size 512 --overlap 32]
+    python -m benchmarks.predict --plan-only [--tiles 20000] [--small]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
 
-from eoseg.classes import DEMO_CLASSES
-from eoseg.cluster import GPU_THREADS, connect
-from eoseg.cube import ingest, open_cube
-from eoseg.grid import iter_tiles
-from eoseg.models import ModelCard, load_model, save_model
-from eoseg.models.accel import resolve_accelerator
-from eoseg.models.unet import UNet, count_flops_per_pixel, count_parameters
-from eoseg.predict import predict, predict_window, read_window
-from eoseg.synthetic import DemoSpec, make_demo_data
+from benchmarks import predict_scale, predict_setup, predict_torchgeo
+from benchmarks.predict_eoseg import SETTINGS, end_to_end_child, model_only, predict_kwargs
+from eoseg.grid import DEFAULT_TILE_SIZE
+from eoseg.predict import open_classmap
 
 
-def _model(cube_path: Path, out: Path, args: argparse.Namespace) -> ModelCard:
-    cube = open_cube(cube_path)
-    bands = tuple(str(b) for b in cube["band"].values)
-    sample = cube["data"].isel(time=0)[:, ::16, ::16].values.reshape(len(bands), -1)
-    torch.manual_seed(0)
-    model = UNet(len(bands), len(DEMO_CLASSES), args.base_width, args.depth)
-    card = ModelCard(
-        name="bench-unet",
-        bands=bands,
-        mean=tuple(float(v) for v in np.nanmean(sample, axis=1)),
-        std=tuple(float(v) for v in np.nanstd(sample, axis=1) + 1e-6),
-        classes=DEMO_CLASSES,
-        chip_size=args.chip_size,
-        architecture=model.architecture,
-        parameters=count_parameters(model),
-        flops_per_pixel=count_flops_per_pixel(model, len(bands), args.chip_size),
+def predict_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The predict settings given on the command line (the others stay eoseg's defaults)."""
+    return {k: getattr(args, k) for k in SETTINGS if getattr(args, k) is not None}
+
+
+def end_to_end(spec: dict[str, Any]) -> dict[str, Any]:
+    """`benchmarks.predict_eoseg.end_to_end_child` in a fresh process (no memory inherited
+    from this one); its figures."""
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "benchmarks.predict", "--end-to-end-child", json.dumps(spec)]
+    path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path}
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"end-to-end run failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def prepare(args: argparse.Namespace, side: int) -> tuple[Path, Path]:
+    """Scene GeoTIFF and cube of ``side`` px under the work dir (reused when there)."""
+    scene = predict_setup.write_scene(args.workdir / f"scene-{side}", side)
+    cube = predict_setup.make_cube(
+        scene, args.workdir / f"cube-{side}-{args.tile_size}.zarr", args.tile_size
     )
-    return save_model(model, card, out)
+    return scene, cube
 
 
-def _time_window(cube_path: Path, model_dir: Path, tile_size: int) -> float:
-    """Megapixels per second of `predict_window` alone on one tile's window, in this process."""
-    cube = open_cube(cube_path)
-    model, card = load_model(model_dir)
-    accel = resolve_accelerator()
-    model = accel.prepare(model)
-    tile = next(iter_tiles(cube.odc.geobox, tile_size))
-    window = read_window(cube["data"].isel(time=0), cube.odc.geobox, tile, card.chip_size)
-    predict_window(model, card, window, accel=accel)  # warm-up
-    if accel.device.type == "cuda":
-        torch.cuda.synchronize()
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every figure of the module docstring, as one document."""
+    options = predict_options(args)
+    predict_kwargs(options)  # refuses settings this eoseg does not have, before any work
+    if not args.no_torchgeo and args.scene_size % args.card_chip:
+        # TorchGeo's grid would overhang the scene's edge: chips padded with zeros.
+        raise SystemExit(f"--scene-size {args.scene_size}: a multiple of the chip, please")
+    work: Path = args.workdir
     start = time.perf_counter()
-    runs = 3
-    for _ in range(runs):
-        predict_window(model, card, window, accel=accel)
-    return runs * tile.height * tile.width / 1e6 / (time.perf_counter() - start)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/eoseg-bench-predict"))
-    parser.add_argument("--scheduler", default=None, help="'cuda', an address, or local CPU")
-    parser.add_argument("--small", action="store_true", help="a 5 km x 5 km landscape")
-    parser.add_argument("--size-km", type=float, default=None, help="a square landscape")
-    parser.add_argument("--gpu-threads", type=int, default=GPU_THREADS, help="with cuda")
-    parser.add_argument("--base-width", type=int, default=32)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--chip-size", type=int, default=256)
-    parser.add_argument("--tile-size", type=int, default=1024)
-    parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--reuse", action="store_true", help="keep the workdir's cube")
-    args = parser.parse_args()
-    spec = DemoSpec(seed=0)
-    if args.small or args.size_km:
-        side = 1000.0 * (args.size_km or 5.12)
-        spec = replace(spec, width_m=side, height_m=side)
-    root = args.workdir
-    start = time.perf_counter()
-    cube_path = root / "cube.zarr"
-    if not (args.reuse and cube_path.exists()):
-        data = make_demo_data(root / "data", spec)
-        ingest([data.catalog], cube_path, tile_size=args.tile_size, overwrite=True)
-    prepared = time.perf_counter() - start
-    card = _model(cube_path, root / "model", args)
-    rows = []
-    window_mpx_s = _time_window(cube_path, root / "model", args.tile_size)
-    dask_dir = root / "dask"
-    with connect(args.scheduler, local_directory=dask_dir, gpu_threads=args.gpu_threads) as client:
-        workers = len(client.scheduler_info()["workers"])
-        for i in range(args.repeat):
-            result = predict(cube_path, root / "model", root / "classmap.zarr", client=client,
-                             overwrite=True, run_id=f"bench-{i}")  # fmt: skip
-            rows.append((result.megapixels, result.seconds, result.tiles))
-    flops = card.flops_per_pixel or 0.0
-    out = sys.stdout
-    out.write(
-        f"cube {rows[0][0]:.2f} Mpx in {rows[0][2]} tiles of {args.tile_size} px "
-        f"(data + ingest {prepared:.0f} s); model U-Net {args.base_width}/{args.depth}, "
-        f"chip {args.chip_size}, {flops / 1e3:.0f} GFLOP/Mpx per pass (x4 with overlap); "
-        f"{workers} worker(s) on {args.scheduler or 'a local CPU cluster'}; "
-        f"torch {torch.__version__}\n"
-        f"predict_window alone, one tile in this process on {resolve_accelerator().describe()}: "
-        f"{window_mpx_s:.2f} Mpx/s\n"
+    scene, cube = prepare(args, args.scene_size)
+    model_dir, card, spec = predict_setup.make_model(
+        cube, work / "model", base_width=args.base_width, depth=args.depth, chip=args.card_chip
     )
-    for i, (mpx, seconds, _) in enumerate(rows):
-        tflops = 4 * flops * mpx * 1e6 / seconds / 1e12
-        label = "first (loads models)" if i == 0 else f"run {i + 1}"
-        out.write(
-            f"{label:22s} {seconds:7.2f} s  {mpx / seconds:8.3f} Mpx/s  "
-            f"{tflops:7.3f} TFLOP/s effective\n"
+    big_side = round(args.scene_size * args.scale**0.5)
+    big_cube = prepare(args, big_side)[1] if args.scale > 1 else None
+    doc: dict[str, Any] = {
+        "scene_px": [args.scene_size, args.scene_size],
+        "scale": args.scale,
+        "scale_px": [big_side, big_side],
+        "tile_size": args.tile_size,
+        "model": {
+            **card.architecture,
+            "chip_size": card.chip_size,
+            "gflop_per_mpx": (card.flops_per_pixel or 0.0) / 1e3,
+        },
+        "predict_options": options,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "prepare_seconds": time.perf_counter() - start,
+    }
+    doc["model_only"] = model_only(cube, model_dir, threads=args.threads, options=options)
+    base = {
+        "model": str(model_dir),
+        "options": options,
+        "scheduler": args.scheduler,
+        "gpu_threads": args.gpu_threads,
+        "tile_size": args.tile_size,
+        "dask_dir": str(work / "dask"),
+        "warm_cube": str(cube),
+        "warm_out": str(work / "warm-up.zarr"),
+    }
+    doc["end_to_end"] = end_to_end({**base, "cube": str(cube), "out": str(work / "map-1x.zarr")})
+    if big_cube is not None:
+        doc["end_to_end_big"] = end_to_end(
+            {**base, "cube": str(big_cube), "out": str(work / "map-big.zarr")}
         )
+    if not args.no_torchgeo:
+        doc["torchgeo"] = _torchgeo(args, scene, spec, card.chip_size)
+    return summarize(doc)
+
+
+def _torchgeo(
+    args: argparse.Namespace, scene: Path, spec: dict[str, Any], chip: int
+) -> dict[str, Any]:
+    python = predict_torchgeo.ensure_venv(args.torchgeo_venv)
+    out = args.workdir / "torchgeo-classes.npy"
+    doc = predict_torchgeo.run_loop(
+        python,
+        scene,
+        spec,
+        chip=chip,
+        batch_size=args.torchgeo_batch,
+        workers=args.torchgeo_workers,
+        threads=args.threads,
+        out=out,
+    )
+    eoseg_classes = open_classmap(args.workdir / "map-1x.zarr")["class"].values
+    doc["agreement"] = float(np.mean(np.load(out) == eoseg_classes))
+    return doc
+
+
+def summarize(doc: dict[str, Any]) -> dict[str, Any]:
+    """Adds the headline figures and ratios of the module docstring to ``doc``."""
+    e2e, model, tg = doc["end_to_end"], doc["model_only"], doc.get("torchgeo")
+    big = doc.get("end_to_end_big")
+    doc.update(
+        model_only_mpx_s=model["mpx_s"],
+        end_to_end_mpx_s=e2e["mpx_s"],
+        end_to_end_first_mpx_s=e2e["first_mpx_s"],
+        end_to_end_over_model_only=e2e["mpx_s"] / model["mpx_s"],
+        memory_1x_mb=e2e["peak_tree_mb"],
+        memory_big_mb=big["peak_tree_mb"] if big else None,
+        memory_big_over_1x=big["peak_tree_mb"] / e2e["peak_tree_mb"] if big else None,
+        torchgeo_mpx_s=tg["mpx_s"] if tg else None,
+        ratio=e2e["mpx_s"] / tg["mpx_s"] if tg else None,
+        torchgeo_memory_mb=tg["peak_tree_mb"] if tg else None,
+        agreement=tg["agreement"] if tg else None,
+    )
+    return doc
+
+
+def format_report(doc: dict[str, Any]) -> str:
+    """The figures as lines of text."""
+    m, e2e, tg = doc["model"], doc["end_to_end"], doc.get("torchgeo")
+    side, big = doc["scene_px"][0], doc["scale_px"][0]
+    lines = [
+        f"scene {side} x {side} px ({side * side / 1e6:.2f} Mpx) in {e2e['tiles']} "
+        f"tile(s) of {doc['tile_size']} px; x{doc['scale']:g}: {big} x {big} px; U-Net "
+        f"{m['base_width']}/{m['depth']}, card chip {m['chip_size']}, "
+        f"{m['gflop_per_mpx']:.0f} GFLOP/Mpx per pass; torch {doc['torch']}; predict options "
+        f"{doc['predict_options'] or 'eoseg defaults'}",
+        f"model only   {doc['model_only_mpx_s']:8.3f} Mpx/s  (predict_window, windows in memory, "
+        f"{doc['model_only']['accelerator']}, {doc['model_only']['threads']} threads)",
+        f"end to end   {doc['end_to_end_mpx_s']:8.3f} Mpx/s  (predict, Zarr to Zarr, "
+        f"{e2e['workers']} workers x {e2e['threads_per_worker']} threads, torch threads "
+        f"{e2e['torch_threads_per_worker']}; first run with model "
+        f"loading {doc['end_to_end_first_mpx_s']:.3f})",
+    ]
+    if tg:
+        lines.append(
+            f"TorchGeo     {tg['mpx_s']:8.3f} Mpx/s  (torchgeo {tg['torchgeo']}, batch "
+            f"{tg['batch_size']}, {tg['loader_workers']} loader workers, fp32, {tg['threads']} "
+            f"threads; classes agree with eoseg's on {100 * tg['agreement']:.1f} %)"
+        )
+        lines.append(f"ratio eoseg / TorchGeo {doc['ratio']:.2f} (target >= 3)")
+    lines.append(f"end to end / model only {doc['end_to_end_over_model_only']:.2f} (target >= 0.8)")
+    memory = f"peak memory, process tree: 1x {doc['memory_1x_mb']:.0f} MB"
+    if doc["memory_big_mb"]:
+        memory += (
+            f", x{doc['scale']:g} {doc['memory_big_mb']:.0f} MB "
+            f"({doc['memory_big_over_1x']:.2f}x, target <= 1.2)"
+        )
+    if tg:
+        memory += f"; TorchGeo loop 1x {doc['torchgeo_memory_mb']:.0f} MB"
+    lines.append(memory)
+    return "\n".join(lines)
+
+
+def run_plan_only(args: argparse.Namespace) -> dict[str, Any]:
+    """The scale figures (`benchmarks/predict_scale.py`), then the compute of one tile."""
+    doc: dict[str, Any] = {"runs": []}
+    for unbounded in [False] + ([True] if args.compare_unbounded else []):
+        # Before the tile's compute: the client process has not computed pixels yet.
+        run = predict_scale.run_plan(
+            args.tiles,
+            args.tile_size,
+            workers=args.workers,
+            max_in_flight=args.max_in_flight,
+            dask_dir=args.workdir / "dask",
+            unbounded=unbounded,
+        )
+        doc["runs"].append(run)
+    keys = ("tiles", "tile_size", "gigapixels", "plan_seconds", "task_bytes", "graph_mb")
+    doc.update({k: doc["runs"][0][k] for k in keys})
+    doc["per_task_ms"] = doc["runs"][0]["per_task_ms"]
+    if args.tile_seconds:
+        doc["tile_seconds"], doc["tile_seconds_from"] = args.tile_seconds, "--tile-seconds"
+    else:
+        doc["tile_seconds"], doc["tile_seconds_from"] = _tile_seconds(args)
+    doc["overhead_fraction"] = doc["per_task_ms"] / 1e3 / doc["tile_seconds"]
+    return doc
+
+
+def _tile_seconds(args: argparse.Namespace) -> tuple[float, str]:
+    """Model-only seconds of one ``--tile-size`` tile (``--small``: of a 512 px tile,
+    scaled by area), and how it was measured."""
+    side = min(args.tile_size, 512) if args.small else args.tile_size
+    cube = prepare(argparse.Namespace(**{**vars(args), "tile_size": side}), side)[1]
+    model_dir = predict_setup.make_model(
+        cube,
+        args.workdir / "model",
+        base_width=args.base_width,
+        depth=args.depth,
+        chip=args.card_chip,
+    )[0]
+    tile = model_only(cube, model_dir, threads=args.threads, options=predict_options(args))
+    how = f"model only, {tile['accelerator']}, {tile['threads']} threads"
+    if side != args.tile_size:
+        how += f", measured on {side} px and scaled by area"
+    return tile["seconds"] * (args.tile_size / side) ** 2, how
+
+
+def _number(text: str) -> int | float:
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options (see the module docstring)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/eoseg-bench-predict"))
+    p.add_argument(
+        "--small", action="store_true", help="512 px scene and tiles, area x4; plan: 2,000 tiles"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--scene-size", type=int, default=None, help="scene side, px (2048)")
+    p.add_argument("--tile-size", type=int, default=None, help=f"({DEFAULT_TILE_SIZE})")
+    p.add_argument("--scale", type=float, default=None, help="area of the large scene (16)")
+    p.add_argument("--base-width", type=int, default=32)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--card-chip", type=int, default=256, help="the model card's chip size")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch threads of the model-only and TorchGeo runs",
+    )
+    p.add_argument("--scheduler", default=None, help="end to end: 'cuda', an address, or local")
+    p.add_argument("--gpu-threads", type=int, default=4, help="with --scheduler cuda")
+    group = p.add_argument_group("predict settings (passed through when given)")
+    group.add_argument("--chip-size", type=int, default=None)
+    group.add_argument("--overlap", type=_number, default=None)
+    group.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None)
+    tg = p.add_argument_group("TorchGeo")
+    tg.add_argument("--torchgeo-venv", type=Path, default=predict_torchgeo.DEFAULT_VENV)
+    tg.add_argument("--torchgeo-batch", type=int, default=16)
+    tg.add_argument("--torchgeo-workers", type=int, default=0, help="DataLoader num_workers")
+    tg.add_argument("--no-torchgeo", action="store_true", help="skip the TorchGeo loop")
+    plan = p.add_argument_group("scale (--plan-only)")
+    plan.add_argument("--plan-only", action="store_true")
+    plan.add_argument("--tiles", type=int, default=None, help="(20000; --small 2000)")
+    plan.add_argument("--workers", type=int, default=None, help="(eoseg's default)")
+    plan.add_argument("--max-in-flight", type=int, default=None, help="(eoseg's default)")
+    plan.add_argument(
+        "--compare-unbounded", action="store_true", help="also submit every tile at once"
+    )
+    plan.add_argument(
+        "--tile-seconds", type=float, default=None, help="compute of one tile (measured)"
+    )
+    p.add_argument("--end-to-end-child", type=json.loads, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.scene_size is None:
+        args.scene_size = 512 if args.small else 2048
+    if args.scale is None:
+        args.scale = 4.0 if args.small else 16.0
+    if args.tile_size is None:
+        args.tile_size = 512 if args.small and not args.plan_only else DEFAULT_TILE_SIZE
+    if args.tiles is None:
+        args.tiles = 2000 if args.small else predict_scale.BRAZIL_TILES
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.end_to_end_child is not None:
+        end_to_end_child(args.end_to_end_child)
+        return
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.plan_only:
+        doc = run_plan_only(args)
+        text = predict_scale.format_plan(doc)
+    else:
+        doc = run(args)
+        text = format_report(doc)
+    sys.stdout.write((json.dumps(doc, indent=1, default=str) if args.json else text) + "\n")
 
 
 if __name__ == "__main__":

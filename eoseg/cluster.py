@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from distributed import Client, LocalCluster, as_completed
+from distributed import Client, Future, LocalCluster, as_completed
 
 from eoseg.errors import EosegError, InvalidParameterError
 
@@ -32,6 +32,10 @@ CUDA = "cuda"
 """The ``scheduler`` value that starts a local dask-cuda cluster."""
 ProgressFn = Callable[[int, int], None]
 """Called as ``progress(done, total)`` after each finished tile."""
+IN_FLIGHT_PER_THREAD = 4
+"""Tiles `run_tiles` keeps submitted per worker thread (queued in the scheduler)."""
+MIN_IN_FLIGHT = 64
+"""Fewest tiles `run_tiles` keeps submitted, whatever the cluster's size."""
 
 
 @contextmanager
@@ -148,19 +152,32 @@ def _cuda_cluster(local_directory: Path | None, threads: int) -> Iterator[Client
         yield client
 
 
+def in_flight_limit(client: Client) -> int:
+    """Tiles submitted at a time by `run_tiles`: `IN_FLIGHT_PER_THREAD` per worker thread
+    of the cluster now, at least `MIN_IN_FLIGHT` (workers that join later find work)."""
+    threads = sum(client.nthreads().values())
+    return max(MIN_IN_FLIGHT, IN_FLIGHT_PER_THREAD * threads)
+
+
 def run_tiles(
     client: Client | None,
     fn: Callable[..., T],
     tiles: Sequence[Any],
     *,
     progress: ProgressFn | None = None,
+    max_in_flight: int | None = None,
     **kwargs: Any,
 ) -> list[T]:
     """Run ``fn(tile, **kwargs)`` for every tile (or tile job) and return the results in order.
 
     With ``client=None`` the tiles run one after another in this process (handy for
-    debugging and tiny inputs). An `EosegError` raised in a task reaches the caller as
-    itself, so bad input still gets its clear message.
+    debugging and tiny inputs). On a cluster at most ``max_in_flight`` tiles (default
+    `in_flight_limit`) are submitted at a time, topped up whenever half of them have
+    finished: the client and the scheduler hold a bounded number of tasks whatever the
+    grid's size (a country is tens of thousands of tiles), and a failed run stops
+    submitting. Finished results are fetched in batches (one round trip per batch, not
+    per tile). An `EosegError` raised in a task reaches the caller as itself, so bad
+    input still gets its clear message.
     """
     total = len(tiles)
     if client is None:
@@ -170,15 +187,29 @@ def run_tiles(
             if progress:
                 progress(i, total)
         return results
-    futures = client.map(fn, tiles, pure=False, **kwargs)
-    index = {f.key: i for i, f in enumerate(futures)}
+    limit = max_in_flight or in_flight_limit(client)
     out: list[Any] = [None] * total
+    live: dict[Any, tuple[int, Future]] = {}  # task key -> (tile position, future)
+
+    def submit(count: int) -> list[Future]:
+        start = len(live) + done
+        chunk = tiles[start : start + count]
+        futures = client.map(fn, chunk, pure=False, **kwargs) if chunk else []
+        live.update((f.key, (start + i, f)) for i, f in enumerate(futures))
+        return futures
+
+    done = 0
+    running = as_completed(submit(limit))
     try:
-        for done, future in enumerate(as_completed(futures), 1):
-            out[index[future.key]] = future.result()
-            if progress:
-                progress(done, total)
+        for batch in running.batches():
+            for future, result in zip(batch, client.gather(batch), strict=True):
+                out[live.pop(future.key)[0]] = result
+                done += 1
+                if progress:
+                    progress(done, total)
+            if len(live) <= limit // 2:  # refill in large batches: fewer round trips
+                running.update(submit(limit - len(live)))
     except EosegError:
-        client.cancel(futures)
+        client.cancel([f for _, f in live.values()])
         raise
     return out
