@@ -132,8 +132,8 @@ class TrainConfig:
         patience: Stop a stage after this many epochs without a better validation
             mIoU (None: run every epoch).
         refit: After the last stage, fit again from the weights it started with on all
-            its labels (training and validation chips' regions) for the epochs its
-            validation chose, and save that model (derived: on for at most
+            its labels (training and validation chips' regions) for the epochs it ran
+            with validation, and save that model (derived: on for at most
             `eoseg.train.plan.REFIT_REGIONS` labelled regions). The card's validation
             figures are then those measured before the refit, and say so.
         average_from: A stage that ends on its last weights (the refit, or a stage

@@ -28,7 +28,8 @@ scene train as readily as labels that cover the whole scene:
   cost next to nothing; dense labels (16 steps an epoch) keep about 20 epochs.
 - refit: when the last stage validates and its labels are sparse (not `dense`) and form
   at most `REFIT_REGIONS` regions, a final fit on all of them (training and validation),
-  from the weights that stage started with, for the epochs validation chose: with a few
+  from the weights that stage started with, for the epochs it ran (`eoseg.train.refit`),
+  ending on the mean weights of its last half (`eoseg.train.average`): with a few
   dozen polygons every one counts (holding a quarter out cost about 0.06 in held-out
   accuracy on eolearn_slovenia, and made the result depend on which ones), and such a
   fit costs a minute. Its chips: 4 per region (32 to 128). Dense labels (a building
@@ -263,7 +264,7 @@ def _refit(last: StagePlan, config: TrainConfig) -> tuple[int, str]:
     reason = "--refit" if config.refit else f"{regions} sparse regions <= {REFIT_REGIONS}"
     return chips, (
         f"refit: {chips} chips on all {regions} regions of the {last.stage} labels, for the "
-        f"epochs its validation chose ({reason})"
+        f"epochs it ran with validation ({reason})"
     )
 
 

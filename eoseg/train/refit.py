@@ -1,12 +1,20 @@
-"""The final fit on all labels of the last stage, once validation has chosen the epochs.
+"""The final fit on all labels of the last stage, once validation has measured it.
 
 Validation needs labels the model does not train on; with a few dozen polygons those are
 a quarter of what the user drew, and which quarter changes the model. So, when the plan
 asks for it (`eoseg.train.plan`, ``refit_chips``), the last stage runs twice: once on its
-training blocks with validation, which picks the epoch of best validation mIoU, and once
-more from the same starting weights on chips of all its labels for that many epochs. The
-saved model is the second; its card keeps the validation figures of the first and says
-so. This is the "refit on all data" of model selection, applied to one stage.
+training blocks with validation, which gives the card its figures, and once more from the
+same starting weights on chips of all its labels, for as many epochs as the first ran
+(all of them, or until early stopping), ending on the mean weights of its last half
+(`eoseg.train.average`). The saved model is the second; its card keeps the validation
+figures of the first and says so. This is the "refit on all data" of model selection,
+applied to one stage.
+
+The refit does not stop at the first run's best epoch: on a quarter of a few dozen
+polygons that epoch is noise (eolearn_slovenia's validation mIoU jumps by 0.3 from one
+epoch to the next; one seed chose epoch 3 of 23 and its refit collapsed two classes),
+while the averaged weights of a full schedule do not overfit it (held-out OA / mIoU over
+five seeds: 0.842 / 0.359 for the full schedule, 0.843 / 0.348 for the best epoch's).
 """
 
 from __future__ import annotations
@@ -67,14 +75,14 @@ def sample_refit_chips(
 
 
 def refit_epochs(history: History) -> int:
-    """The epochs the validated stage chose: its best epoch, else all it ran."""
-    return int(history.get("best_epoch") or len(history.get("train_loss", [])))
+    """The epochs the validated stage ran (all, or until it stopped early)."""
+    return len(history.get("train_loss", []))
 
 
 def refit_spec(
     config: TrainConfig, last: str, chips: ChipSet, n_classes: int, history: History
 ) -> StageSpec:
-    """The last stage's loss and schedule, for the epochs its validation chose."""
+    """The last stage's loss and schedule, for the epochs it ran with validation."""
     spec = stage_spec(config, last, chips, n_classes, refit_epochs(history))
     return dataclasses.replace(
         spec, stage=REFIT, epochs=refit_epochs(history), keep_best=False, patience=None
