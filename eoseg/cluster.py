@@ -53,8 +53,8 @@ def connect(
         scheduler: Address of a running scheduler (``tcp://host:8786``); ``None`` starts a
             `LocalCluster` that is closed on exit; ``"cuda"`` starts a local dask-cuda
             cluster of one worker per visible GPU (needs ``pip install eoseg[gpu]``).
-        n_workers: Local workers (default: one per core, at most 4), one thread each:
-            torch parallelism inside a task is set by the worker plugin.
+        n_workers: Local workers (default `local_workers`), one thread each: torch
+            parallelism inside a task is set by the worker plugin (`torch_threads`).
         processes: Process workers (default) or threads in this process (tests).
         local_directory: Where local workers spill; keep it inside the work dir.
         gpu_threads: Threads of each dask-cuda worker: tiles in flight per GPU, so one
@@ -77,7 +77,7 @@ def connect(
         finally:
             client.close()
         return
-    workers = n_workers or max(1, min(4, os.cpu_count() or 1))
+    workers = n_workers or local_workers()
     with _workers_ignore_sigint():
         cluster = LocalCluster(
             n_workers=workers,
@@ -90,6 +90,36 @@ def connect(
     with cluster, Client(cluster) as client:
         log.info("local Dask cluster: %d workers (%s)", workers, cluster.scheduler_address)
         yield client
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity, e.g. a container's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def local_workers(tasks: int | None = None) -> int:
+    """Workers of a local cluster: one per core, at most 4 (torch threads fill the rest,
+    see `torch_threads`), and no more than ``tasks`` when there are fewer tasks, so one
+    tile alone gets every core rather than one."""
+    workers = max(1, min(4, available_cores()))
+    return max(1, min(workers, tasks)) if tasks is not None else workers
+
+
+def torch_threads(cores: int, tasks: int) -> int:
+    """Torch threads of each of ``tasks`` tasks running at once on ``cores`` cores."""
+    return max(1, cores // max(tasks, 1))
+
+
+def host_tasks(client: Client) -> dict[str, int]:
+    """Tasks that run at once on each host of a cluster: its workers' threads, summed."""
+    counts: dict[str, int] = {}
+    for info in client.scheduler_info(n_workers=-1)["workers"].values():
+        host = str(info["host"])
+        counts[host] = counts.get(host, 0) + int(info["nthreads"])
+    return counts
 
 
 def _worker_log_level() -> int:

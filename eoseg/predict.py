@@ -1,18 +1,20 @@
-"""Tiled inference with smooth overlap blending, on a Dask cluster.
+"""Tiled inference with seamless overlap blending, on a Dask cluster.
 
-Chips are laid on one *global* chip lattice (origin at the grid corner shifted by half a
-chip, stride half a chip), weighted by a separable ``sin²`` window and summed. With a
-stride of half the chip, the ``sin²`` weights of overlapping chips add up to exactly one,
-so every pixel's probabilities are a smooth blend of four chips. Because the lattice is
-global, a pixel gets the same prediction whichever tile computes it: tiles (and therefore
-the mosaic) have no seams. Each tile reads its own window plus half a chip of halo
-straight from the cube's Zarr store.
+Chips lie on one chip lattice of the whole grid (`eoseg.blend.Lattice`): ``--chip-size``
+px every ``chip - overlap`` px, each weighted by a window that is flat in its middle and
+tapers over the ``--overlap`` px it shares with its neighbours, so that the weights add up
+to one and every pixel's probabilities are a smooth blend. Because the lattice is the
+grid's, a pixel gets the same prediction whichever tile computes it: tiles (and
+therefore the mosaic) have no seams. Each tile reads its own window of chips straight from
+the cube's Zarr store, mirrored beyond the grid's edge.
 
 The input is the model card's (`eoseg.model_input`): a median model maps the composite of
 the cube's dates into a ``(y, x)`` class map; a per-date model maps every date, into a
 ``(time, y, x)`` class map on the cube's dates, each date masked by its own validity.
 
-The model is loaded once per worker (`ModelPlugin`); tasks carry only the model path.
+The model is loaded once per worker (`eoseg.inference.ModelPlugin`); tasks carry only
+the model path and the run's settings (`eoseg.inference.PredictSettings`), which every
+tile records with the model, cube and run.
 """
 
 from __future__ import annotations
@@ -20,99 +22,55 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dask.array as da
 import numpy as np
 import torch
 import xarray as xr
-from distributed import Client, WorkerPlugin
+from distributed import Client
 from odc.geo.geobox import GeoBox
 
-from eoseg.classes import IGNORE_ID
-from eoseg.cluster import ProgressFn, run_tiles
+from eoseg import __version__
+from eoseg.blend import Lattice, mirror_index
+from eoseg.classmap import class_map_dims, classmap_template, encode, open_classmap
+from eoseg.cluster import ProgressFn, host_tasks, run_tiles
 from eoseg.cube import open_cube
-from eoseg.dates import date_labels
-from eoseg.grid import Tile, grid_coords, iter_tiles
+from eoseg.grid import Tile, iter_tiles
+from eoseg.inference import (
+    ModelPlugin,
+    PredictOptions,
+    PredictResult,
+    PredictSettings,
+    batch_size_for,
+    by_worker,
+    get_model,
+    get_runner,
+    resolve_settings,
+    tile_report,
+)
 from eoseg.locks import output_lock
 from eoseg.model_input import input_stack, time_slices
 from eoseg.models.accel import Accelerator, resolve_accelerator
 from eoseg.models.card import ModelCard, adjust_logits, check_bands, normalize
 from eoseg.models.weights import load_model
 from eoseg.outputs import check_output
-from eoseg.store import (
-    create_store,
-    done_tiles,
-    open_product,
-    open_store,
-    publish,
-    resumable,
-    write_tile,
-)
+from eoseg.store import create_store, done_tiles, open_store, publish, resumable, write_tile
+
+__all__ = [
+    "ModelPlugin",
+    "PredictOptions",
+    "PredictResult",
+    "get_model",
+    "open_classmap",
+    "predict",
+    "predict_window",
+    "read_window",
+]
 
 log = logging.getLogger(__name__)
-
-_MODELS: dict[str, tuple[torch.nn.Module, ModelCard]] = {}
-_MODELS_LOCK = threading.Lock()
-
-
-@dataclass(frozen=True, slots=True)
-class PredictResult:
-    """What a predict run wrote."""
-
-    path: Path
-    model: str
-    tiles: int
-    megapixels: float
-    seconds: float
-    dates: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (what ``eoseg predict --json`` prints)."""
-        return {
-            "classmap": str(self.path),
-            "model": self.model,
-            "tiles": self.tiles,
-            "megapixels": self.megapixels,
-            "seconds": round(self.seconds, 2),
-            **({"dates": list(self.dates)} if self.dates else {}),
-        }
-
-
-class ModelPlugin(WorkerPlugin):
-    """Loads the model once on every worker (and sets torch's thread count)."""
-
-    name = "eoseg-model"
-
-    def __init__(self, model_dir: str, threads: int = 1) -> None:
-        self.model_dir = model_dir
-        self.threads = threads
-
-    def setup(self, worker: Any) -> None:
-        # Nannies pin OMP_NUM_THREADS=1; torch needs its thread count set explicitly.
-        torch.set_num_threads(self.threads)
-        get_model(self.model_dir)
-
-
-def get_model(model_dir: str) -> tuple[torch.nn.Module, ModelCard]:
-    """The model of ``model_dir``, loaded at most once per process."""
-    with _MODELS_LOCK:
-        if model_dir not in _MODELS:
-            # On a dask-cuda worker CUDA_VISIBLE_DEVICES names its one GPU, so "cuda" is it.
-            accel = resolve_accelerator()
-            model, card = load_model(Path(model_dir), device=str(accel.device))
-            _MODELS[model_dir] = (accel.prepare(model), card)
-        return _MODELS[model_dir]
-
-
-def blend_window(chip: int) -> np.ndarray:
-    """The 2-D ``sin²`` weights of one chip; shifted by ``chip/2`` they sum to one."""
-    ramp = np.sin(np.pi * (np.arange(chip) + 0.5) / chip) ** 2
-    return np.outer(ramp, ramp).astype("float32")
 
 
 def predict_window(
@@ -120,43 +78,40 @@ def predict_window(
     card: ModelCard,
     window: np.ndarray,
     *,
+    lattice: Lattice,
     batch_size: int | None = None,
     accel: Accelerator | None = None,
 ) -> np.ndarray:
-    """Class probabilities of a padded window by blended chips.
+    """Class probabilities of a window by blended chips.
 
     Args:
         model: The network (eval mode).
-        card: Its model card (chip size, normalisation).
-        window: float32 ``(band, H, W)`` physical values (NaN = nodata), with ``H`` and
-            ``W`` equal to ``chip/2 * k + chip/2`` so the chip lattice fits exactly.
-        batch_size: Chips per forward pass (bounds memory); default 32 on CUDA, 8 on
-            the CPU.
-        accel: Device, precision and layout; default: the model's device with its
-            automatic precision (bf16 and channels-last on CUDA, fp32 on the CPU).
+        card: Its model card (normalisation, classes).
+        window: float32 ``(band, H, W)`` physical values (NaN = nodata) whose chips fit
+            exactly: ``H`` and ``W`` are ``stride * k + chip`` (`eoseg.blend.Lattice.span`).
+        lattice: Chip size and overlap.
+        batch_size: Chips per forward pass (bounds memory); default
+            `eoseg.inference.batch_size_for`.
+        accel: Device, precision and layout; default: the model's device with the
+            automatic precision for prediction.
 
     Returns:
-        float32 ``(class, H - chip, W - chip)`` probabilities of the window's interior
-        (the window minus half a chip on each side).
+        float32 ``(class, H - 2 overlap, W - 2 overlap)`` probabilities of the window's
+        interior, where the chips' weights add up to one.
     """
-    chip = card.chip_size
-    stride = chip // 2
+    chip, overlap = lattice.chip, lattice.overlap
     if accel is None:
-        accel = resolve_accelerator(str(next(model.parameters()).device))
+        accel = resolve_accelerator(str(next(model.parameters()).device), inference=True)
     if batch_size is None:
-        batch_size = 32 if accel.device.type == "cuda" else 8
+        batch_size = batch_size_for(chip, card, accel)
     # The window goes to the device once and the blend accumulates there: copying every
     # chip's probabilities back to host memory would dominate on a GPU.
     x_t = torch.as_tensor(np.ascontiguousarray(normalize(window, card)), dtype=torch.float32)
     x_t = x_t.to(accel.device)
     _, height, width = x_t.shape
-    starts = [
-        (r, c)
-        for r in range(0, height - chip + 1, stride)
-        for c in range(0, width - chip + 1, stride)
-    ]
+    starts = [(r, c) for r in lattice.starts(height) for c in lattice.starts(width)]
     acc = torch.zeros((len(card.classes), height, width), device=accel.device)
-    weight = torch.as_tensor(blend_window(chip), device=accel.device)
+    weight = torch.as_tensor(lattice.weights(), device=accel.device)
     with torch.inference_mode(), accel.autocast():
         for i in range(0, len(starts), batch_size):
             batch = starts[i : i + batch_size]
@@ -165,36 +120,30 @@ def predict_window(
             probs = torch.softmax(logits, dim=1) * weight
             for (r, c), p in zip(batch, probs, strict=True):
                 acc[:, r : r + chip, c : c + chip] += p
-    half = chip // 2
-    return acc[:, half : height - half, half : width - half].cpu().numpy()
+    return acc[:, overlap : height - overlap, overlap : width - overlap].cpu().numpy()
 
 
-def read_window(data: xr.DataArray, grid: GeoBox, tile: Tile, chip: int) -> np.ndarray:
-    """Read a tile plus halo from the cube, mirrored where it passes the grid edge.
+def read_window(data: xr.DataArray, grid: GeoBox, tile: Tile, lattice: Lattice) -> np.ndarray:
+    """Read the window of a tile's chips from the cube, mirrored beyond the grid's edge.
 
-    The window starts half a chip before the tile and is rounded up to whole strides, so
-    chips fall on the global lattice. ``data``'s last two axes are ``(y, x)``; leading
-    axes (time, band) are read whole.
+    The window is `eoseg.blend.Lattice.span` of the tile's rows and columns, so its chips
+    lie on the grid's lattice; a pixel beyond the edge takes the value of its mirror image
+    inside (`eoseg.blend.mirror_index`), whichever tile reads it. ``data``'s last two axes
+    are ``(y, x)``; leading axes (time, band) are read whole.
     """
-    stride = chip // 2
-    half = chip // 2
-    rows = -(-tile.height // stride) * stride
-    cols = -(-tile.width // stride) * stride
-    y0, x0 = tile.y0 - half, tile.x0 - half
-    y1, x1 = tile.y0 + rows + half, tile.x0 + cols + half
-    ny, nx = grid.shape.y, grid.shape.x
-    sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y1, ny), min(x1, nx)
-    core = np.asarray(data[..., sy0:sy1, sx0:sx1].values, dtype="float32")
-    lead = ((0, 0),) * (core.ndim - 2)
-    pads = (*lead, (sy0 - y0, y1 - sy1), (sx0 - x0, x1 - sx1))
-    mode = "reflect" if min(core.shape[-2:]) > max(max(p) for p in pads[-2:]) else "edge"
-    return np.pad(core, pads, mode=mode)  # type: ignore[call-overload]
+    rows = mirror_index(*lattice.span(tile.y0, tile.y0 + tile.height), grid.shape.y)
+    cols = mirror_index(*lattice.span(tile.x0, tile.x0 + tile.width), grid.shape.x)
+    y0, x0 = int(rows.min()), int(cols.min())
+    core = np.asarray(
+        data[..., y0 : int(rows.max()) + 1, x0 : int(cols.max()) + 1].values, dtype="float32"
+    )
+    return np.take(np.take(core, rows - y0, axis=-2), cols - x0, axis=-1)
 
 
 def tile_input(
-    cube: xr.Dataset, card: ModelCard, tile: Tile, steps: slice
+    cube: xr.Dataset, card: ModelCard, tile: Tile, steps: slice, lattice: Lattice
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The model input of a tile plus halo from the cube time steps ``steps``.
+    """The model input of a tile's window from the cube time steps ``steps``.
 
     Returns:
         ``(window, valid)``: float32 ``(band, H, W)`` for `predict_window` (from
@@ -202,43 +151,80 @@ def tile_input(
         ``(tile.height, tile.width)``, true where the input has a value.
     """
     grid: GeoBox = cube.odc.geobox
-    chip = card.chip_size
     data = cube["data"].isel(time=steps).sel(band=list(card.bands))
     valid = cube["valid"].isel(time=steps)
     images, ok = input_stack(
-        read_window(data, grid, tile, chip), read_window(valid, grid, tile, chip), card.time
+        read_window(data, grid, tile, lattice), read_window(valid, grid, tile, lattice), card.time
     )
-    half = chip // 2
-    return images[0], ok[0, half : half + tile.height, half : half + tile.width]
+    dy, dx = _offset(tile, lattice)
+    return images[0], ok[0, dy : dy + tile.height, dx : dx + tile.width]
 
 
-def predict_tile(tile: Tile, *, cube_path: str, model_dir: str, staging: Path) -> int:
-    """Predict one tile (each date, for a per-date model) and write its class and
-    confidence; returns its pixel count (over all dates)."""
-    model, card = get_model(model_dir)
+def _offset(tile: Tile, lattice: Lattice) -> tuple[int, int]:
+    """Where the tile starts in its window."""
+    return (
+        tile.y0 - lattice.span(tile.y0, tile.y0 + tile.height)[0],
+        tile.x0 - lattice.span(tile.x0, tile.x0 + tile.width)[0],
+    )
+
+
+def tile_probabilities(
+    cube: xr.Dataset,
+    tile: Tile,
+    steps: slice,
+    *,
+    model: torch.nn.Module,
+    card: ModelCard,
+    lattice: Lattice,
+    accel: Accelerator,
+    batch_size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """float32 ``(class, h, w)`` probabilities of a tile from time steps ``steps``, and
+    bool ``(h, w)`` where its input has a value."""
+    window, valid = tile_input(cube, card, tile, steps, lattice)
+    probs = predict_window(model, card, window, lattice=lattice, batch_size=batch_size, accel=accel)
+    dy, dx = (d - lattice.overlap for d in _offset(tile, lattice))
+    return probs[:, dy : dy + tile.height, dx : dx + tile.width], valid
+
+
+def predict_tile(
+    tile: Tile,
+    *,
+    cube_path: str,
+    model_dir: str,
+    staging: Path,
+    settings: PredictSettings,
+    provenance: dict[str, Any],
+    tasks: int = 1,
+) -> dict[str, Any]:
+    """Predict one tile (each date, for a per-date model), write its class map pixels and
+    provenance; returns `eoseg.inference.tile_report` (``tasks``: tiles running at once
+    on this machine, which share its memory)."""
+    model, card, accel = get_runner(model_dir, settings.precision)
+    lattice = settings.lattice
+    batch_size = batch_size_for(lattice.chip, card, accel, tasks)
     cube = open_store(cube_path, chunks=None)
-    classes, confidences = [], []
+    encoded = []
     for steps in time_slices(int(cube.sizes["time"]), card.time):
-        window, valid = tile_input(cube, card, tile, steps)
-        probs = predict_window(model, card, window)[:, : tile.height, : tile.width]
-        cls = probs.argmax(axis=0).astype("uint8")
-        conf = np.clip(np.rint(probs.max(axis=0) * 255), 0, 255).astype("uint8")
-        cls[~valid] = IGNORE_ID
-        conf[~valid] = 0
-        classes.append(cls)
-        confidences.append(conf)
+        probs, valid = tile_probabilities(
+            cube,
+            tile,
+            steps,
+            model=model,
+            card=card,
+            lattice=lattice,
+            accel=accel,
+            batch_size=batch_size,
+        )
+        encoded.append(encode(probs, valid, probabilities=settings.probabilities))
     # A median model makes one (y, x) map; a per-date model one per date, (time, y, x).
-    squeeze = card.time == "median"
-    write_tile(
-        staging,
-        tile,
-        {
-            "class": classes[0] if squeeze else np.stack(classes),
-            "confidence": confidences[0] if squeeze else np.stack(confidences),
-        },
-        {"model": card.version, "cube": cube.attrs.get("eoseg_signature")},
-    )
-    return tile.height * tile.width * len(classes)
+    arrays = {
+        name: encoded[0][name] if card.time == "median" else np.stack([e[name] for e in encoded])
+        for name in encoded[0]
+    }
+    record = {**provenance, "device": accel.describe(), "batch_size": batch_size}
+    write_tile(staging, tile, arrays, record)
+    return tile_report(tile.height * tile.width * len(encoded), accel, batch_size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +236,7 @@ class PredictJob:
     out: Path
     overwrite: bool
     card: ModelCard
+    settings: PredictSettings
     tiles: tuple[Tile, ...]
     template: xr.Dataset
     attrs: dict[str, Any]
@@ -260,7 +247,13 @@ class PredictJob:
 
 
 def prepare_predict(
-    cube_path: Path, model_dir: Path, out: Path, *, overwrite: bool = False, run_id: str = ""
+    cube_path: Path,
+    model_dir: Path,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    run_id: str = "",
+    options: PredictOptions | None = None,
 ) -> PredictJob:
     """Check everything a predict run needs, before any cluster starts or file is written.
 
@@ -268,6 +261,7 @@ def prepare_predict(
     (`eoseg.models.load_model`): a damaged model fails with a message, not on a worker.
 
     Raises:
+        InvalidParameterError: Options the model cannot run (`resolve_settings`).
         OutputExistsError: ``out`` exists and ``overwrite`` is false.
         BandMismatchError: The cube lacks bands the model needs.
         InputNotFoundError: Cube or model missing.
@@ -281,11 +275,15 @@ def prepare_predict(
     card = load_model(model_dir, device="cpu")[1]
     check_bands(card, tuple(str(b) for b in cube["band"].values))
     grid: GeoBox = cube.odc.geobox
+    settings = resolve_settings(card, grid.shape.yx, options or PredictOptions())
     tile_size = int(cube.attrs["tile_size"])
+    # Everything the pixels depend on: a staging store of other settings is not resumed.
     signature = hashlib.sha256(
-        json.dumps([cube.attrs["eoseg_signature"], card.version, tile_size]).encode()
+        json.dumps(
+            [cube.attrs["eoseg_signature"], card.version, tile_size, settings.to_dict()]
+        ).encode()
     ).hexdigest()[:16]
-    dims, dates = class_map_dims(card, cube)
+    dims, dates = class_map_dims(card.time, cube)
     attrs = {
         "run_id": run_id,
         "tile_size": tile_size,
@@ -295,45 +293,26 @@ def prepare_predict(
         "cube": str(cube_path),
         "cube_signature": cube.attrs["eoseg_signature"],
         "input_time": card.time,
+        "predict_settings": settings.to_dict(),
     }
+    template = classmap_template(
+        cube, dims, tile_size, card.classes, probabilities=settings.probabilities
+    )
     return PredictJob(
         cube_path=Path(cube_path),
         model_dir=Path(model_dir).resolve(),
         out=Path(out),
         overwrite=overwrite,
         card=card,
+        settings=settings,
         tiles=tuple(iter_tiles(grid, tile_size)),
-        template=_template(cube, dims, tile_size),
+        template=template,
         attrs=attrs,
         signature=signature,
         megapixels=grid.shape.y * grid.shape.x * max(len(dates), 1) / 1e6,
         dates=dates,
         started=start,
     )
-
-
-def _template(cube: xr.Dataset, dims: tuple[str, ...], tile_size: int) -> xr.Dataset:
-    """The lazy class map (one chunk per tile, and date) whose metadata is written first."""
-    grid: GeoBox = cube.odc.geobox
-    shape: tuple[int, ...] = grid.shape.yx
-    chunks: tuple[int, ...] = (tile_size, tile_size)
-    if "time" in dims:  # one map per date, each date its own chunks
-        shape, chunks = (int(cube.sizes["time"]), *shape), (1, *chunks)
-    zeros = da.zeros(shape, chunks=chunks, dtype="uint8")
-    template = xr.Dataset(
-        {"class": (dims, zeros), "confidence": (dims, zeros)}, coords=grid_coords(grid)
-    )
-    if "time" in dims:
-        template = template.assign_coords(time=cube["time"].values)
-    # Zarr's fill value is each variable's nodata value (what a pixel without input gets),
-    # so a chunk that is not there can never read as a class.
-    for name, long_name, nodata in (
-        ("class", "class id, 255 = nodata", IGNORE_ID),
-        ("confidence", "top-class probability x 255", 0),
-    ):
-        template[name].attrs.update(long_name=long_name, grid_mapping="spatial_ref")
-        template[name].encoding["fill_value"] = nodata
-    return template
 
 
 def run_predict(
@@ -344,16 +323,20 @@ def run_predict(
     An error or Ctrl-C keeps the tiles written in the staging store, which the same run
     resumes (`eoseg.store.resumable`).
     """
-    with output_lock(job.out, run_id=str(job.attrs.get("run_id", ""))):
+    run_id = str(job.attrs.get("run_id", ""))
+    with output_lock(job.out, run_id=run_id):
         staging = create_store(
             job.out, job.template, product="classmap", signature=job.signature, attrs=job.attrs
         )
         todo = [t for t in job.tiles if t.name not in done_tiles(staging)]
         model_key = str(job.model_dir)
+        tasks = 1
         with resumable(staging, len(job.tiles)):
             if client is not None:
-                client.register_plugin(ModelPlugin(model_key))
-            run_tiles(
+                hosts = host_tasks(client)
+                tasks = max(hosts.values(), default=1)
+                client.register_plugin(ModelPlugin(model_key, job.settings.precision, hosts))
+            reports = run_tiles(
                 client,
                 predict_tile,
                 todo,
@@ -361,6 +344,9 @@ def run_predict(
                 cube_path=str(job.cube_path),
                 model_dir=model_key,
                 staging=staging,
+                settings=job.settings,
+                provenance=_provenance(job),
+                tasks=tasks,
             )
         publish(job.out, overwrite=job.overwrite)
     return PredictResult(
@@ -370,7 +356,22 @@ def run_predict(
         megapixels=job.megapixels,
         seconds=time.perf_counter() - job.started,
         dates=job.dates,
+        tiles_written=len(reports),
+        computed_megapixels=sum(r["pixels"] for r in reports) / 1e6,
+        settings=job.settings.to_dict(),
+        workers=by_worker(reports),
     )
+
+
+def _provenance(job: PredictJob) -> dict[str, Any]:
+    """What every tile records besides its place (`eoseg.store.write_tile`)."""
+    return {
+        "model": job.card.version,
+        "cube": job.attrs["cube_signature"],
+        "run_id": job.attrs.get("run_id", ""),
+        "eoseg_version": __version__,
+        "settings": job.settings.to_dict(),
+    }
 
 
 def predict(
@@ -382,25 +383,11 @@ def predict(
     overwrite: bool = False,
     run_id: str = "",
     progress: ProgressFn | None = None,
+    options: PredictOptions | None = None,
 ) -> PredictResult:
     """Predict a class map for a whole cube and publish it: `prepare_predict` (which says
     what bad input raises), then `run_predict`."""
-    job = prepare_predict(cube_path, model_dir, out, overwrite=overwrite, run_id=run_id)
+    job = prepare_predict(
+        cube_path, model_dir, out, overwrite=overwrite, run_id=run_id, options=options
+    )
     return run_predict(job, client=client, progress=progress)
-
-
-def class_map_dims(card: ModelCard, cube: xr.Dataset) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Dimensions of the class map a model makes of a cube, and its dates.
-
-    A median model makes one ``(y, x)`` map (no dates); a per-date model a
-    ``(time, y, x)`` map on the cube's dates (ISO days).
-    """
-    if card.time == "median":
-        return ("y", "x"), ()
-    return ("time", "y", "x"), date_labels(cube)
-
-
-def open_classmap(path: Path | str) -> xr.Dataset:
-    """Open a class map lazily (``class``, ``confidence``): ``(y, x)``, or
-    ``(time, y, x)`` for a per-date model (choose a date with `eoseg.dates.select_date`)."""
-    return open_product(path, "classmap")

@@ -90,6 +90,7 @@ def _registry_file(ws: Path) -> None:
 INGEST = ["ingest", "{ws}/scene.tif", "--out", "{ws}/new.zarr"]
 TRAIN = ["train", "--cube", "{ws}/cube.zarr", "--labels", "{ws}/labels.zarr", "--out", "{ws}/m"]
 EXPORT = ["export", "{ws}/map.zarr", "--polygons", "{ws}/map.gpkg"]
+PREDICT = ["predict", "--cube", "{ws}/cube.zarr", "--model", "{ws}/model", "--out", "{ws}/new.zarr"]
 
 CASES = [
     # ingest: the grid's pixel size, tiling and size limit
@@ -181,6 +182,17 @@ CASES = [
     Case("train-finetune-labels-other-grid",
          [*TRAIN, "--finetune-labels", "{ws}/shifted.zarr"],
          ("--finetune-labels {ws}/shifted.zarr lies on another grid",), prepare=_shifted_labels),
+    # predict: the chip lattice and precision (the workspace's model: depth 2, 32 px chips)
+    Case("predict-overlap-negative", [*PREDICT, "--overlap", "-1"],
+         ("--overlap must be 0..24 px", "--chip-size 48", "found -1")),
+    Case("predict-overlap-above-half-chip", [*PREDICT, "--chip-size", "32", "--overlap", "20"],
+         ("--overlap must be 0..16 px", "found 20", "or 16 for the four-fold blend")),
+    Case("predict-chip-size-not-a-multiple", [*PREDICT, "--chip-size", "30"],
+         ("--chip-size must be a positive multiple of 4", "found 30", "choose e.g. 28")),
+    Case("predict-chip-size-zero", [*PREDICT, "--chip-size", "0"],
+         ("--chip-size must be a positive multiple of 4", "found 0")),
+    Case("predict-precision-unknown", [*PREDICT, "--precision", "fp16"],
+         ("--precision must be one of auto, fp32, bf16", "found 'fp16'")),
     # evaluate, export, query
     Case("evaluate-truth-other-grid", ["evaluate", "{ws}/map.zarr", "--truth", "{ws}/shifted.zarr"],
          ("--truth {ws}/shifted.zarr lies on another grid", "than the class map"),

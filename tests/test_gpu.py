@@ -16,6 +16,7 @@ def test_cuda_bf16_prediction_matches_cpu(cube_path: Path, model_dir: Path) -> N
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
+    from eoseg.blend import Lattice
     from eoseg.cube import open_cube
     from eoseg.grid import iter_tiles
     from eoseg.models import load_model
@@ -27,11 +28,13 @@ def test_cuda_bf16_prediction_matches_cpu(cube_path: Path, model_dir: Path) -> N
     tile = next(iter_tiles(cube.odc.geobox, 96))
     cpu_model, card = load_model(model_dir)
     gpu_model, _ = load_model(model_dir, device="cuda")
-    accel = resolve_accelerator("cuda")
+    accel = resolve_accelerator("cuda", inference=True)
     gpu_model = accel.prepare(gpu_model)
-    window = read_window(data, cube.odc.geobox, tile, card.chip_size)
-    cpu = predict_window(cpu_model, card, window).argmax(axis=0)
-    gpu = predict_window(gpu_model, card, window, accel=accel).argmax(axis=0)
+    lattice = Lattice(64, 8)
+    window = read_window(data, cube.odc.geobox, tile, lattice)
+    fp32 = resolve_accelerator("cpu", "fp32", inference=True)
+    cpu = predict_window(cpu_model, card, window, lattice=lattice, accel=fp32).argmax(axis=0)
+    gpu = predict_window(gpu_model, card, window, lattice=lattice, accel=accel).argmax(axis=0)
     assert (cpu == gpu).mean() > 0.98
     assert np.isfinite(gpu).all()
 
@@ -65,9 +68,9 @@ def test_predict_on_local_cuda_cluster(cube_path: Path, model_dir: Path, tmp_pat
     from eoseg.predict import open_classmap, predict
 
     def model_on_gpu() -> bool:
-        from eoseg.predict import _MODELS
+        from eoseg.inference import _MODELS
 
-        return bool(_MODELS) and all(next(m.parameters()).is_cuda for m, _ in _MODELS.values())
+        return bool(_MODELS) and all(next(m.parameters()).is_cuda for m, _, _ in _MODELS.values())
 
     with connect("cuda", local_directory=tmp_path / "dask") as client:
         assert len(client.scheduler_info()["workers"]) == torch.cuda.device_count()

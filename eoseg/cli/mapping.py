@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
@@ -19,6 +19,9 @@ from eoseg.cli.common import (
     new_run_id,
     report,
 )
+
+if TYPE_CHECKING:
+    from eoseg.models.accel import Precision
 
 DateOpt = Annotated[
     str | None,
@@ -35,22 +38,65 @@ def predict(
     cube: Annotated[Path, typer.Option("--cube", help="Cube to map.")],
     model: Annotated[Path, typer.Option("--model", help="Model folder (weights + model card).")],
     out: Annotated[Path, typer.Option("--out", help="Class map store to write.")],
+    chip_size: Annotated[
+        int | None,
+        typer.Option(
+            "--chip-size",
+            help="Side of the chips the network predicts (px), a multiple of 2**depth; "
+            "default: the model card's (larger than the training chip where the network "
+            "is fully convolutional).",
+            show_default=False,
+        ),
+    ] = None,
+    overlap: Annotated[
+        int | None,
+        typer.Option(
+            "--overlap",
+            help="Pixels neighbouring chips share and blend, 0..chip/2 (chip/2: every pixel "
+            "computed four times); default: the model card's.",
+            show_default=False,
+        ),
+    ] = None,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="auto (bf16 on a GPU or a CPU that computes bf16 natively, else fp32), "
+            "bf16 or fp32."
+        ),
+    ] = "auto",
+    probabilities: Annotated[
+        bool,
+        typer.Option("--probabilities", help="Also write each class's probability (uint8, x 255)."),
+    ] = False,
     scheduler: SchedulerOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Predict a seamless class map, tile by tile, with smooth overlap blending.
 
+    Chips of --chip-size px lie on one lattice of the whole grid, every chip - overlap px,
+    and blend over their --overlap: tiles never show seams, and a run resumed after a
+    crash keeps its tiles only if its settings are the same.
+
     The model card says how it reads the cube's dates: a median model makes one (y, x)
     map; a per-date model (trained on a --by-date cube) maps every date into a
     (time, y, x) class map on the cube's dates, e.g. one map per month.
     """
-    from eoseg.predict import prepare_predict, run_predict
+    from eoseg.cluster import local_workers
+    from eoseg.predict import PredictOptions, prepare_predict, run_predict
 
     def body() -> None:
-        # Bad input (cube, model, output) is refused before the cluster starts.
-        job = prepare_predict(cube, model, out, overwrite=overwrite, run_id=new_run_id())
-        with dask_client(scheduler) as client, console.progress_bar("predict") as bar:
+        # Bad input (cube, model, output, options) is refused before the cluster starts.
+        options = PredictOptions(chip_size, overlap, cast("Precision", precision), probabilities)
+        job = prepare_predict(
+            cube, model, out, overwrite=overwrite, run_id=new_run_id(), options=options
+        )
+        # A local cluster has no more workers than tiles: the cores go to torch threads.
+        workers = local_workers(len(job.tiles))
+        with (
+            dask_client(scheduler, n_workers=workers) as client,
+            console.progress_bar("predict") as bar,
+        ):
             result = run_predict(job, client=client, progress=bar)
         doc = result.to_dict()
         report("predict", doc, json_out)

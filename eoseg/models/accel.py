@@ -5,13 +5,20 @@ channels-last tensors on CUDA (tensor cores, half the activation memory) and pla
 contiguous tensors on the CPU, where fp32 keeps runs bit-reproducible. ``"bf16"`` forces
 autocast with channels-last on any device (the CPU supports both; useful to test the
 mixed-precision path without a GPU) and ``"fp32"`` turns it off everywhere.
+
+Prediction (``inference=True``) needs no bit-reproducible training: on a CPU that computes
+bf16 natively (AVX512-BF16 or AMX, `cpu_computes_bf16`) ``"auto"`` takes bf16, and on any
+CPU it keeps tensors channels-last, which oneDNN's convolutions run faster in fp32 too
+(1.5-2x for a U-Net on an AVX2 EPYC). Elsewhere bf16 is emulated and ten times slower.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -64,13 +71,29 @@ class Accelerator:
         return " ".join(parts)
 
 
-def resolve_accelerator(device: str | None = None, precision: str = "auto") -> Accelerator:
+@functools.cache
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic (``avx512_bf16`` or ``amx_bf16`` in
+    ``/proc/cpuinfo``); False where that file does not say (not Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def resolve_accelerator(
+    device: str | None = None, precision: str = "auto", *, inference: bool = False
+) -> Accelerator:
     """The accelerator for a device name (default CUDA when available) and precision.
 
     Args:
         device: Torch device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``); None picks
             CUDA when available, else the CPU.
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (see the module docstring).
+        inference: For prediction: ``"auto"`` is also bf16 on a CPU that computes it
+            natively, and CPU tensors are channels-last.
 
     Raises:
         InvalidParameterError: On an unknown precision or a device torch cannot use.
@@ -91,6 +114,7 @@ def resolve_accelerator(device: str | None = None, precision: str = "auto") -> A
             f"{torch.__version__}): install the CUDA build (see README) or use --device cpu"
         )
     on_gpu = dev.type == "cuda"
-    bf16 = precision == "bf16" or (precision == "auto" and on_gpu)
+    native = on_gpu or (inference and cpu_computes_bf16())
+    bf16 = precision == "bf16" or (precision == "auto" and native)
     # Channels-last is what bf16 convolutions want on both CUDA (tensor cores) and oneDNN.
-    return Accelerator(device=dev, bf16=bf16, channels_last=on_gpu or bf16)
+    return Accelerator(device=dev, bf16=bf16, channels_last=on_gpu or bf16 or inference)

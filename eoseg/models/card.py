@@ -74,6 +74,9 @@ class ModelCard:
             those of the training chips (`eoseg.train.prior`). Class-balanced chips show
             rare classes far more often than the labels do; this undoes that prior so
             the map is not flooded with them. Empty: no adjustment.
+        inference: The default prediction lattice, ``{"chip_size": ..., "overlap": ...}``
+            (`eoseg.blend.default_lattice`, written by training); empty in older cards,
+            which get that default when they predict (`eoseg.inference.card_lattice`).
         parent: Version of the model this one was fine-tuned from, if any.
         fingerprint: Hash of the training inputs and configuration.
         created: ISO-8601 UTC time of saving (not part of the version).
@@ -93,6 +96,7 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     sampling: dict[str, Any] = field(default_factory=dict)
     logit_adjustment: tuple[float, ...] = ()
+    inference: dict[str, Any] = field(default_factory=dict)
     parent: str | None = None
     fingerprint: str = ""
     created: str = ""
@@ -126,6 +130,7 @@ class ModelCard:
             metrics=dict(d.get("metrics", {})),
             sampling=dict(d.get("sampling", {})),
             logit_adjustment=tuple(float(v) for v in d.get("logit_adjustment", ())),
+            inference=dict(d.get("inference") or {}),
             parent=d.get("parent"),
             fingerprint=str(d.get("fingerprint", "")),
             created=str(d.get("created", "")),

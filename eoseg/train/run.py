@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from eoseg.blend import default_lattice
 from eoseg.classes import IGNORE_ID, ClassSchema
 from eoseg.errors import InvalidParameterError
 from eoseg.model_input import TimeMode, cube_time_mode
@@ -226,6 +227,7 @@ def _train(
         flops_per_pixel=count_flops_per_pixel(model, len(pre_train.bands), plan.chip_size),
         fingerprint=_fingerprint(config, schema, [c for pair in sets.values() for c in pair]),
         sampling=sampling,
+        inference=default_lattice(plan.chip_size, config.depth, config.context).to_dict(),
     )
     ckpt = checkpoint_dir(out_dir)
     saved = load_checkpoint(ckpt) if resume else None
