@@ -1,14 +1,13 @@
 """eoseg's side of `benchmarks/predict.py`: the model alone, and `predict` end to end.
 
 The predict settings given to the benchmark (``--chip-size``, ``--overlap``,
-``--precision``) reach eoseg only through `predict_kwargs` and `window_kwargs`, and the
-local cluster is sized by `local_workers`: the three places that know how this eoseg
-takes them. An eoseg without those settings refuses them before anything runs.
+``--precision``) reach eoseg through `predict_kwargs` (end to end) and `window_kwargs`
+(model only), so both runs compute the same chips; the local cluster is sized as the CLI
+sizes it (`eoseg.cluster.local_workers`).
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import time
 from pathlib import Path
@@ -17,8 +16,10 @@ from typing import Any
 import torch
 
 from benchmarks.predict_setup import TreeMemory
+from eoseg.cluster import local_workers
 from eoseg.cube import open_cube
 from eoseg.grid import iter_tiles
+from eoseg.inference import PredictOptions, resolve_settings
 from eoseg.model_input import time_slices
 from eoseg.models import load_model
 from eoseg.models.accel import resolve_accelerator
@@ -29,40 +30,15 @@ SETTINGS = ("chip_size", "overlap", "precision")
 
 
 def predict_kwargs(options: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments of `eoseg.predict.predict` for these settings (empty: defaults).
-
-    Raises:
-        SystemExit: Settings given to an eoseg that has none.
-    """
-    if not options:
-        return {}
-    try:
-        from eoseg.predict import PredictOptions  # type: ignore[attr-defined]
-    except ImportError:
-        raise SystemExit(
-            f"this eoseg's predict takes no {', '.join(options)} setting: leave the flags out"
-        ) from None
-    return {"options": PredictOptions(**options)}
+    """Keyword arguments of `eoseg.predict.predict` for these settings (empty: defaults)."""
+    return {"options": PredictOptions(**options)} if options else {}
 
 
 def window_kwargs(card: Any, cube: Any, options: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments of `tile_input` and `predict_window` that give them the chips
-    `predict` uses with these settings (none where eoseg has a single lattice)."""
-    try:
-        from eoseg.inference import PredictOptions, resolve_settings  # type: ignore[import-not-found]
-    except ImportError:
-        return {}
+    """Keyword arguments of `tile_input` and `predict_window`: the lattice `predict`
+    uses with these settings."""
     grid_shape = cube.odc.geobox.shape.yx
     return {"lattice": resolve_settings(card, grid_shape, PredictOptions(**options)).lattice}
-
-
-def local_workers(tiles: int) -> int | None:
-    """Workers of the local cluster eoseg's CLI starts for ``tiles`` (None: its default)."""
-    try:
-        from eoseg.cluster import local_workers as workers  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return int(workers(tiles))
 
 
 def model_only(
@@ -72,16 +48,13 @@ def model_only(
     torch.set_num_threads(threads)
     cube = open_cube(cube_path)
     model, card = load_model(model_dir)
-    inference = "inference" in inspect.signature(resolve_accelerator).parameters
-    accel = resolve_accelerator(
-        precision=options.get("precision", "auto"), **({"inference": True} if inference else {})
-    )
+    accel = resolve_accelerator(precision=options.get("precision", "auto"), inference=True)
     model = accel.prepare(model)
     steps = next(iter(time_slices(int(cube.sizes["time"]), card.time)))
     tiles = list(iter_tiles(cube.odc.geobox, int(cube.attrs["tile_size"])))
     kwargs = window_kwargs(card, cube, options)
     windows = [tile_input(cube, card, t, steps, **kwargs)[0] for t in tiles]
-    chip = kwargs["lattice"].chip if "lattice" in kwargs else card.chip_size
+    chip = kwargs["lattice"].chip
     with torch.inference_mode(), accel.autocast():  # oneDNN/cuDNN make kernels on first use
         model(accel.to_input(torch.zeros(2, len(card.bands), chip, chip)))
     if accel.device.type == "cuda":
@@ -117,7 +90,7 @@ def end_to_end_child(spec: dict[str, Any]) -> None:
     kwargs = predict_kwargs(spec["options"])
     cube, model = Path(spec["cube"]), Path(spec["model"])
     tiles = len(list(iter_tiles(open_cube(cube).odc.geobox, spec["tile_size"])))
-    extra: dict[str, Any] = {"n_workers": local_workers(tiles)}
+    extra: dict[str, Any] = {"n_workers": local_workers(tiles)}  # as the CLI sizes it
     if spec["scheduler"] == "cuda":
         extra = {"gpu_threads": spec["gpu_threads"]}
     with (
