@@ -89,8 +89,8 @@ def train(
         typer.Option(
             "--refit/--no-refit",
             help="After validation, fit the last stage again on all its labels for the "
-            "epochs it ran with validation, ending on its mean weights over their last "
-            "half (default: derived; on for at most 1,000 labelled regions).",
+            "epochs it ran with validation, ending on the mean of its weights after the "
+            "first tenth of its steps (default: derived; on for at most 1,000 labelled regions).",
             show_default=False,
         ),
     ] = None,

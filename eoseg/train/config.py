@@ -189,7 +189,7 @@ class TrainConfig:
     norm_stats: NormStats = "cube"
     adjust_prior: bool = True
     refit: bool | None = None
-    average_from: float = 0.5
+    average_from: float = 0.1
 
     def __post_init__(self) -> None:
         for name, ok, expected in _NUMBER_RULES:

@@ -29,7 +29,7 @@ scene train as readily as labels that cover the whole scene:
 - refit: when the last stage validates and its labels are sparse (not `dense`) and form
   at most `REFIT_REGIONS` regions, a final fit on all of them (training and validation),
   from the weights that stage started with, for the epochs it ran (`eoseg.train.refit`),
-  ending on the mean weights of its last half (`eoseg.train.average`): with a few
+  ending on the mean of its weights after its first tenth (`eoseg.train.average`): with a few
   dozen polygons every one counts (holding a quarter out cost about 0.06 in held-out
   accuracy on eolearn_slovenia, and made the result depend on which ones), and such a
   fit costs a minute. Its chips: 4 per region (32 to 128). Dense labels (a building

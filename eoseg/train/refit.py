@@ -5,8 +5,8 @@ a quarter of what the user drew, and which quarter changes the model. So, when t
 asks for it (`eoseg.train.plan`, ``refit_chips``), the last stage runs twice: once on its
 training blocks with validation, which gives the card its figures, and once more from the
 same starting weights on chips of all its labels, for as many epochs as the first ran
-(all of them, or until early stopping), ending on the mean weights of its last half
-(`eoseg.train.average`). The saved model is the second; its card keeps the validation
+(all of them, or until early stopping), ending on the mean of its weights after its first
+tenth (`eoseg.train.average`). The saved model is the second; its card keeps the validation
 figures of the first and says so. This is the "refit on all data" of model selection,
 applied to one stage.
 
@@ -14,7 +14,8 @@ The refit does not stop at the first run's best epoch: on a quarter of a few doz
 polygons that epoch is noise (eolearn_slovenia's validation mIoU jumps by 0.3 from one
 epoch to the next; one seed chose epoch 3 of 23 and its refit collapsed two classes),
 while the averaged weights of a full schedule do not overfit it (held-out OA / mIoU over
-five seeds: 0.842 / 0.359 for the full schedule, 0.843 / 0.348 for the best epoch's).
+five seeds, weights averaged over the last half: 0.842 / 0.359 for the full schedule,
+0.843 / 0.348 for the best epoch's).
 """
 
 from __future__ import annotations
