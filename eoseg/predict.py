@@ -35,6 +35,7 @@ from odc.geo.geobox import GeoBox
 
 from eoseg.classes import IGNORE_ID
 from eoseg.cluster import ProgressFn, run_tiles
+from eoseg.contexts import SINGLE, Fusion, context_probabilities, resolve_fusion
 from eoseg.cube import open_cube
 from eoseg.dates import date_labels
 from eoseg.grid import Tile, grid_coords, iter_tiles
@@ -212,15 +213,23 @@ def tile_input(
     return images[0], ok[0, half : half + tile.height, half : half + tile.width]
 
 
-def predict_tile(tile: Tile, *, cube_path: str, model_dir: str, staging: Path) -> int:
+def predict_tile(
+    tile: Tile, *, cube_path: str, model_dir: str, staging: Path, fusion: Fusion = SINGLE
+) -> int:
     """Predict one tile (each date, for a per-date model) and write its class and
-    confidence; returns its pixel count (over all dates)."""
+    confidence; returns its pixel count (over all dates). ``fusion``: the contexts fused
+    (`eoseg.contexts`)."""
     model, card = get_model(model_dir)
     cube = open_store(cube_path, chunks=None)
     classes, confidences = [], []
     for steps in time_slices(int(cube.sizes["time"]), card.time):
-        window, valid = tile_input(cube, card, tile, steps)
-        probs = predict_window(model, card, window)[:, : tile.height, : tile.width]
+        if fusion.single:
+            window, valid = tile_input(cube, card, tile, steps)
+            probs = predict_window(model, card, window)[:, : tile.height, : tile.width]
+        else:  # each context on its own lattice, fused (eoseg.contexts)
+            probs, valid = context_probabilities(
+                model, card, cube, tile, steps, fusion, predict_window
+            )
         cls = probs.argmax(axis=0).astype("uint8")
         conf = np.clip(np.rint(probs.max(axis=0) * 255), 0, 255).astype("uint8")
         cls[~valid] = IGNORE_ID
@@ -257,15 +266,24 @@ class PredictJob:
     megapixels: float
     dates: tuple[str, ...]
     started: float
+    fusion: Fusion = SINGLE
 
 
 def prepare_predict(
-    cube_path: Path, model_dir: Path, out: Path, *, overwrite: bool = False, run_id: str = ""
+    cube_path: Path,
+    model_dir: Path,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    run_id: str = "",
+    contexts: tuple[int, ...] | None = None,
 ) -> PredictJob:
     """Check everything a predict run needs, before any cluster starts or file is written.
 
     The model is loaded here, on the CPU, and verified against its card
     (`eoseg.models.load_model`): a damaged model fails with a message, not on a worker.
+    ``contexts`` (default: the card's choice) are the contexts fused
+    (`eoseg.contexts.resolve_fusion`).
 
     Raises:
         OutputExistsError: ``out`` exists and ``overwrite`` is false.
@@ -280,10 +298,13 @@ def prepare_predict(
     # On the CPU: the client never touches CUDA (dask-cuda pins workers to their GPUs).
     card = load_model(model_dir, device="cpu")[1]
     check_bands(card, tuple(str(b) for b in cube["band"].values))
+    fusion = resolve_fusion(card, contexts)
     grid: GeoBox = cube.odc.geobox
     tile_size = int(cube.attrs["tile_size"])
     signature = hashlib.sha256(
-        json.dumps([cube.attrs["eoseg_signature"], card.version, tile_size]).encode()
+        json.dumps(
+            [cube.attrs["eoseg_signature"], card.version, tile_size, fusion.to_dict()]
+        ).encode()
     ).hexdigest()[:16]
     dims, dates = class_map_dims(card, cube)
     attrs = {
@@ -295,6 +316,7 @@ def prepare_predict(
         "cube": str(cube_path),
         "cube_signature": cube.attrs["eoseg_signature"],
         "input_time": card.time,
+        "contexts": fusion.to_dict(),
     }
     return PredictJob(
         cube_path=Path(cube_path),
@@ -309,6 +331,7 @@ def prepare_predict(
         megapixels=grid.shape.y * grid.shape.x * max(len(dates), 1) / 1e6,
         dates=dates,
         started=start,
+        fusion=fusion,
     )
 
 
@@ -361,6 +384,7 @@ def run_predict(
                 cube_path=str(job.cube_path),
                 model_dir=model_key,
                 staging=staging,
+                fusion=job.fusion,
             )
         publish(job.out, overwrite=job.overwrite)
     return PredictResult(
@@ -382,10 +406,13 @@ def predict(
     overwrite: bool = False,
     run_id: str = "",
     progress: ProgressFn | None = None,
+    contexts: tuple[int, ...] | None = None,
 ) -> PredictResult:
     """Predict a class map for a whole cube and publish it: `prepare_predict` (which says
     what bad input raises), then `run_predict`."""
-    job = prepare_predict(cube_path, model_dir, out, overwrite=overwrite, run_id=run_id)
+    job = prepare_predict(
+        cube_path, model_dir, out, overwrite=overwrite, run_id=run_id, contexts=contexts
+    )
     return run_predict(job, client=client, progress=progress)
 
 

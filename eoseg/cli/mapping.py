@@ -35,6 +35,15 @@ def predict(
     cube: Annotated[Path, typer.Option("--cube", help="Cube to map.")],
     model: Annotated[Path, typer.Option("--model", help="Model folder (weights + model card).")],
     out: Annotated[Path, typer.Option("--out", help="Class map store to write.")],
+    contexts: Annotated[
+        str | None,
+        typer.Option(
+            help="Contexts to fuse, as multiples of the chip's extent, e.g. 1,2,4 "
+            "(default: the model card's choice; one context for a model without fusion "
+            "weights).",
+            show_default=False,
+        ),
+    ] = None,
     scheduler: SchedulerOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
@@ -45,11 +54,15 @@ def predict(
     map; a per-date model (trained on a --by-date cube) maps every date into a
     (time, y, x) class map on the cube's dates, e.g. one map per month.
     """
+    from eoseg.contexts import parse_contexts
     from eoseg.predict import prepare_predict, run_predict
 
     def body() -> None:
         # Bad input (cube, model, output) is refused before the cluster starts.
-        job = prepare_predict(cube, model, out, overwrite=overwrite, run_id=new_run_id())
+        job = prepare_predict(
+            cube, model, out, overwrite=overwrite, run_id=new_run_id(),
+            contexts=parse_contexts(contexts),
+        )  # fmt: skip
         with dask_client(scheduler) as client, console.progress_bar("predict") as bar:
             result = run_predict(job, client=client, progress=bar)
         doc = result.to_dict()
