@@ -222,18 +222,34 @@ def _step(n: int) -> float:
 
 def _search_weights(logp: torch.Tensor, y: torch.Tensor) -> tuple[float, ...]:
     """The weights (one per context of ``logp``: ``(context, pixel, class)``) on the
-    simplex grid whose fusion has the least cross-entropy; the first found on a tie."""
-    n = logp.shape[0]
+    simplex grid whose fusion has the least class-balanced cross-entropy; the first
+    found on a tie."""
+    n, pixels, classes = logp.shape
     m = round(1 / _step(n))
-    best, best_ce = (1.0 / n,) * n, float("inf")
-    for head in itertools.product(range(m + 1), repeat=n - 1):
-        if sum(head) > m:
-            continue
-        w = torch.tensor([*head, m - sum(head)], dtype=torch.float32) / m
-        ce = _cross_entropy((w.view(-1, 1, 1) * logp).sum(dim=0), y)
-        if ce < best_ce - 1e-9:
-            best, best_ce = tuple(round(float(v), 6) for v in w), ce
-    return best
+    grid = (
+        torch.tensor(
+            [
+                [*h, m - sum(h)]
+                for h in itertools.product(range(m + 1), repeat=n - 1)
+                if sum(h) <= m
+            ],
+            dtype=torch.float32,
+        )
+        / m
+    )
+    onehot = functional.one_hot(y, classes).float()  # (pixel, class)
+    count = onehot.sum(dim=0)
+    chunk = max(1, 2**24 // (pixels * classes))  # bounds the (weights, pixel, class) block
+    scores = []
+    for start in range(0, len(grid), chunk):
+        fused = torch.einsum("gn,npk->gpk", grid[start : start + chunk], logp)
+        loss = torch.logsumexp(fused, dim=2) - fused.gather(
+            2, y.view(1, -1, 1).expand(len(fused), -1, 1)
+        ).squeeze(2)
+        per_class = (loss @ onehot)[:, count > 0] / count[count > 0]
+        scores.append(per_class.mean(dim=1))
+    best = int(torch.cat(scores).argmin())
+    return tuple(round(float(v), 6) for v in grid[best])
 
 
 def _cross_entropy(logp: torch.Tensor, y: torch.Tensor) -> float:

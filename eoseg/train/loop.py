@@ -5,8 +5,9 @@ bf16 autocast with channels-last tensors on CUDA, fp32 on the CPU so CPU runs ar
 bit-reproducible). The loop can start from a saved epoch (optimiser and scheduler state
 restored) and reports each finished epoch to a checkpoint callback before the progress
 callback. A stage with validation chips keeps the weights of its best epoch by
-validation mIoU (`StageSpec.keep_best`) and may stop early after `StageSpec.patience`
-epochs without a better one. A stage may keep every batch-norm layer in inference mode
+validation mIoU (of the fused contexts when it trains on several, `eoseg.train.contexts`;
+`StageSpec.keep_best`) and may stop early after `StageSpec.patience` epochs without a
+better one. A stage may keep every batch-norm layer in inference mode
 (`StageSpec.freeze_norm`): fine-tuning on a small clean box then leaves the normalisation
 statistics of pretraining, gathered over the whole area, untouched.
 """
