@@ -16,6 +16,7 @@ so tiles of any size, or one in-memory image, make the same map.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -146,3 +147,14 @@ def mirror_index(start: int, stop: int, size: int) -> np.ndarray:
     period = 2 * (size - 1)
     folded = np.mod(index, period)
     return np.where(folded < size, folded, period - folded)
+
+
+def read_mirrored(data: Any, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+    """The window ``rows x cols`` (grid pixel bounds, which may pass the edges) of an array
+    whose last two axes are ``(y, x)`` (an `xarray.DataArray` or NumPy array), mirrored
+    beyond the grid's edge by `mirror_index`; leading axes (time, band) are read whole."""
+    iy = mirror_index(*rows, int(data.shape[-2]))
+    ix = mirror_index(*cols, int(data.shape[-1]))
+    y0, x0 = int(iy.min()), int(ix.min())
+    core = np.asarray(data[..., y0 : int(iy.max()) + 1, x0 : int(ix.max()) + 1])
+    return np.take(np.take(core, iy - y0, axis=-2), ix - x0, axis=-1)

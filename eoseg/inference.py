@@ -1,7 +1,7 @@
 """How a predict run applies its model: the settings that change pixels, and the workers.
 
 `PredictOptions` is what a user asks for (``eoseg predict --chip-size --overlap
---precision --probabilities``, each defaulting to the model card's choice);
+--precision --probabilities --contexts``, each defaulting to the model card's choice);
 `resolve_settings` checks it against the model and the grid and makes the
 `PredictSettings` that every tile records and the class map's signature holds, so a
 resumed run never mixes tiles made with other settings.
@@ -31,6 +31,7 @@ from distributed import WorkerPlugin, get_worker
 
 from eoseg.blend import Lattice, check_lattice, default_lattice, fit_lattice
 from eoseg.cluster import available_cores, torch_threads
+from eoseg.contexts import SINGLE, Fusion, resolve_fusion
 from eoseg.errors import InvalidParameterError
 from eoseg.models.accel import PRECISIONS, Accelerator, Precision, resolve_accelerator
 from eoseg.models.card import ModelCard
@@ -60,12 +61,14 @@ class PredictOptions:
             ``chip/2`` is the four-fold blend.
         precision: ``"auto"``, ``"bf16"`` or ``"fp32"`` (`eoseg.models.accel`).
         probabilities: Also write each class's probability (uint8, x 255).
+        contexts: Contexts to fuse (``--contexts``, `eoseg.contexts`); None: the card's.
     """
 
     chip_size: int | None = None
     overlap: int | None = None
     precision: Precision = "auto"
     probabilities: bool = False
+    contexts: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,7 @@ class PredictSettings:
     lattice: Lattice
     precision: Precision
     probabilities: bool
+    fusion: Fusion = SINGLE
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (tile provenance, store attributes and signature)."""
@@ -82,6 +86,7 @@ class PredictSettings:
             **self.lattice.to_dict(),
             "precision": self.precision,
             "probabilities": self.probabilities,
+            "contexts": self.fusion.to_dict(),
         }
 
 
@@ -117,7 +122,8 @@ def resolve_settings(
     overlap = min(base.overlap, chip // 2) if options.overlap is None else options.overlap
     lattice = check_lattice(chip, overlap, _depth(card))
     lattice = fit_lattice(lattice, *grid_shape, _depth(card))
-    return PredictSettings(lattice, options.precision, options.probabilities)
+    fusion = resolve_fusion(card, options.contexts)
+    return PredictSettings(lattice, options.precision, options.probabilities, fusion)
 
 
 def _depth(card: ModelCard) -> int:

@@ -24,6 +24,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,10 @@ from distributed import Client
 from odc.geo.geobox import GeoBox
 
 from eoseg import __version__
-from eoseg.blend import Lattice, mirror_index
+from eoseg.blend import Lattice, read_mirrored
 from eoseg.classmap import class_map_dims, classmap_template, encode, open_classmap
 from eoseg.cluster import ProgressFn, host_tasks, run_tiles
+from eoseg.contexts import context_probabilities
 from eoseg.cube import open_cube
 from eoseg.grid import Tile, iter_tiles
 from eoseg.inference import (
@@ -131,13 +133,9 @@ def read_window(data: xr.DataArray, grid: GeoBox, tile: Tile, lattice: Lattice) 
     inside (`eoseg.blend.mirror_index`), whichever tile reads it. ``data``'s last two axes
     are ``(y, x)``; leading axes (time, band) are read whole.
     """
-    rows = mirror_index(*lattice.span(tile.y0, tile.y0 + tile.height), grid.shape.y)
-    cols = mirror_index(*lattice.span(tile.x0, tile.x0 + tile.width), grid.shape.x)
-    y0, x0 = int(rows.min()), int(cols.min())
-    core = np.asarray(
-        data[..., y0 : int(rows.max()) + 1, x0 : int(cols.max()) + 1].values, dtype="float32"
-    )
-    return np.take(np.take(core, rows - y0, axis=-2), cols - x0, axis=-1)
+    rows = lattice.span(tile.y0, tile.y0 + tile.height)
+    cols = lattice.span(tile.x0, tile.x0 + tile.width)
+    return read_mirrored(data, rows, cols).astype("float32", copy=False)
 
 
 def tile_input(
@@ -206,16 +204,16 @@ def predict_tile(
     cube = open_store(cube_path, chunks=None)
     encoded = []
     for steps in time_slices(int(cube.sizes["time"]), card.time):
-        probs, valid = tile_probabilities(
-            cube,
-            tile,
-            steps,
-            model=model,
-            card=card,
-            lattice=lattice,
-            accel=accel,
-            batch_size=batch_size,
-        )
+        if settings.fusion.single:
+            probs, valid = tile_probabilities(
+                cube, tile, steps, model=model, card=card, lattice=lattice, accel=accel,
+                batch_size=batch_size,
+            )  # fmt: skip
+        else:  # each context on its own lattice, fused (eoseg.contexts)
+            window_fn = partial(predict_window, batch_size=batch_size, accel=accel)
+            probs, valid = context_probabilities(
+                model, card, cube, tile, steps, settings.fusion, window_fn
+            )
         encoded.append(encode(probs, valid, probabilities=settings.probabilities))
     # A median model makes one (y, x) map; a per-date model one per date, (time, y, x).
     arrays = {

@@ -68,6 +68,15 @@ def predict(
         bool,
         typer.Option("--probabilities", help="Also write each class's probability (uint8, x 255)."),
     ] = False,
+    contexts: Annotated[
+        str | None,
+        typer.Option(
+            help="Contexts to fuse, as multiples of the chip's extent, e.g. 1,2,4 "
+            "(default: the model card's choice; one context for a model without fusion "
+            "weights).",
+            show_default=False,
+        ),
+    ] = None,
     scheduler: SchedulerOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
@@ -83,11 +92,15 @@ def predict(
     (time, y, x) class map on the cube's dates, e.g. one map per month.
     """
     from eoseg.cluster import local_workers
+    from eoseg.contexts import parse_contexts
     from eoseg.predict import PredictOptions, prepare_predict, run_predict
 
     def body() -> None:
         # Bad input (cube, model, output, options) is refused before the cluster starts.
-        options = PredictOptions(chip_size, overlap, cast("Precision", precision), probabilities)
+        options = PredictOptions(
+            chip_size, overlap, cast("Precision", precision), probabilities,
+            parse_contexts(contexts),
+        )  # fmt: skip
         job = prepare_predict(
             cube, model, out, overwrite=overwrite, run_id=new_run_id(), options=options
         )

@@ -117,6 +117,16 @@ def train(
     context: Annotated[
         str | None, typer.Option(help="Bottleneck context module: none or aspp (dilated).")
     ] = None,
+    contexts: Annotated[
+        str | None,
+        typer.Option(
+            help="Contexts to train on, as multiples of the chip's extent, 1 among them, "
+            "e.g. 1,2,4: wider windows are averaged down to the chip size; the card "
+            "records each context's validation mIoU and the fusion weights predict uses "
+            "[1].",
+            show_default=False,
+        ),
+    ] = None,
     balanced: Annotated[
         bool, typer.Option("--balanced", help="Weight classes by inverse frequency.")
     ] = False,
@@ -169,6 +179,7 @@ def train(
     16/3 U-Net and chips up to 64 px on a CPU (the card's "architecture" and "sampling"
     record them).
     """
+    from eoseg.contexts import parse_contexts
     from eoseg.outputs import check_output
     from eoseg.train import train_from_stores
     from eoseg.train.config import configure, load_train_config, parse_settings
@@ -194,6 +205,7 @@ def train(
             batch_size=batch_size,
             noisy_loss=noisy_loss,
             context=context,
+            contexts=parse_contexts(contexts),
             class_weights="balanced" if balanced else None,
             elastic=elastic,
             device=device,
@@ -229,6 +241,7 @@ def train(
             "sampling": card.sampling,
             "val_miou": card.metrics.get("val_miou"),
             "val_note": card.metrics.get("val_note"),
+            **({"contexts": card.contexts} if card.contexts else {}),
         }
         report("train", doc, json_out)
 

@@ -77,6 +77,11 @@ class ModelCard:
         inference: The default prediction lattice, ``{"chip_size": ..., "overlap": ...}``
             (`eoseg.blend.default_lattice`, written by training); empty in older cards,
             which get that default when they predict (`eoseg.inference.card_lattice`).
+        contexts: Multi-context fusion (`eoseg.contexts`): the contexts the model was
+            trained on, the fusion weights fitted on validation chips and the
+            validation figures of each context and of the fusion
+            (`eoseg.train.contexts.fit_fusion`). Empty for a single-context model, and
+            then not written (the card of such a model is as before).
         parent: Version of the model this one was fine-tuned from, if any.
         fingerprint: Hash of the training inputs and configuration.
         created: ISO-8601 UTC time of saving (not part of the version).
@@ -97,6 +102,7 @@ class ModelCard:
     sampling: dict[str, Any] = field(default_factory=dict)
     logit_adjustment: tuple[float, ...] = ()
     inference: dict[str, Any] = field(default_factory=dict)
+    contexts: dict[str, Any] = field(default_factory=dict)
     parent: str | None = None
     fingerprint: str = ""
     created: str = ""
@@ -109,6 +115,8 @@ class ModelCard:
         }
         d["input"] = input_record(self.bands, self.mean, self.std, self.time)
         d["classes"] = self.classes.to_dict()
+        if not self.contexts:
+            del d["contexts"]
         return d
 
     @classmethod
@@ -131,6 +139,7 @@ class ModelCard:
             sampling=dict(d.get("sampling", {})),
             logit_adjustment=tuple(float(v) for v in d.get("logit_adjustment", ())),
             inference=dict(d.get("inference") or {}),
+            contexts=dict(d.get("contexts", {})),
             parent=d.get("parent"),
             fingerprint=str(d.get("fingerprint", "")),
             created=str(d.get("created", "")),
@@ -269,12 +278,29 @@ def check_card(card: ModelCard, where: str, fix: str = MODEL_FIX) -> None:
         problems.append(
             f"it has {n} bands, {len(card.classes)} classes and chip size {card.chip_size}"
         )
+    weights = card.contexts.get("weights", {})
+    if not _context_weights_ok(weights):
+        problems.append(f"contexts.weights {weights!r} are not context: weight >= 0 pairs")
     if problems:
         raise InvalidStoreError(
             f"model card {where}/{CARD_FILE} cannot make a map: {'; '.join(problems)}; "
             "expected per-band statistics of the training data (std > 0), as 'eoseg train' "
             f"writes them: the card was edited or damaged; {fix}"
         )
+
+
+def _context_weights_ok(weights: Any) -> bool:
+    """Whether a card's fusion weights map whole-number contexts to weights >= 0, not all 0."""
+    if not isinstance(weights, Mapping):
+        return False
+    try:
+        pairs = [(int(c), float(w)) for c, w in weights.items()]
+    except (TypeError, ValueError):
+        return False
+    return not pairs or (
+        all(c >= 1 and math.isfinite(w) and w >= 0 for c, w in pairs)
+        and sum(w for _, w in pairs) > 0
+    )
 
 
 def read_model_file(path: Path) -> bytes:

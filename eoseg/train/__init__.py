@@ -1,8 +1,10 @@
 """Training: pretrain a U-Net on noisy labels, fine-tune it on a small clean set.
 
-Modules: `config` (options and per-stage specs), `run` (a training run: chips, stages,
-checkpoints, the model folder), `loop` (one stage's epochs and validation), `augment`,
-`losses`, `checkpoint`, `stores` (training from stores on disk, behind the CLI and flows).
+Modules: `config` (options and per-stage specs), `run` (a training run: stages,
+checkpoints, the model folder), `chips` (the chips of each stage and context),
+`contexts` (wider contexts: their chips and fusion weights), `loop` (one stage's epochs
+and validation), `augment`, `losses`, `checkpoint`, `stores` (training from stores on
+disk, behind the CLI and flows).
 """
 
 from eoseg.train.config import TrainConfig

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from eoseg.contexts import MAX_CONTEXT, MAX_CONTEXTS, check_contexts
 from eoseg.errors import InputNotFoundError, InvalidParameterError
 from eoseg.model_input import TIME_MODES, TimeMode
 from eoseg.models.accel import PRECISIONS, Precision
@@ -102,6 +103,13 @@ class TrainConfig:
         num_threads: Torch intra-op threads; default ``OMP_NUM_THREADS`` when set, else
             all cores.
         context: ``"aspp"`` adds an ASPP context module at the U-Net bottleneck.
+        contexts: Contexts to train on, as multiples of the chip size, 1 included
+            (`eoseg.contexts`): ``(1, 2, 4)`` adds, per stage, chips of 2 and 4 times the
+            chip's extent (pooled to the chip size) around the sampled ones, one context
+            per batch, and records in the model card each context's validation mIoU and
+            the fusion weights `eoseg.predict` applies by default. An epoch draws an
+            equal share of its chips from each context: it takes as many steps as
+            without wider contexts.
         class_weights: Cross-entropy class weights (one per class id), ``"balanced"``
             (from the label frequencies of each stage's training chips) or None.
         noisy_loss: Pixel loss of pretraining: ``"ce"``, ``"gce"`` (generalized
@@ -173,6 +181,7 @@ class TrainConfig:
     seed: int = 0
     num_threads: int | None = None
     context: Context = "none"
+    contexts: tuple[int, ...] = (1,)
     class_weights: tuple[float, ...] | Literal["balanced"] | None = None
     noisy_loss: LossKind = "ce"
     gce_q: float = 0.7
@@ -192,6 +201,8 @@ class TrainConfig:
     average_from: float = 0.1
 
     def __post_init__(self) -> None:
+        if _contexts_ok(self.contexts):  # ascending, as every record lists them
+            object.__setattr__(self, "contexts", tuple(sorted(self.contexts)))
         for name, ok, expected in _NUMBER_RULES:
             _check(self, name, ok, expected)
         factor = 2 ** (self.depth or 0)
@@ -214,6 +225,13 @@ class TrainConfig:
             _check(self, name, allowed.__contains__, f"one of {allowed}")
         _check(
             self,
+            "contexts",
+            _contexts_ok,
+            f"distinct whole multiples of the chip size from 1 to {MAX_CONTEXT}, 1 among "
+            f"them, at most {MAX_CONTEXTS} (e.g. 1,2,4)",
+        )
+        _check(
+            self,
             "class_weights",
             lambda w: (
                 w is None
@@ -230,6 +248,16 @@ def _whole(least: int, optional: bool = True) -> Callable[[Any], bool]:
         (optional and v is None)
         or (isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= least)
     )
+
+
+def _contexts_ok(value: Any) -> bool:
+    """Distinct context multiples (`eoseg.contexts.check_contexts`), 1 among them."""
+    if not isinstance(value, tuple) or 1 not in value:
+        return False
+    try:
+        return len(check_contexts(list(value))) == len(value)
+    except InvalidParameterError:
+        return False
 
 
 def _real(low: float, high: float = math.inf, *, open_low: bool = False) -> Callable[[Any], bool]:
@@ -282,7 +310,7 @@ CLI_FLAGS = frozenset(
         "epochs", "finetune_epochs", "finetune_lr", "freeze_encoder_epochs", "chip_size",
         "base_width", "depth", "train_chips", "val_chips", "batch_size", "block_size",
         "val_fraction", "min_labelled", "noisy_loss", "context", "elastic", "device",
-        "precision", "seed", "num_threads", "patience", "refit",
+        "precision", "seed", "num_threads", "patience", "refit", "contexts",
     }
 )  # fmt: skip
 """`TrainConfig` fields with an ``eoseg train`` option of their own; every other field

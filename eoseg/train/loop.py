@@ -5,8 +5,9 @@ bf16 autocast with channels-last tensors on CUDA, fp32 on the CPU so CPU runs ar
 bit-reproducible). The loop can start from a saved epoch (optimiser and scheduler state
 restored) and reports each finished epoch to a checkpoint callback before the progress
 callback. A stage with validation chips keeps the weights of its best epoch by
-validation mIoU (`StageSpec.keep_best`) and may stop early after `StageSpec.patience`
-epochs without a better one. A stage may keep every batch-norm layer in inference mode
+validation mIoU (of the fused contexts when it trains on several, `eoseg.train.contexts`;
+`StageSpec.keep_best`) and may stop early after `StageSpec.patience` epochs without a
+better one. A stage may keep every batch-norm layer in inference mode
 (`StageSpec.freeze_norm`): fine-tuning on a small clean box then leaves the normalisation
 statistics of pretraining, gathered over the whole area, untouched. A stage that would
 end on its last weights ends on their mean over its last steps (`eoseg.train.average`).
@@ -15,12 +16,13 @@ end on its last weights ends on their mean over its last steps (`eoseg.train.ave
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch.nn import functional
 
 from eoseg.metrics import confusion_matrix, report_from_confusion
 from eoseg.models.accel import Accelerator
@@ -29,6 +31,7 @@ from eoseg.models.unet import UNet
 from eoseg.sampling import ChipSet
 from eoseg.train.augment import augment
 from eoseg.train.average import WeightAverage
+from eoseg.train.contexts import fit_fusion
 from eoseg.train.losses import SegmentationLoss
 
 if TYPE_CHECKING:
@@ -76,6 +79,7 @@ def evaluate(
         for i in range(0, len(chips), batch_size):
             x = normalize(torch.from_numpy(chips.x[i : i + batch_size]), card)
             logits = adjust_logits(model(accel.to_input(x)).float(), card)
+            logits = to_label_size(logits, chips.y.shape[-2:])
             pred = logits.argmax(dim=1).cpu().numpy()
             cm += confusion_matrix(pred, chips.y[i : i + batch_size], n)
     if cm.sum() == 0:
@@ -95,6 +99,14 @@ def evaluate(
             for name, v, p in zip(card.classes.names, iou, present, strict=True)
         },
     }
+
+
+def to_label_size(logits: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """``(N, class, h, w)`` logits upsampled (bilinear) to labels of side ``size``: the
+    labels of a wider context's chip keep the full resolution (`eoseg.train.contexts`)."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return functional.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +172,8 @@ def fit_stage(
     start: dict[str, Any] | None = None,
     on_epoch: OnEpoch | None = None,
     noisy: np.ndarray | None = None,
+    extra: Sequence[tuple[ChipSet, np.ndarray | None]] = (),
+    extra_val: Mapping[int, ChipSet] | None = None,
 ) -> History:
     """Train ``model`` in place for one stage and return its per-epoch history.
 
@@ -177,6 +191,14 @@ def fit_stage(
         on_epoch: Called after each epoch (before ``progress``), e.g. to checkpoint.
         noisy: Optional ``(N,)`` bool flags of the training chips with noisy labels,
             passed on to ``spec.loss`` (see `SegmentationLoss.noisy_kind`).
+        extra: More training chips and their noisy flags, e.g. those of wider contexts
+            (`eoseg.train.contexts`): each batch holds chips of one set, and an epoch
+            draws an equal share of its chips from every set, so it takes as many steps
+            as one set would (the same budget as a single-context run).
+        extra_val: Validation chips of wider contexts (by context, each widened from
+            ``val``): the epoch kept is then the one of best validation mIoU of the
+            fused contexts (`eoseg.train.contexts.fit_fusion`), the map prediction makes,
+            recorded as ``val_miou_fused`` beside the context-1 ``val_miou``.
 
     Returns:
         ``{"train_loss": [...], "val_miou": [...], "best_epoch": n}``, one list entry
@@ -188,7 +210,8 @@ def fit_stage(
     if spec.epochs == 0 or len(chips) == 0:
         return {**history, "best_epoch": None}
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-    batches = -(-len(chips) // spec.batch_size)
+    groups = [(chips, noisy), *((c, f) for c, f in extra if len(c))]
+    batches = sum(-(-_epoch_share(len(c), len(groups)) // spec.batch_size) for c, _ in groups)
     total = spec.epochs * batches
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=total)
     first, best = 0, None
@@ -212,13 +235,17 @@ def fit_stage(
         for p in encoder:
             p.requires_grad_(not frozen)
         _set_train_mode(model, frozen_encoder=frozen, frozen_norm=spec.freeze_norm)
-        loss = _train_epoch(model, chips, card, spec, gen, accel, (opt, sched), noisy,
+        loss = _train_epoch(model, groups, card, spec, gen, accel, (opt, sched),
                             progress=progress, epoch=epoch, total=total,
                             average=average)  # fmt: skip
         metrics = evaluate(model, val, card, accel=accel) if len(val) else {"val_miou": None}
         history["train_loss"].append(loss)
         history["val_miou"].append(metrics["val_miou"])
-        score = metrics["val_miou"]
+        if extra_val and len(val):  # several contexts: keep what their fusion maps best
+            fused = fit_fusion(model, card, {1: val, **extra_val}, accel).get("val_miou", {})
+            metrics["val_miou_fused"] = fused.get("fused")
+            history.setdefault("val_miou_fused", []).append(metrics["val_miou_fused"])
+        score = metrics.get("val_miou_fused", metrics["val_miou"])
         # On a tie the later epoch wins: it has trained longer at a lower learning rate.
         if score is not None and (best is None or score >= best["val_miou"]):
             best = {"epoch": epoch + 1, "val_miou": score}
@@ -249,43 +276,65 @@ def fit_stage(
 
 def _train_epoch(
     model: UNet,
-    chips: ChipSet,
+    groups: Sequence[tuple[ChipSet, np.ndarray | None]],
     card: ModelCard,
     spec: StageSpec,
     gen: torch.Generator,
     accel: Accelerator,
     optim: tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler],
-    noisy: np.ndarray | None,
     *,
     progress: Progress | None,
     epoch: int,
     total: int,
     average: WeightAverage | None = None,
 ) -> float:
-    """One pass over the training chips (epoch ``epoch``, from 0); the mean loss.
+    """One epoch (``epoch``, from 0) over the sets of training chips; the mean loss.
 
-    ``average`` takes the weights after each step."""
+    Each batch holds chips of one set (of one context); with ``n`` sets, a random
+    ``1/n`` of each set's chips is drawn and the batches are shuffled across sets.
+    ``average`` takes the weights after each step.
+    """
     opt, sched = optim
-    x_all, y_all = torch.from_numpy(chips.x), torch.from_numpy(chips.y).long()
-    noisy_all = None if noisy is None else torch.as_tensor(noisy, dtype=torch.bool)
-    batches = -(-len(chips) // spec.batch_size)
-    perm = torch.randperm(len(chips), generator=gen)
+    plan = _batch_plan(groups, spec.batch_size, gen)
     total_loss = 0.0
-    for b in range(batches):
-        idx = perm[b * spec.batch_size : (b + 1) * spec.batch_size]
-        x, y = augment(x_all[idx], y_all[idx], spec.jitter, gen, elastic=spec.elastic)
+    for b, (g, idx) in enumerate(plan):
+        chips, noisy = groups[g]
+        x_all, y_all = torch.from_numpy(chips.x[idx]), torch.from_numpy(chips.y[idx]).long()
+        # Elastic warping needs labels of the image's size (not a wider context's).
+        elastic = spec.elastic if x_all.shape[-1] == y_all.shape[-1] else 0.0
+        x, y = augment(x_all, y_all, spec.jitter, gen, elastic=elastic)
         with accel.autocast():
             logits = model(accel.to_input(normalize(x, card)))
-        flags = None if noisy_all is None else noisy_all[idx]
-        loss = spec.loss(logits.float(), y.to(accel.device), flags)
+        flags = None if noisy is None else torch.as_tensor(noisy[idx], dtype=torch.bool)
+        logits = to_label_size(logits.float(), y.shape[-2:])
+        loss = spec.loss(logits, y.to(accel.device), flags)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         if average is not None:
-            average.update(model, epoch * batches + b + 1)
+            average.update(model, epoch * len(plan) + b + 1)
         total_loss += loss.item()
         if progress is not None:
             info = {"epoch": epoch + 1, "loss": loss.item()}
-            progress(spec.stage, epoch * batches + b + 1, total, info)
-    return total_loss / batches
+            progress(spec.stage, epoch * len(plan) + b + 1, total, info)
+    return total_loss / len(plan)
+
+
+def _epoch_share(chips: int, sets: int) -> int:
+    """Chips of one of ``sets`` sets of ``chips`` chips that an epoch trains on."""
+    return -(-chips // sets)
+
+
+def _batch_plan(
+    groups: Sequence[tuple[ChipSet, np.ndarray | None]], batch_size: int, gen: torch.Generator
+) -> list[tuple[int, np.ndarray]]:
+    """``(set, chip indices)`` of every batch of an epoch, in training order."""
+    plan = []
+    for g, (chips, _) in enumerate(groups):
+        perm = torch.randperm(len(chips), generator=gen).numpy()
+        perm = perm[: _epoch_share(len(chips), len(groups))]
+        plan += [(g, perm[i : i + batch_size]) for i in range(0, len(perm), batch_size)]
+    if len(groups) == 1:  # one set: the order of its permutation (as runs before contexts)
+        return plan
+    return [plan[i] for i in torch.randperm(len(plan), generator=gen).tolist()]

@@ -30,6 +30,7 @@ from eoseg.classes import ClassSchema
 from eoseg.model_input import TimeMode
 from eoseg.sampling import ChipSet, sample_chips
 from eoseg.train.config import TrainConfig, stage_spec
+from eoseg.train.contexts import Widen
 from eoseg.train.finetune import finetune_chips
 from eoseg.train.loop import History, StageSpec
 from eoseg.train.plan import SamplingPlan
@@ -46,10 +47,12 @@ def sample_refit_chips(
     config: TrainConfig,
     schema: ClassSchema,
     time: TimeMode,
+    widen: Widen | None = None,
 ) -> tuple[ChipSet, ChipSet, np.ndarray | None]:
     """Chips of all the last stage's labels (no validation), and their noisy flags.
 
-    A fine-tuning refit mixes in replayed pretraining chips as fine-tuning does.
+    A fine-tuning refit mixes in replayed pretraining chips as fine-tuning does;
+    ``widen`` makes them a wider context's (`eoseg.train.contexts`).
     """
     last = list(stages)[-1]
     chips = sample_chips(
@@ -65,6 +68,8 @@ def sample_refit_chips(
         min_labelled=plan.stage(last).min_labelled,
         time=time,
     )
+    if widen is not None:
+        chips = widen(chips, stages[last], "all")
     flags = None
     if last == "finetune":
         chips, flags = finetune_chips(

@@ -18,6 +18,10 @@ Jaccard loss and ignore 255 (`eoseg.train.losses`). The fine-tuning chips are th
 `eoseg.train.finetune`; its noisy chips take ``finetune_noisy_loss``. CPU runs are
 deterministic for a given seed, data and thread count, and resume bit for bit from the
 checkpoint written after each epoch.
+
+With several ``contexts`` (`eoseg.train.contexts`) every stage also trains on chips of the
+wider contexts (`eoseg.train.chips.sample_context_chips`), and the card records each
+context's validation figures and the fusion weights fitted on the validation chips.
 """
 
 from __future__ import annotations
@@ -35,27 +39,28 @@ import torch
 import xarray as xr
 
 from eoseg.blend import default_lattice
-from eoseg.classes import IGNORE_ID, ClassSchema
+from eoseg.classes import ClassSchema
 from eoseg.errors import InvalidParameterError
-from eoseg.model_input import TimeMode, cube_time_mode
+from eoseg.model_input import cube_time_mode
 from eoseg.models import ModelCard, UNet, count_flops_per_pixel, count_parameters, save_model
 from eoseg.models.accel import resolve_accelerator
-from eoseg.sampling import ChipSet, sample_chips
+from eoseg.sampling import ChipSet
 from eoseg.train.checkpoint import (
     checkpoint_dir,
     load_checkpoint,
     remove_checkpoint,
     save_checkpoint,
 )
+from eoseg.train.chips import sample_context_chips, sample_training_chips
 from eoseg.train.config import TrainConfig, stage_spec
-from eoseg.train.finetune import finetune_chips, rehearse_missing, replay_noisy
+from eoseg.train.finetune import rehearse_missing, replay_noisy
 from eoseg.train.loop import History, fit_stage
 from eoseg.train.network import device_defaults, fit_depth_to_chip, resolve_network
 from eoseg.train.normalise import cube_band_stats
-from eoseg.train.plan import SamplingPlan, plan_sampling
+from eoseg.train.plan import plan_sampling
 from eoseg.train.prior import class_pixels, logit_adjustment
 from eoseg.train.refit import REFIT, clone_state, refit_note, refit_spec, sample_refit_chips
-from eoseg.train.validation import val_note, validation_figures
+from eoseg.train.validation import validation_figures
 
 __all__ = [
     "Progress",
@@ -100,16 +105,6 @@ def _fingerprint(config: TrainConfig, schema: ClassSchema, sets: list[ChipSet]) 
         h.update(np.ascontiguousarray(s.x).tobytes())
         h.update(np.ascontiguousarray(s.y).tobytes())
     return h.hexdigest()[:16]
-
-
-def _check_ids(chips: ChipSet, schema: ClassSchema, what: str) -> None:
-    ids = np.unique(chips.y[chips.y != IGNORE_ID])
-    bad = ids[ids >= len(schema)]
-    if bad.size:
-        raise InvalidParameterError(
-            f"{what} hold class ids {bad.tolist()} but the schema has ids 0..{len(schema) - 1} "
-            f"{schema.names}: rasterize with the same schema or set unknown classes to 255"
-        )
 
 
 def train_model(
@@ -204,6 +199,8 @@ def _train(
             cube, stages, sets["pretrain"][0], plan, config, schema, time
         )
         sets[REFIT] = (refit_train, refit_val)
+    wide = sample_context_chips(cube, stages, plan, config, schema, time)
+    wide_sets = {c: chips for c, (chips, _) in wide.items()}
     pre_train = sets["pretrain"][0]
     mean, std = _band_stats(pre_train)
     if config.norm_stats == "cube":
@@ -272,7 +269,7 @@ def _train(
             if start is None:  # figures first, then the weights the validated stage began with
                 histories[last]["figures"] = validation_figures(
                     model, dataclasses.replace(card, logit_adjustment=adjust[last]), sets,
-                    {k: h for k, h in histories.items() if k != REFIT}, plan, accel,
+                    {k: h for k, h in histories.items() if k != REFIT}, plan, accel, wide_sets,
                 )  # fmt: skip
                 model.load_state_dict(starts[last])
         else:
@@ -309,6 +306,8 @@ def _train(
             start=start,
             on_epoch=on_epoch,
             noisy=noisy_flags[stage],
+            extra=[(chips[stage][0], flags[stage]) for chips, flags in wide.values()],
+            extra_val={c: chips[stage][1] for c, (chips, _) in wide.items()},
         )
     ran = [s for s, h in metrics.items() if h.get("train_loss")]
     card = dataclasses.replace(card, logit_adjustment=adjust[ran[-1] if ran else order[0]])
@@ -320,78 +319,11 @@ def _train(
                 metrics[REFIT].get("averaged_steps"),
             )  # fmt: skip
     else:
-        figures = validation_figures(model, card, sets, metrics, plan, accel)
+        figures = validation_figures(model, card, sets, metrics, plan, accel, wide_sets)
     metrics.update(figures)
     metrics["chips"] = {k: [len(t), len(v)] for k, (t, v) in sets.items()}
-    card = dataclasses.replace(card, metrics=metrics)
+    fusion = metrics.pop("contexts", {})
+    card = dataclasses.replace(card, metrics=metrics, contexts=fusion)
     out = save_model(model, card, out_dir)
     remove_checkpoint(ckpt)
     return out
-
-
-def sample_training_chips(
-    cube: xr.Dataset,
-    stages: dict[str, xr.DataArray],
-    plan: SamplingPlan,
-    config: TrainConfig,
-    schema: ClassSchema,
-    progress: Progress | None = None,
-    *,
-    time: TimeMode = "median",
-) -> tuple[dict[str, tuple[ChipSet, ChipSet]], dict[str, np.ndarray | None]]:
-    """The chips a training run trains and validates on.
-
-    Args:
-        cube: The cube.
-        stages: Labels per stage (``"pretrain"``, then ``"finetune"`` if any).
-        plan: The sampling plan of these labels (`plan_sampling`).
-        config: Training options.
-        schema: Classes the labels must stay within.
-        progress: Optional ``(stage, step, total, info)`` callback.
-        time: The model input over the cube's dates (`eoseg.model_input`).
-
-    Returns:
-        ``(train, val)`` chips per stage, and per stage the flags of the training chips
-        whose labels are noisy (fine-tuning only; None for pretraining).
-
-    Raises:
-        InvalidParameterError: If a stage gets no training chip, or labels leave the schema.
-    """
-    sets: dict[str, tuple[ChipSet, ChipSet]] = {}
-    noisy_flags: dict[str, np.ndarray | None] = {"pretrain": None}
-    for i, (stage, lab) in enumerate(stages.items()):
-        if progress is not None:
-            progress("sample", i, len(stages), {"labels": stage})
-        sp = plan.stage(stage)
-        common: dict[str, Any] = {"chip_size": plan.chip_size, "balance": config.balance,
-                                  "time": time,
-                                  "split": plan.split, "bands": config.bands,
-                                  "min_labelled": sp.min_labelled}  # fmt: skip
-        seed = config.seed + 10 * i
-        t_lab, t_part = plan.source(stage, lab, "train")
-        train = sample_chips(cube, t_lab, count=sp.train_chips, seed=seed, part=t_part, **common)
-        # A validation chip needs one labelled, valid pixel: each counts, however few.
-        v_lab, v_part = plan.source(stage, lab, "val")
-        val = sample_chips(cube, v_lab, count=sp.val_chips, seed=seed + 1, part=v_part,
-                           **{**common, "min_labelled": 1 / plan.chip_size**2})  # fmt: skip
-        if len(train) == 0:
-            raise InvalidParameterError(
-                f"no training chip of {plan.chip_size} px has {sp.min_labelled:.2%} labelled, "
-                f"valid pixels in the {stage} labels: check that the labels overlap the "
-                "cube's valid pixels, or lower --min-labelled / --chip-size (or leave them "
-                "out to derive them from the labels)"
-            )
-        _check_ids(train, schema, f"{stage} labels")
-        _check_ids(val, schema, f"{stage} labels")
-        if stage == "finetune":
-            train, noisy_flags[stage] = finetune_chips(
-                train, sets["pretrain"][0], len(schema), rehearse=config.rehearse_missing,
-                share=config.finetune_noisy_share, seed=seed,
-            )  # fmt: skip
-        sets[stage] = (train, val)
-        logger.info("%s: %d training and %d validation chips", stage, len(train), len(val))
-        if not len(val):
-            logger.warning("%s: no validation chip: %s", stage, val_note(plan, stage))
-    if progress is not None:
-        progress("sample", len(stages), len(stages), {})
-    return sets, noisy_flags

@@ -9,12 +9,14 @@ before the refit and the note says so.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from eoseg.models.accel import Accelerator
 from eoseg.models.card import ModelCard
 from eoseg.models.unet import UNet
 from eoseg.sampling import ChipSet
+from eoseg.train.contexts import fit_fusion
 from eoseg.train.loop import History, evaluate
 from eoseg.train.plan import SamplingPlan
 
@@ -35,13 +37,19 @@ def validation_figures(
     histories: dict[str, History],
     plan: SamplingPlan,
     accel: Accelerator,
+    contexts: Mapping[int, Mapping[str, tuple[ChipSet, ChipSet]]] | None = None,
 ) -> dict[str, Any]:
     """``val_miou``, ``val_accuracy``, ``val_iou``, ``val_stage`` and ``val_note`` of
-    ``model`` on the validation chips of the last stage of ``histories`` that trained."""
+    ``model`` on the validation chips of the last stage of ``histories`` that trained;
+    with the chips of wider ``contexts`` (per context, like ``sets``), the fusion
+    weights and figures of every context too (``contexts``, `fit_fusion`)."""
     ran = [s for s, h in histories.items() if h.get("train_loss")]
     stage = ran[-1] if ran else next(iter(sets))
     val = sets[stage][1]
     out: dict[str, Any] = {"val_stage": stage}
+    if contexts:
+        vals = {1: val, **{c: wide[stage][1] for c, wide in contexts.items()}}
+        out["contexts"] = fit_fusion(model, card, vals, accel)
     if not len(val):
         note = val_note(plan, stage)
         return {
