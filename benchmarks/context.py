@@ -37,7 +37,7 @@ from eoseg.classes import DEMO_CLASSES, ClassSchema, load_schema
 from eoseg.contexts import parse_contexts
 from eoseg.cube import ingest, open_cube
 from eoseg.labels import open_labels, rasterize_labels
-from eoseg.predict import predict
+from eoseg.predict import PredictOptions, predict
 from eoseg.publish import evaluate_classmap
 from eoseg.synthetic import DemoSpec, make_demo_data
 from eoseg.synthetic_context import CONTEXT_CLASSES, ContextSpec, make_context_scene
@@ -133,7 +133,10 @@ def compare_contexts(
         for label, asked in maps:
             classmap = workdir / f"classmap-{label}.zarr"
             start = time.perf_counter()
-            predict(map_cube or cube, model, classmap, overwrite=True, contexts=asked)
+            predict(
+                map_cube or cube, model, classmap, overwrite=True,
+                options=PredictOptions(contexts=asked),
+            )  # fmt: skip
             seconds = time.perf_counter() - start
             report = evaluate_classmap(classmap, truth, class_map=class_map, workdir=workdir)
             scores[label] = Score(

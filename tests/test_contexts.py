@@ -24,7 +24,7 @@ from eoseg.contexts import (
 )
 from eoseg.errors import InvalidParameterError, InvalidStoreError
 from eoseg.models.card import ModelCard, read_card
-from eoseg.predict import open_classmap, predict
+from eoseg.predict import PredictOptions, open_classmap, predict
 from eoseg.sampling import BlockSplit, sample_chips
 from eoseg.train import TrainConfig, train_model
 from eoseg.train.contexts import widen_chips
@@ -174,7 +174,7 @@ def test_fusion_weights_are_stored_in_and_read_from_the_card(
     assert len(card.metrics["pretrain"]["val_miou_fused"]) == 3  # the epochs were scored fused
     classmap = tmp_path / "map.zarr"
     predict(cube_path, trained, classmap)
-    used = open_classmap(classmap).attrs["contexts"]
+    used = open_classmap(classmap).attrs["predict_settings"]["contexts"]
     expected = resolve_fusion(card)
     assert used["contexts"] == [c for c in (1, 2, 4) if weights[c] > 0]
     assert used["contexts"] == list(expected.contexts) and used["source"].startswith("model card")
@@ -198,9 +198,9 @@ def test_prediction_is_seamless_at_every_context(
     for size in (96, 40, 4096):
         cube = cube_path if size == 96 else _with_tile_size(cube_path, size, tmp_path)
         out = tmp_path / f"map-{size}.zarr"
-        predict(cube, trained, out, contexts=contexts)
+        predict(cube, trained, out, options=PredictOptions(contexts=contexts))
         maps[size] = xr.open_zarr(out, consolidated=False).load()
-        assert maps[size].attrs["contexts"]["contexts"] == list(contexts)
+        assert maps[size].attrs["predict_settings"]["contexts"]["contexts"] == list(contexts)
     ref = maps[96]
     assert len(np.unique(ref["class"].values)) > 1
     for size in (40, 4096):

@@ -45,7 +45,9 @@ def test_classmap_is_valid_where_cube_is(classmap_path: Path, cube_path: Path) -
     assert cls[valid].max() < 6
     assert cmap.attrs["model_version"]
     assert cmap.attrs["predict_settings"] == {
-        "chip_size": 64, "overlap": 8, "precision": "fp32", "probabilities": True
+        "chip_size": 64, "overlap": 8, "precision": "fp32", "probabilities": True,
+        "contexts": {"contexts": [1], "weights": [1.0], "source": "single context",
+                     "view": "pooled"},
     }  # fmt: skip
 
 
