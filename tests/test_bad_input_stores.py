@@ -342,7 +342,9 @@ def test_predict_ctrl_c_keeps_tiles_and_resumes(
     from the kept tiles to the map an uninterrupted run makes."""
     ws = tmp_path / "ws"
     shutil.copytree(bad_input_template, ws)
-    model = heavy_model(ws)
+    # Wide enough that a busy machine cannot finish every tile between the first one
+    # and the signal (issue 11 made prediction several times faster).
+    model = heavy_model(ws, base_width=64)
     out = ws / "out.zarr"
     args = ["predict", "--cube", str(ws / "cube.zarr"), "--model", str(model), "--out", str(out)]
     proc = subprocess.Popen(

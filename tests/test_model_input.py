@@ -14,6 +14,7 @@ from eoseg.classes import DEMO_CLASSES
 from eoseg.cube import ingest, open_cube
 from eoseg.errors import InvalidParameterError
 from eoseg.grid import iter_tiles
+from eoseg.inference import card_lattice
 from eoseg.model_input import cube_time_mode, input_stack, pick_date, time_slices
 from eoseg.models.card import ModelCard
 
@@ -105,10 +106,12 @@ def test_sampling_and_prediction_read_the_same_input(
     steps = time_slices(cube.sizes["time"], time)
     assert len(sampled) == len(steps) == (1 if time == "median" else 2)
     assert np.isfinite(sampled).any(axis=(1, 2, 3)).all()  # every input has data here
-    half = card.chip_size // 2
+    lattice = card_lattice(card)
+    dy = tile.y0 - lattice.span(tile.y0, tile.y0 + tile.height)[0]
+    dx = tile.x0 - lattice.span(tile.x0, tile.x0 + tile.width)[0]
     for images, step in zip(sampled, steps, strict=True):
-        window, valid = predict.tile_input(cube, card, tile, step)
-        inner = window[:, half : half + tile.height, half : half + tile.width]
+        window, valid = predict.tile_input(cube, card, tile, step, lattice)
+        inner = window[:, dy : dy + tile.height, dx : dx + tile.width]
         np.testing.assert_array_equal(inner, images)  # NaN where nodata, in both
         np.testing.assert_array_equal(valid, ~np.isnan(images).any(axis=0))
     if time == "per-date":  # each date masked by its own validity: they differ

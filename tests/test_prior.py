@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from eoseg.blend import Lattice
 from eoseg.models import load_model
 from eoseg.models.card import adjust_logits, save_model
 from eoseg.predict import predict_window
@@ -56,13 +57,14 @@ def test_prediction_applies_the_cards_adjustment(tmp_path: Path) -> None:
     folder = save_untrained_model(tmp_path / "m", bands)
     model, card = load_model(folder)
     window = np.random.default_rng(1).uniform(0, 0.3, (4, 64, 64)).astype("float32")
-    plain = predict_window(model.eval(), card, window)
+    lattice = Lattice(card.chip_size, card.chip_size // 2)
+    plain = predict_window(model.eval(), card, window, lattice=lattice)
     boost = tuple(8.0 if k == 2 else 0.0 for k in range(len(card.classes)))
     adjusted_card = dataclasses.replace(card, logit_adjustment=boost)
     save_model(model, adjusted_card, tmp_path / "m2")
     model2, card2 = load_model(tmp_path / "m2")
     assert card2.logit_adjustment == boost  # written and read back
-    adjusted = predict_window(model2.eval(), card2, window)
+    adjusted = predict_window(model2.eval(), card2, window, lattice=lattice)
     assert (adjusted.argmax(0) == 2).mean() > (plain.argmax(0) == 2).mean()
     # the same as adding the bias to the logits of every chip before the blend
     x = torch.zeros(1, len(card.classes), 2, 2)

@@ -12,6 +12,7 @@ from test_train import SCHEMA, TINY, make_scene
 
 from eoseg.classes import IGNORE_ID
 from eoseg.errors import InputNotFoundError, InvalidParameterError
+from eoseg.inference import card_lattice
 from eoseg.models import UNet, count_flops_per_pixel, load_model
 from eoseg.models.accel import resolve_accelerator
 from eoseg.predict import predict_window
@@ -139,8 +140,9 @@ def test_bf16_channels_last_training_and_prediction_on_cpu(tmp_path: Path) -> No
     assert card.metrics["val_miou"] > 0.5
     model, card = load_model(tmp_path / "m")
     window = cube["data"].isel(time=0).values[:, :96, :96]
-    fp32 = predict_window(model, card, window).argmax(axis=0)
-    bf16 = predict_window(model, card, window, accel=accel).argmax(axis=0)
+    lattice = card_lattice(card)
+    fp32 = predict_window(model, card, window, lattice=lattice).argmax(axis=0)
+    bf16 = predict_window(model, card, window, lattice=lattice, accel=accel).argmax(axis=0)
     assert (fp32 == bf16).mean() > 0.98
 
 
