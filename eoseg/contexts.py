@@ -209,7 +209,7 @@ def upsample(probs: np.ndarray, factor: int) -> np.ndarray:
 
 def context_lattice(chip: int) -> Lattice:
     """The lattice of every context's coarse grid: chips of the training size every half
-    chip (the four-fold blend), as `context_span` lays the windows out."""
+    chip (the four-fold blend); `context_span` lays the windows out on it."""
     return Lattice(chip, chip // 2)
 
 
@@ -222,13 +222,10 @@ def context_span(start: int, stop: int, context: int, chip: int) -> tuple[int, i
         `eoseg.predict.predict_window` returns for the pooled window (its interior
         starts half a chip in).
     """
-    stride = chip // 2  # predict_window's lattice: chips of `chip`, stride half a chip
     margin = 1 if context > 1 else 0  # one coarse pixel each side for the upsampling
-    first = start // context - margin
-    last = -(-stop // context) + margin
-    r0 = first // stride * stride
-    r1 = -(-last // stride) * stride
-    return context * (r0 - stride), context * (r1 + stride), r0
+    lattice = context_lattice(chip)
+    lo, hi = lattice.span(start // context - margin, -(-stop // context) + margin)
+    return context * lo, context * hi, lo + lattice.overlap
 
 
 def context_probabilities(
