@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import geopandas as gpd
 import pandas as pd
 import xarray as xr
 
+from eoseg.area_table import AreaTable, area_table
 from eoseg.classes import ClassSchema
 from eoseg.dates import DATE_FIELD, DateChoice, date_index, date_labels, dated_path, select_date
 from eoseg.errors import InvalidParameterError
@@ -27,7 +29,7 @@ from eoseg.metrics import AccuracyReport, evaluate
 from eoseg.mosaic import write_cog, write_quicklook
 from eoseg.outputs import OutputKind, check_output
 from eoseg.predict import open_classmap
-from eoseg.stats import ClassAreas, class_areas, read_aoi
+from eoseg.stats import ClassAreas
 from eoseg.vectorize import vectorize, write_polygons
 
 log = logging.getLogger(__name__)
@@ -200,18 +202,37 @@ def evaluate_classmap(
 def query_areas(classmap: Path, aoi: str | None, *, date: DateChoice = None) -> ClassAreas:
     """Area per class (km², ellipsoidal) inside ``aoi`` (file or lon/lat box; all if None),
     of one ``date`` for a multi-date class map (see `query_areas_by_date` for all)."""
-    ds = select_date(open_classmap(classmap), date, purpose="or leave it out to get every date")
-    schema = ClassSchema.from_dict(ds.attrs["classes"])
-    shape = read_aoi(aoi) if aoi else None
-    return class_areas(ds["class"], schema, aoi=shape)
+    table = query_table(classmap, aoi=aoi, date=date)
+    return table.areas[0][0]
 
 
 def query_areas_by_date(classmap: Path, aoi: str | None) -> dict[str, ClassAreas]:
     """`query_areas` of every date of a class map, by ISO day (``{}`` without dates)."""
+    table = query_table(classmap, aoi=aoi)
+    return {} if table.dates == ("",) else dict(zip(table.dates, table.areas[0], strict=True))
+
+
+def query_table(
+    classmap: Path,
+    *,
+    aoi: str | None = None,
+    regions: Path | None = None,
+    region_field: str | None = None,
+    date: DateChoice = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> AreaTable:
+    """Class areas (km², ellipsoidal, border pixels by their covered fraction) inside an
+    AOI, per region of a regions layer, or over the whole map; every date, or one
+    ``date``. Reads only the tiles the AOI or regions touch (see `eoseg.area_table`)."""
     ds = open_classmap(classmap)
+    if date is not None or "time" not in ds.dims:
+        ds = select_date(ds, date, purpose="or leave it out to get every date")
     schema = ClassSchema.from_dict(ds.attrs["classes"])
-    shape = read_aoi(aoi) if aoi else None
-    return {
-        day: class_areas(ds["class"].isel(time=i), schema, aoi=shape)
-        for i, day in enumerate(date_labels(ds))
-    }
+    return area_table(
+        ds["class"],
+        schema,
+        aoi=aoi,
+        regions=regions,
+        region_field=region_field,
+        progress=progress,
+    )

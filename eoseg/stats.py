@@ -8,13 +8,10 @@ by tile (one Dask task per chunk), so the class map is never loaded whole.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
-import os
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import dask
@@ -23,21 +20,16 @@ import geopandas as gpd
 import numpy as np
 import odc.geo.xr  # noqa: F401  (registers the .odc accessor)
 import pyproj
-import rasterio.features
 import shapely
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
+from eoseg.aoi import MapShape, aoi_on_grid, grid_crs, no_overlap_message
 from eoseg.classes import IGNORE_ID, ClassSchema
+from eoseg.coverage import tile_covers
 from eoseg.dates import check_one_date
-from eoseg.errors import (
-    GeoreferenceError,
-    InputNotFoundError,
-    InvalidParameterError,
-    NoOverlapError,
-    UnreadableVectorError,
-)
-from eoseg.grid import describe_lonlat, parse_bbox, raster_tiles
+from eoseg.errors import GeoreferenceError, InvalidParameterError, NoOverlapError
+from eoseg.grid import raster_tiles
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +37,8 @@ _EXACT_MAX_CORNERS = 2**18
 """Tiles with at most this many pixel corners are projected corner by corner."""
 _STEP = 16
 """Corner stride for larger tiles; corners in between are interpolated bilinearly."""
+_BATCH = 64
+"""Tiles computed between two progress reports (enough to keep every core busy)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +49,12 @@ class ClassAreas:
         class_names: Class names in id order.
         class_km2: Area of each class in km², in id order.
         nodata_km2: Area of nodata (255) pixels in km².
-        total_km2: Area of all pixels counted (pixel centres inside the AOI, or the whole
-            grid) in km²; ``sum(class_km2) + nodata_km2``.
+        total_km2: Area counted (inside the AOI, border pixels by their covered fraction;
+            or the whole grid) in km²; ``sum(class_km2) + nodata_km2``.
         valid_km2: ``total_km2 - nodata_km2``.
         aoi_km2: Geodesic area of the AOI geometry itself (``None`` without an AOI); larger
             than ``total_km2`` where the AOI reaches beyond the map.
+        tiles: Number of map tiles read (those the AOI touches), when known.
     """
 
     class_names: tuple[str, ...]
@@ -68,6 +63,7 @@ class ClassAreas:
     total_km2: float
     valid_km2: float
     aoi_km2: float | None = None
+    tiles: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: totals and one entry per class with its share of valid area."""
@@ -77,6 +73,7 @@ class ClassAreas:
             "valid_km2": valid,
             "nodata_km2": self.nodata_km2,
             "aoi_km2": self.aoi_km2,
+            "tiles": self.tiles,
             "classes": [
                 {
                     "id": i,
@@ -114,7 +111,7 @@ def pixel_areas(geobox: GeoBox, *, step: int | None = None) -> np.ndarray:
     cc, rr = np.meshgrid(cols.astype(np.float64), rows.astype(np.float64))
     gx = a.a * cc + a.b * rr + a.c
     gy = a.d * cc + a.e * rr + a.f
-    to_laea = pyproj.Transformer.from_crs(_crs(geobox), _laea_for(geobox), always_xy=True)
+    to_laea = pyproj.Transformer.from_crs(grid_crs(geobox), _laea_for(geobox), always_xy=True)
     px, py = to_laea.transform(gx, gy)
     if step > 1:
         wy = _interp_weights(rows, ny + 1)
@@ -138,8 +135,9 @@ def class_areas(
     """Area of each class of a class map, optionally inside an area of interest.
 
     Works tile by tile over the Dask chunks of ``classmap`` (a numpy-backed map is one
-    tile); tiles that the AOI misses are never read. A pixel belongs to the AOI when its
-    centre lies inside it.
+    tile); tiles that the AOI misses are never read. A pixel on the AOI's border counts
+    with the fraction of its area inside it (`eoseg.coverage`), so the class areas and
+    nodata add up to the AOI's geodesic area where the map covers it.
 
     Args:
         classmap: ``(y, x)`` uint8 class ids, 255 = nodata, georeferenced (``.odc.geobox``).
@@ -152,177 +150,107 @@ def class_areas(
 
     Raises:
         GeoreferenceError: The map or the AOI has no CRS.
-        NoOverlapError: The AOI covers no pixel centre of the map.
+        NoOverlapError: The AOI misses the map.
         InvalidParameterError: The map holds class ids outside ``schema``.
     """
     check_one_date(classmap, "class_areas")
-    geobox, data, slices = raster_tiles(classmap)
-    aoi_map, aoi_km2 = _aoi_in_map_crs(aoi, geobox)
+    geobox, _, _ = raster_tiles(classmap)
+    shape = None if aoi is None else aoi_on_grid(aoi, geobox)
+    sums, tiles = shape_sums(classmap, schema, None if shape is None else [shape])
+    return areas_of(sums[0, 0], schema, tiles=tiles, aoi_km2=None if shape is None else shape.km2)
 
+
+def shape_sums(
+    classmap: xr.DataArray,
+    schema: ClassSchema,
+    shapes: list[MapShape] | None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, int]:
+    """Area in m² of each id (256) per shape and date, summed tile by tile on Dask.
+
+    Args:
+        classmap: ``(y, x)`` or ``(time, y, x)`` class ids, georeferenced.
+        schema: The classes of the map (ids beyond it are refused).
+        shapes: Polygons in the map's CRS; ``None`` counts the whole grid as one shape.
+        progress: Called with ``(tiles done, tiles to read)`` as batches finish.
+
+    Returns:
+        ``(sums, tiles)``: float64 ``(n_shapes, n_dates, 256)`` and the number of tiles
+        read (tiles no shape touches are never read).
+
+    Raises:
+        InvalidParameterError: The map holds ids outside ``schema``.
+        NoOverlapError: The shapes cover no pixel.
+    """
+    dated = "time" in classmap.dims
+    geobox, _, slices = raster_tiles(classmap.isel(time=0) if dated else classmap)
+    data = (classmap.transpose("time", ...) if dated else classmap).data
+    if not isinstance(data, dask.array.Array):
+        data = dask.array.from_array(np.asarray(data), chunks=-1)
+    data = (data if dated else data[None]).rechunk({0: -1})
+    geoms = None if shapes is None else [s.geometry for s in shapes]
     tasks = []
-    blocks = data.to_delayed()
-    for (ys, xs), block in zip(slices, blocks.ravel(), strict=True):
+    for (ys, xs), block in zip(slices, data.to_delayed().ravel(), strict=True):
         tile = geobox[ys, xs]
-        shape = None
-        if aoi_map is not None:
-            shape = shapely.clip_by_rect(aoi_map, *tile.extent.geom.bounds)
-            if shape.is_empty:
-                continue
-        tasks.append(dask.delayed(_tile_areas)(block, tile, shape))
-    sums = np.zeros(256, dtype=np.float64)
-    for part in dask.compute(*tasks):
-        sums += part
+        if geoms is None or any(_touches(g, tile) for g in geoms):
+            tasks.append(dask.delayed(_tile_sums)(block, tile, geoms))
+    sums = np.zeros((1 if geoms is None else len(geoms), data.shape[0], 256))
+    for start in range(0, len(tasks), _BATCH):
+        for part in dask.compute(*tasks[start : start + _BATCH]):
+            sums += part
+        if progress is not None:
+            progress(min(start + _BATCH, len(tasks)), len(tasks))
     n = len(schema)
-    unknown = [i for i in range(n, IGNORE_ID) if sums[i] > 0]
+    unknown = [i for i in range(n, IGNORE_ID) if sums[..., i].sum() > 0]
     if unknown:
         raise InvalidParameterError(
             f"class map holds ids {unknown} that the schema ({n} classes, ids 0..{n - 1}) "
             "lacks: pass the schema the map was made with"
         )
+    if geoms is not None and sums.sum() == 0.0:
+        to_ll = pyproj.Transformer.from_crs(grid_crs(geobox), 4326, always_xy=True)
+        bounds = to_ll.transform_bounds(*shapely.union_all(geoms).bounds)
+        raise NoOverlapError(no_overlap_message(bounds, geobox, "covers none of"))
+    return sums, len(tasks)
+
+
+def areas_of(
+    sums: np.ndarray, schema: ClassSchema, *, tiles: int | None = None, aoi_km2: float | None
+) -> ClassAreas:
+    """`ClassAreas` of one shape and date from its 256 sums in m²."""
     total = float(sums.sum()) / 1e6
-    if aoi_map is not None and total == 0.0:
-        to_ll = pyproj.Transformer.from_crs(_crs(geobox), 4326, always_xy=True)
-        aoi_ll = to_ll.transform_bounds(*aoi_map.bounds)
-        raise NoOverlapError(_no_overlap_message(aoi_ll, geobox, "covers no pixel centre"))
     nodata = float(sums[IGNORE_ID]) / 1e6
     return ClassAreas(
         class_names=schema.names,
-        class_km2=tuple(float(v) / 1e6 for v in sums[:n]),
+        class_km2=tuple(float(v) / 1e6 for v in sums[: len(schema)]),
         nodata_km2=nodata,
         total_km2=total,
         valid_km2=total - nodata,
         aoi_km2=aoi_km2,
+        tiles=tiles,
     )
 
 
-def read_aoi(spec: str) -> shapely.Geometry:
-    """Read an area of interest as one geometry in EPSG:4326.
-
-    Args:
-        spec: A path to a GeoJSON/GeoPackage file (features are unioned, any CRS) or a
-            ``"minx,miny,maxx,maxy"`` box in EPSG:4326 degrees.
-
-    Returns:
-        A valid polygonal shapely geometry in EPSG:4326.
-
-    Raises:
-        InputNotFoundError: ``spec`` is neither an existing file nor a box.
-        InvalidParameterError: The box is malformed or outside lon/lat ranges.
-        UnreadableVectorError: The file cannot be read or holds no polygon.
-        GeoreferenceError: The file has no CRS.
-    """
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return _read_aoi_file(path)
-    parts = spec.split(",")
-    if len(parts) != 4:
-        raise InputNotFoundError(
-            f"AOI {spec!r} is neither an existing file nor a box: give a GeoJSON/GeoPackage "
-            "path or 'minx,miny,maxx,maxy' in EPSG:4326 degrees"
-        )
-    return shapely.box(*parse_bbox(spec, "--aoi"))
+def _touches(geom: shapely.Geometry, tile: GeoBox) -> bool:
+    return bool(shapely.intersects(geom, shapely.box(*tile.extent.geom.bounds)))
 
 
-def write_areas_csv(areas: ClassAreas, path: str | os.PathLike[str]) -> Path:
-    """Write class areas as CSV (``class_id,class_name,area_km2,fraction``), atomically.
-
-    One row per class plus a ``nodata`` row (id 255, no fraction); fractions are of the
-    valid area. Returns the path written.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with tmp.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["class_id", "class_name", "area_km2", "fraction"])
-            for item in areas.to_dict()["classes"]:
-                frac = "" if item["fraction"] is None else f"{item['fraction']:.6f}"
-                w.writerow([item["id"], item["name"], f"{item['km2']:.6f}", frac])
-            w.writerow([IGNORE_ID, "nodata", f"{areas.nodata_km2:.6f}", ""])
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def _tile_areas(block: np.ndarray, tile: GeoBox, shape: shapely.Geometry | None) -> np.ndarray:
-    """Area in m² of each of the 256 ids in one tile (pixel centres inside ``shape``)."""
-    areas = pixel_areas(tile)
-    block = np.asarray(block)
-    if shape is None:
-        return np.bincount(block.ravel(), weights=areas.ravel(), minlength=256)
-    inside = rasterio.features.geometry_mask(
-        [shape], out_shape=block.shape, transform=tile.affine, invert=True
-    )
-    return np.bincount(block[inside], weights=areas[inside], minlength=256)
-
-
-def _aoi_in_map_crs(
-    aoi: shapely.Geometry | gpd.GeoDataFrame | None, geobox: GeoBox
-) -> tuple[shapely.Geometry | None, float | None]:
-    """The AOI in the map CRS and its geodesic area in km² (None, None without AOI)."""
-    if aoi is None:
-        return None, None
-    if isinstance(aoi, gpd.GeoDataFrame | gpd.GeoSeries):
-        if aoi.crs is None:
-            raise GeoreferenceError("AOI has no CRS: set one (e.g. gdf.set_crs('EPSG:4326'))")
-        # Densify in the source CRS first so its straight edges survive the reprojection.
-        minx, miny, maxx, maxy = aoi.total_bounds
-        densified = aoi.geometry.segmentize(max(maxx - minx, maxy - miny) / 256 or 1.0)
-        geom = shapely.make_valid(densified.to_crs(4326).union_all())
-    else:
-        geom = shapely.make_valid(aoi)
-    geom = _polygonal(geom)
-    if geom.is_empty:
-        raise InvalidParameterError("AOI holds no polygon: give an area, not points or lines")
-    # Densify in degrees so straight lon/lat edges stay faithful once projected.
-    geom = shapely.segmentize(geom, 0.001)
-    geod = pyproj.Geod(ellps="WGS84")
-    aoi_km2 = abs(geod.geometry_area_perimeter(geom)[0]) / 1e6
-    to_map = pyproj.Transformer.from_crs(4326, _crs(geobox), always_xy=True)
-    mapped = shapely.make_valid(
-        shapely.transform(geom, lambda xy: np.column_stack(to_map.transform(xy[:, 0], xy[:, 1])))
-    )
-    if not mapped.intersects(shapely.box(*geobox.extent.geom.bounds)):
-        raise NoOverlapError(_no_overlap_message(geom.bounds, geobox, "lies outside the area"))
-    return mapped, aoi_km2
-
-
-def _polygonal(geom: shapely.Geometry) -> shapely.Geometry:
-    """Keep only the polygons of a (possibly mixed) geometry."""
-    parts = [p for p in shapely.get_parts(geom) if p.geom_type in ("Polygon", "MultiPolygon")]
-    return shapely.union_all(parts) if parts else shapely.Polygon()
-
-
-def _no_overlap_message(
-    aoi_lonlat: tuple[float, float, float, float], geobox: GeoBox, found: str
-) -> str:
-    """One sentence with both extents in degrees (the AOI's as given, for a box)."""
-    to_ll = pyproj.Transformer.from_crs(_crs(geobox), 4326, always_xy=True)
-    grid_ll = to_ll.transform_bounds(*geobox.extent.geom.bounds)
-    return (
-        f"the AOI ({describe_lonlat(aoi_lonlat)}) {found} of the class map "
-        f"({describe_lonlat(grid_ll)}): choose an AOI inside the mapped area, or check its "
-        "CRS (a box is lon,lat order, in degrees)"
-    )
-
-
-def _read_aoi_file(path: Path) -> shapely.Geometry:
-    try:
-        gdf = gpd.read_file(path)
-    except Exception as e:  # pyogrio raises several types for unreadable files
-        raise UnreadableVectorError(
-            f"AOI file {str(path)!r} cannot be read as GeoJSON/GeoPackage ({e}): "
-            "check the file or give 'minx,miny,maxx,maxy' instead"
-        ) from e
-    if gdf.crs is None:
-        raise GeoreferenceError(f"AOI file {str(path)!r} has no CRS: assign one and save again")
-    geom = _polygonal(shapely.make_valid(gdf.to_crs(4326).union_all()))
-    if geom.is_empty:
-        raise UnreadableVectorError(
-            f"AOI file {str(path)!r} holds no polygon ({len(gdf)} features): give an area"
-        )
-    return geom
+def _tile_sums(
+    block: np.ndarray, tile: GeoBox, shapes: list[shapely.Geometry] | None
+) -> np.ndarray:
+    """Area in m² of each of the 256 ids, per shape and date, in one tile."""
+    areas = pixel_areas(tile).ravel()
+    flat = np.asarray(block).reshape(block.shape[0], -1)
+    if shapes is None:
+        return np.stack([np.bincount(d, weights=areas, minlength=256) for d in flat])[None]
+    out = np.zeros((len(shapes), flat.shape[0], 256))
+    for k, cover in enumerate(tile_covers(tile, shapes)):
+        if cover.index.size == 0:
+            continue
+        weights = areas[cover.index] * cover.fraction
+        for t, d in enumerate(flat):
+            out[k, t] = np.bincount(d[cover.index], weights=weights, minlength=256)
+    return out
 
 
 def _sample_index(n: int, step: int) -> np.ndarray:
@@ -347,13 +275,7 @@ def _laea_for(geobox: GeoBox) -> pyproj.CRS:
     """An ellipsoidal LAEA projection centred on the grid."""
     ny, nx = geobox.shape
     cx, cy = geobox.affine * (nx / 2, ny / 2)
-    lon, lat = pyproj.Transformer.from_crs(_crs(geobox), 4326, always_xy=True).transform(cx, cy)
+    lon, lat = pyproj.Transformer.from_crs(grid_crs(geobox), 4326, always_xy=True).transform(cx, cy)
     if not (math.isfinite(lon) and math.isfinite(lat)):
         raise GeoreferenceError(f"grid centre ({cx}, {cy}) in {geobox.crs} has no lon/lat")
     return pyproj.CRS.from_proj4(f"+proj=laea +lat_0={lat} +lon_0={lon} +ellps=WGS84 +units=m")
-
-
-def _crs(geobox: GeoBox) -> pyproj.CRS:
-    if geobox.crs is None:
-        raise GeoreferenceError("grid has no CRS: give the class map a spatial_ref")
-    return geobox.crs.proj

@@ -14,13 +14,15 @@ from eoseg.cli.common import (
     OverwriteOpt,
     SchedulerOpt,
     dask_client,
-    flatten,
     guard,
     new_run_id,
     report,
 )
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
+    from eoseg.area_table import AreaTable
     from eoseg.models.accel import Precision
 
 DateOpt = Annotated[
@@ -221,32 +223,88 @@ def evaluate(
 def query(
     classmap: Annotated[Path, typer.Argument(help="Class map store.")],
     aoi: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--aoi", help="GeoJSON/GeoPackage polygon, or minx,miny,maxx,maxy in EPSG:4326."
+            "--aoi",
+            help="GeoJSON/GeoPackage polygon, or minx,miny,maxx,maxy in EPSG:4326; "
+            "default: the whole map.",
+            show_default=False,
         ),
-    ],
+    ] = None,
+    regions: Annotated[
+        Path | None,
+        typer.Option(
+            "--regions",
+            help="Regions layer (vector file, e.g. states.gpkg): one row of areas per "
+            "region; needs --region-field.",
+            show_default=False,
+        ),
+    ] = None,
+    region_field: Annotated[
+        str | None,
+        typer.Option(
+            "--region-field", help="Attribute naming the regions (e.g. name).", show_default=False
+        ),
+    ] = None,
     date: DateOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Also write the table: .csv or .parquet (one row per region, date and "
+            "class) or .json.",
+            show_default=False,
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Area of each class (km², on the ellipsoid) inside an area of interest.
+    """Area of each class (km² on the ellipsoid) inside an AOI, per region, or everywhere.
 
-    A multi-date class map gives the areas of every date (a time series, under
-    "dates"), or of one --date.
+    Border pixels count with the fraction of their area inside the AOI or region, so the
+    class areas and nodata add up to the AOI's own area where the map covers it. A
+    multi-date class map gives every date (a region x date table), or one --date. Only
+    the map tiles the AOI or regions touch are read.
+
+    Examples:
+      eoseg query map.zarr --aoi 8.5,47.0,9.5,48.0
+      eoseg query map.zarr --regions states.gpkg --region-field name --out areas.csv
     """
-    from eoseg.dates import date_labels
-    from eoseg.predict import open_classmap
-    from eoseg.publish import query_areas, query_areas_by_date
+    from eoseg.area_table import write_table
+    from eoseg.publish import query_table
 
     def body() -> None:
-        if date is None and len(date_labels(open_classmap(classmap))) > 1:
-            by_date = query_areas_by_date(classmap, aoi)
-            doc = {"dates": {day: areas.to_dict() for day, areas in by_date.items()}}
-        else:
-            doc = query_areas(classmap, aoi, date=date).to_dict()
+        with console.progress_bar("query") as bar:
+            table = query_table(
+                classmap,
+                aoi=aoi,
+                regions=regions,
+                region_field=region_field,
+                date=date,
+                progress=bar,
+            )
+        if out is not None:
+            write_table(table, out)
         if json_out:
-            console.emit_json(doc)
+            console.emit_json(table.to_dict())
         else:
-            console.stdout.print(console.key_value_table("class areas (km²)", flatten(doc)))
+            console.stdout.print(_rich_area_table(table))
 
     guard(body)
+
+
+def _rich_area_table(table: AreaTable) -> Table:
+    """One row per region and date: km² of each class, nodata and the total."""
+    from rich.table import Table
+
+    first = table.areas[0][0]
+    out = Table(title="class areas (km²)")
+    for name in ("region", "date"):
+        out.add_column(name)
+    for name in (*first.class_names, "nodata", "total", "AOI"):
+        out.add_column(name, justify="right")
+    for region, row in zip(table.regions, table.areas, strict=True):
+        for date, a in zip(table.dates, row, strict=True):
+            aoi = "" if a.aoi_km2 is None else f"{a.aoi_km2:.4f}"
+            cells = [f"{v:.4f}" for v in (*a.class_km2, a.nodata_km2, a.total_km2)]
+            out.add_row(region, date or "-", *cells, aoi)
+    return out
