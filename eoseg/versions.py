@@ -42,7 +42,9 @@ KIND_KEY = "eoseg_kind"
 LATEST = "latest"
 """The version name of the branch's head."""
 
-_TAG = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,99}")
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_NOT_TAGS = re.compile(r"[0-9]+|[0-9A-Z]{20}")
+"""Names that read as a version number or an icechunk snapshot id (20 base32 characters)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,10 +187,11 @@ def check_tag(repo: icechunk.Repository, tag: str) -> None:
     Raises:
         InvalidParameterError: See above.
     """
-    if not _TAG.fullmatch(tag) or tag == LATEST:
+    if not _TAG.fullmatch(tag) or _NOT_TAGS.fullmatch(tag) or tag == LATEST:
         raise InvalidParameterError(
-            f"--tag {tag!r} is not a usable tag: expected a letter then letters, digits, "
-            "'.', '_' or '-' (up to 100), not 'latest'; e.g. --tag 2026-06"
+            f"--tag {tag!r} is not a usable tag: expected letters, digits, '.', '_' or '-' "
+            "(up to 100, starting with a letter or digit), neither 'latest' nor a bare "
+            "number or snapshot id, which name versions already; e.g. --tag 2026-06"
         )
     if tag in repo.list_tags():
         raise InvalidParameterError(
