@@ -133,7 +133,7 @@ def publish_classmap(
         OutputExistsError: Another publish holds or moved the repository meanwhile.
     """
     source = _classmap_source(Path(classmap))
-    extra = {"source": str(classmap)}
+    extra = {"source": str(Path(classmap).absolute())}
     return _commit(repository, source, "publish", message, extra, tag, compare, progress)
 
 

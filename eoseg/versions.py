@@ -75,7 +75,7 @@ class ProductVersion:
             "written_at": self.written_at,
             "message": self.message,
             "tags": list(self.tags),
-            **self.metadata,
+            **dict(sorted(self.metadata.items())),
         }
 
 

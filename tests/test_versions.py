@@ -323,3 +323,39 @@ def test_products_cli(maps: dict, tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "names no version" in bad.output
     table = runner.invoke(app, ["products", "list", repo])
     assert table.exit_code == 0 and "rollback" in table.stdout
+
+
+def test_a_multi_date_map_is_versioned_and_diffed_per_date(tmp_path: Path) -> None:
+    grid = GRID[:256, :256]
+    tiles = list(iter_tiles(grid, TILE))
+    dates = np.array(["2024-05-01", "2024-07-01"], dtype="datetime64[ns]")
+    cube = xr.Dataset(coords={**grid_coords(grid), "time": dates})
+    rng = np.random.default_rng(5)
+    cls = rng.integers(0, 5, (2, *grid.shape.yx), dtype="uint8")
+
+    def write(path: Path, values: np.ndarray, run: str) -> Path:
+        template = classmap_template(cube, ("time", "y", "x"), TILE, SCHEMA)
+        attrs = {"run_id": run, "tile_size": TILE, "classes": SCHEMA.to_dict()}
+        staging = create_store(path, template, product="classmap", signature=run, attrs=attrs)
+        for tile in tiles:
+            arrays = {
+                "class": values[:, tile.ys, tile.xs],
+                "confidence": values[:, tile.ys, tile.xs],
+            }
+            write_tile(staging, tile, arrays, _record("m1", run if tile == tiles[1] else "r1"))
+        return publish(path, overwrite=True)
+
+    repo = tmp_path / "product"
+    publish_classmap(write(tmp_path / "a.zarr", cls, "r1"), repo)
+    changed = cls.copy()
+    changed[1, tiles[1].ys, tiles[1].xs] = (changed[1, tiles[1].ys, tiles[1].xs] + 1) % 5
+    second = publish_classmap(write(tmp_path / "b.zarr", changed, "r2"), repo)
+    assert (second.tiles_written, second.tiles_unchanged) == (1, 3)
+    np.testing.assert_array_equal(open_version(repo)["class"].values, changed)
+    assert open_version(repo, "1")["time"].values.tolist() == dates.tolist()
+    with pytest.raises(InvalidParameterError, match="--date"):
+        diff_versions(repo, "1", "2")
+    july, may = diff_versions(repo, "1", "2", date="2024-07"), diff_versions(repo, "1", "2", date=0)
+    assert july.changed_tiles == may.changed_tiles == (tiles[1].name,)
+    assert july.pixels.trace() == 0 and july.pixels.sum() == TILE * TILE  # every pixel moved
+    assert (may.pixel_change() == 0).all() and july.pixel_change().sum() == 0
