@@ -22,7 +22,7 @@ from eoseg.dates import DateChoice, select_date
 from eoseg.errors import InvalidParameterError
 from eoseg.grid import Tile, grid_of, iter_tiles
 from eoseg.stats import pixel_areas
-from eoseg.version_publish import DIGEST_KEY
+from eoseg.version_tiles import DIGEST_KEY
 from eoseg.versions import open_repository, read_dataset, resolve_version, tile_records
 
 _CODES = 256

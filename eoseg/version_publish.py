@@ -16,21 +16,20 @@ version stays listed and readable and the rollback itself is on record.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import icechunk
 import numpy as np
 import xarray as xr
 import zarr
+from distributed import Client
 from odc.geo.geobox import GeoBox
 
 from eoseg import __version__
@@ -39,6 +38,7 @@ from eoseg.errors import InvalidStoreError, OutputExistsError
 from eoseg.grid import Tile, grid_of, iter_tiles
 from eoseg.locks import output_lock
 from eoseg.store import tile_provenance
+from eoseg.version_tiles import Compare, CopyJob, ProgressFn, copy_tiles
 from eoseg.versions import (
     BRANCH,
     KIND_KEY,
@@ -52,14 +52,6 @@ from eoseg.versions import (
 )
 
 log = logging.getLogger(__name__)
-
-Compare = Literal["provenance", "pixels"]
-ProgressFn = Callable[[int, int], None]
-
-DIGEST_KEY = "digest"
-"""Key of a tile record holding the SHA-256 of the tile's pixels (all variables)."""
-_THREADS = 8
-"""Tiles copied at once: on object storage each chunk is a request; threads hide latency."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +92,7 @@ class _Source:
     """What a new version is copied from: a class map store or an earlier version."""
 
     dataset: xr.Dataset
-    group: zarr.Group
+    store: str | icechunk.Session
     records: dict[str, dict[str, Any]]
     tiles: tuple[Tile, ...]
     name: str
@@ -113,6 +105,7 @@ def publish_classmap(
     tag: str | None = None,
     message: str = "",
     compare: Compare = "provenance",
+    client: Client | None = None,
     progress: ProgressFn | None = None,
 ) -> PublishResult:
     """Publish a finished class map as the product's new latest version.
@@ -124,6 +117,7 @@ def publish_classmap(
         message: The version's message (default: says the map, run and tiles written).
         compare: How unchanged tiles are found: ``"provenance"`` trusts equal provenance
             records; ``"pixels"`` digests every tile of the map.
+        client: Copy the tiles on this Dask cluster (default: threads in this process).
         progress: Called with ``(done, total)`` tiles.
 
     Raises:
@@ -134,7 +128,8 @@ def publish_classmap(
     """
     source = _classmap_source(Path(classmap))
     extra = {"source": str(Path(classmap).absolute())}
-    return _commit(repository, source, "publish", message, extra, tag, compare, progress)
+    options = _Options(tag, compare, client, progress)
+    return _commit(repository, source, "publish", message, extra, options)
 
 
 def rollback(
@@ -143,6 +138,7 @@ def rollback(
     *,
     message: str = "",
     tag: str | None = None,
+    client: Client | None = None,
     progress: ProgressFn | None = None,
 ) -> PublishResult:
     """Make version ``to`` (tag, id or number) the latest again, as a new version.
@@ -158,13 +154,14 @@ def rollback(
     ds = read_dataset(session)
     source = _Source(
         dataset=ds,
-        group=zarr.open_group(session.store, mode="r"),
+        store=session,
         records=tile_records(session),
         tiles=_tiles(ds),
         name=f"version {target}",
     )
     extra = {"rollback_to": target}
-    return _commit(repository, source, "rollback", message, extra, tag, "provenance", progress)
+    options = _Options(tag, "provenance", client, progress)
+    return _commit(repository, source, "rollback", message, extra, options)
 
 
 def _classmap_source(path: Path) -> _Source:
@@ -178,8 +175,7 @@ def _classmap_source(path: Path) -> _Source:
             f"(e.g. {missing[0]}): expected a class map written by 'eoseg predict', which "
             "records every tile; re-run 'eoseg predict --overwrite'"
         )
-    group = zarr.open_group(str(path), mode="r")
-    return _Source(ds, group, records, tiles, str(path))
+    return _Source(ds, str(path), records, tiles, str(path))
 
 
 def _tiles(ds: xr.Dataset) -> tuple[Tile, ...]:
@@ -192,11 +188,10 @@ def _commit(
     kind: str,
     message: str,
     extra: dict[str, Any],
-    tag: str | None,
-    compare: Compare,
-    progress: ProgressFn | None,
+    options: _Options,
 ) -> PublishResult:
     """Copy ``source`` into a new version (one transaction) and commit it."""
+    tag = options.tag
     start = time.perf_counter()
     with _repository_lock(repository, str(source.dataset.attrs.get("run_id", ""))):
         repo = open_repository(repository, create=True)
@@ -206,13 +201,14 @@ def _commit(
         parent = _parent(repo)
         old = read_dataset(session) if parent else None
         incremental = old is not None and _layout(old) == _layout(source.dataset)
+        # With a cluster the tiles are written through forks of a clean session.
+        writer = session if options.client is None else session.fork()
         if not incremental:
             log.info("%s: writing the whole map (first version or a new layout)", repository)
             source.dataset.to_zarr(
-                session.store, mode="w", compute=False, zarr_format=3, consolidated=False
+                writer.store, mode="w", compute=False, zarr_format=3, consolidated=False
             )
-        current = tile_records(session) if incremental else {}
-        counts, records = _copy_tiles(session, source, current, compare, progress)
+        counts, records = _copy(session, writer, source, incremental, options)
         _put_attrs(session, "", _root_attrs(source.dataset))
         _put_attrs(session, TILES_GROUP, records)
         committed = session.has_uncommitted_changes
@@ -234,6 +230,35 @@ def _commit(
         seconds=round(time.perf_counter() - start, 3),
         **counts,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    tag: str | None
+    compare: Compare
+    client: Client | None
+    progress: ProgressFn | None
+
+
+def _copy(
+    session: icechunk.Session,
+    writer: icechunk.Session | icechunk.session.ForkSession,
+    source: _Source,
+    incremental: bool,
+    options: _Options,
+) -> tuple[dict[str, int], dict[str, dict[str, Any]]]:
+    """Write the tiles that changed (`eoseg.version_tiles`); counts and new records."""
+    current = tile_records(session) if incremental else {}
+    pairs = {t.name: (source.records[t.name], current.get(t.name)) for t in source.tiles}
+    names = tuple(str(n) for n in source.dataset.data_vars)
+    job = CopyJob(source.store, names, options.compare)
+    results = copy_tiles(
+        options.client, session, writer, source.tiles, job, pairs, options.progress
+    )
+    counts = {"tiles_written": 0, "tiles_unchanged": 0, "tiles_recorded": 0}
+    for what, _ in results:
+        counts[what] += 1
+    return counts, {t.name: r for t, (_, r) in zip(source.tiles, results, strict=True)}
 
 
 def _parent(repo: icechunk.Repository) -> str | None:
@@ -269,84 +294,6 @@ def _layout(ds: xr.Dataset) -> tuple[Any, ...]:
         if n not in ("x", "y", "spatial_ref")
     )
     return (grid.shape, tuple(grid.affine), str(grid.crs), variables, other)
-
-
-def _copy_tiles(
-    session: icechunk.Session,
-    source: _Source,
-    current: dict[str, dict[str, Any]],
-    compare: Compare,
-    progress: ProgressFn | None,
-) -> tuple[dict[str, int], dict[str, dict[str, Any]]]:
-    """Write the tiles of ``source`` that differ from ``current``; their new records."""
-    target = zarr.open_group(session.store, mode="r+")
-    names = [str(n) for n in source.dataset.data_vars]
-    counts = {"tiles_written": 0, "tiles_unchanged": 0, "tiles_recorded": 0}
-    records: dict[str, dict[str, Any]] = {}
-
-    def one(tile: Tile) -> tuple[str, dict[str, Any]]:
-        new = dict(source.records[tile.name])
-        old = current.get(tile.name)
-        if old is not None and compare == "provenance" and _same_record(old, new):
-            return "tiles_unchanged", old
-        digest = new.get(DIGEST_KEY)
-        arrays = None
-        if digest is None:
-            arrays = _read_tile(source.group, names, tile)
-            digest = _digest(arrays)
-        new[DIGEST_KEY] = digest
-        if old is not None and old.get(DIGEST_KEY) == digest:
-            return ("tiles_unchanged" if _same_record(old, new) else "tiles_recorded"), new
-        _write_tile(target, arrays or _read_tile(source.group, names, tile), tile)
-        return "tiles_written", new
-
-    with ThreadPoolExecutor(_THREADS) as pool:
-        for i, (tile, (what, record)) in enumerate(
-            zip(source.tiles, pool.map(one, source.tiles), strict=True), 1
-        ):
-            counts[what] += 1
-            records[tile.name] = record
-            if progress:
-                progress(i, len(source.tiles))
-    return counts, records
-
-
-def _same_record(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """Equal provenance, whether or not either carries a digest yet."""
-    return {k: v for k, v in old.items() if k != DIGEST_KEY} == {
-        k: v for k, v in new.items() if k != DIGEST_KEY
-    }
-
-
-def _read_tile(group: zarr.Group, names: list[str], tile: Tile) -> dict[str, np.ndarray]:
-    out = {}
-    for name in names:
-        array = group[name]
-        if not isinstance(array, zarr.Array):
-            raise InvalidStoreError(f"{group.store} holds a group {name!r} where an array belongs")
-        index = (slice(None),) * (array.ndim - 2) + (tile.ys, tile.xs)
-        out[name] = np.asarray(array[index])
-    return out
-
-
-def _digest(arrays: dict[str, np.ndarray]) -> str:
-    """SHA-256 of a tile's pixels: every variable's name, shape, dtype and bytes."""
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        values = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}:{values.shape}:{values.dtype}".encode())
-        h.update(values.tobytes())
-    return h.hexdigest()
-
-
-def _write_tile(target: zarr.Group, arrays: dict[str, np.ndarray], tile: Tile) -> None:
-    for name, values in arrays.items():
-        array = target[name]
-        if not isinstance(array, zarr.Array):
-            raise InvalidStoreError(f"the product holds a group {name!r} where an array belongs")
-        # Every chunk stored, as eoseg's stores do (eoseg.integrity): none reads as fill.
-        array = array.with_config({"write_empty_chunks": True})
-        array[(slice(None),) * (values.ndim - 2) + (tile.ys, tile.xs)] = values
 
 
 def _root_attrs(ds: xr.Dataset) -> dict[str, Any]:

@@ -118,9 +118,9 @@ def list_(repository: RepoArg, json_out: JsonOpt = False) -> None:
             )
             return
         table = Table(title=f"versions of {repository}", title_justify="left")
-        for col in ("#", "id", "written", "tags", "kind", "tiles written"):
-            table.add_column(col, no_wrap=True)  # ids and times are copied whole
-        table.add_column("message")
+        for col in ("#", "id", "written", "tags", "kind", "tiles written", "message"):
+            # Ids are copied into other commands: folded on a narrow terminal, never cut.
+            table.add_column(col, overflow="fold")
         for v in versions:
             meta = v.metadata
             written = f"{meta.get('tiles_written', '-')}/{meta.get('tiles', '-')}"
