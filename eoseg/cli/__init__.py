@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from eoseg.cli import data, demo, mapping, models, training
+from eoseg.cli import data, demo, mapping, models, products, training
 from eoseg.cli.common import reflow_help
 
 app = typer.Typer(
@@ -69,7 +69,12 @@ for command in (
 ):
     app.command()(command)
 app.add_typer(models.models_app)
-for info in (*app.registered_commands, *models.models_app.registered_commands):
+app.add_typer(products.products_app)
+for info in (
+    *app.registered_commands,
+    *models.models_app.registered_commands,
+    *products.products_app.registered_commands,
+):
     info.help = info.help or reflow_help(info.callback.__doc__ if info.callback else None)
 
 
