@@ -105,3 +105,8 @@ def open_classmap(path: Path | str) -> xr.Dataset:
     ``(y, x)``, or ``(time, y, x)`` for a per-date model (choose a date with
     `eoseg.dates.select_date`)."""
     return open_product(path, "classmap")
+
+
+def classmap_schema(path: Path | str) -> ClassSchema:
+    """The class schema recorded in a class map."""
+    return ClassSchema.from_dict(open_classmap(path).attrs["classes"])

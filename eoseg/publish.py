@@ -18,15 +18,16 @@ import pandas as pd
 import xarray as xr
 
 from eoseg.classes import ClassSchema
+from eoseg.classmap import open_classmap
+from eoseg.code_map import CodeMap, CodeMapSpec, load_code_map
+from eoseg.cog import write_cog
 from eoseg.dates import DATE_FIELD, DateChoice, date_index, date_labels, dated_path, select_date
 from eoseg.errors import InvalidParameterError
 from eoseg.grid import check_same_grid, grid_of
-from eoseg.label_mapping import ClassMapping, ClassMapSpec, load_class_map
 from eoseg.labels import open_truth
 from eoseg.metrics import AccuracyReport, evaluate
-from eoseg.mosaic import write_cog, write_quicklook
 from eoseg.outputs import OutputKind, check_output
-from eoseg.predict import open_classmap
+from eoseg.quicklook import write_quicklook
 from eoseg.stats import ClassAreas, class_areas, read_aoi
 from eoseg.vectorize import vectorize, write_polygons
 
@@ -169,22 +170,22 @@ def evaluate_classmap(
     truth: Path,
     *,
     class_field: str = "class_id",
-    class_map: ClassMapSpec | ClassMapping | None = None,
+    code_map: CodeMapSpec | CodeMap | None = None,
     workdir: Path,
     date: DateChoice = None,
 ) -> AccuracyReport:
     """Compare a class map (of one ``date``, for a multi-date map) with reference labels
     (store, class-id GeoTIFF or vector).
 
-    A vector's text class field holds class names of the map's schema; ``class_map``
-    translates other codes or names (see `eoseg.label_mapping`).
+    A vector's text class field holds class names of the map's schema; ``code_map``
+    translates other codes or names (see `eoseg.code_map`).
     """
     purpose = "the truth is compared with one date"
     ds = select_date(open_classmap(classmap), date, purpose=purpose)
     schema = ClassSchema.from_dict(ds.attrs["classes"])
-    mapping = None if class_map is None else load_class_map(class_map, schema)
+    mapping = None if code_map is None else load_code_map(code_map, schema)
     reference = open_truth(
-        truth, classmap, class_field=class_field, schema=schema, class_map=mapping, workdir=workdir
+        truth, classmap, class_field=class_field, schema=schema, code_map=mapping, workdir=workdir
     )
     check_same_grid(
         grid_of(ds, f"class map {classmap}"),

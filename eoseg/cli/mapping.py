@@ -8,11 +8,13 @@ from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
-from eoseg import console
+from eoseg.cli import console
 from eoseg.cli.common import (
+    ClassMapAliasOpt,
     JsonOpt,
     OverwriteOpt,
     SchedulerOpt,
+    code_map_option,
     dask_client,
     flatten,
     guard,
@@ -174,10 +176,10 @@ def evaluate(
             "map's classes."
         ),
     ] = "class_id",
-    class_map: Annotated[
+    code_map: Annotated[
         str | None,
         typer.Option(
-            "--class-map",
+            "--code-map",
             help="Translate the truth's class field values or raster codes to the map's "
             "classes: a TOML/JSON file or inline '311=forest,511=water' (as for rasterize).",
             show_default=False,
@@ -185,14 +187,15 @@ def evaluate(
     ] = None,
     date: DateOpt = None,
     json_out: JsonOpt = False,
+    class_map: ClassMapAliasOpt = None,
 ) -> None:
     """Accuracy of a class map: overall accuracy, per-class precision/recall/F1/IoU, mIoU.
 
     A multi-date class map is compared with the truth on one --date.
 
-    Truth in another nomenclature (e.g. CORINE codes) is translated with --class-map:
+    Truth in another nomenclature (e.g. CORINE codes) is translated with --code-map:
 
-      eoseg evaluate map.zarr --truth clc.gpkg --class-field code --class-map clc.toml
+      eoseg evaluate map.zarr --truth clc.gpkg --class-field code --code-map clc.toml
     """
     from eoseg.metrics import format_report
     from eoseg.outputs import scratch_dir
@@ -206,7 +209,7 @@ def evaluate(
                 classmap,
                 truth,
                 class_field=class_field,
-                class_map=class_map,
+                code_map=code_map_option(code_map, class_map),
                 workdir=Path(tmp),
                 date=date,
             )
@@ -234,8 +237,8 @@ def query(
     A multi-date class map gives the areas of every date (a time series, under
     "dates"), or of one --date.
     """
+    from eoseg.classmap import open_classmap
     from eoseg.dates import date_labels
-    from eoseg.predict import open_classmap
     from eoseg.publish import query_areas, query_areas_by_date
 
     def body() -> None:

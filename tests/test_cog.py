@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import rasterio
 
+from eoseg.classmap import open_classmap
+from eoseg.cog import write_cog
 from eoseg.errors import OutputExistsError
-from eoseg.mosaic import write_cog, write_quicklook
-from eoseg.predict import open_classmap, predict
+from eoseg.predict import predict
 
 
 @pytest.fixture(scope="module")
 def classmap(cube_path: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("mosaic") / "map.zarr"
+    out = tmp_path_factory.mktemp("cog") / "map.zarr"
     predict(cube_path, model_dir, out)
     return out
 
@@ -36,8 +37,3 @@ def test_cog_is_not_overwritten(classmap: Path, tmp_path: Path) -> None:
     with pytest.raises(OutputExistsError):
         write_cog(classmap, target)
     assert target.read_bytes() == b"good product"
-
-
-def test_quicklook_png(classmap: Path, tmp_path: Path) -> None:
-    out = write_quicklook(classmap, tmp_path / "q.png", max_size=64)
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
