@@ -121,7 +121,18 @@ def predict(
 
 def export(
     classmap: Annotated[Path, typer.Argument(help="Class map store.")],
-    cog: Annotated[Path | None, typer.Option(help="Cloud-Optimized GeoTIFF to write.")] = None,
+    cog: Annotated[
+        Path | None,
+        typer.Option(help="Class COG to write (ids, nodata 255, colours, mode overviews)."),
+    ] = None,
+    confidence_cog: Annotated[
+        Path | None,
+        typer.Option(
+            "--confidence-cog",
+            help="Confidence COG to write (top-class probability x 255, nodata 0).",
+            show_default=False,
+        ),
+    ] = None,
     polygons: Annotated[
         Path | None, typer.Option(help="Polygons: .parquet, .gpkg or .geojson.")
     ] = None,
@@ -133,7 +144,10 @@ def export(
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Export a class map as COG (with overviews and colours), polygons and a quicklook.
+    """Export a class map as COGs (classes, confidence), polygons and a quicklook.
+
+    Each COG and polygon file gets a QGIS style (NAME.qml beside it; inside a GeoPackage),
+    so QGIS shows class colours and names on open.
 
     A multi-date class map exports the --date given, or every date: {date} in a path
     becomes each date's ISO day (one file per date), and polygons without {date} go to
@@ -144,15 +158,17 @@ def export(
     from eoseg.publish import export_classmap
 
     def body() -> None:
-        if not (cog or polygons or quicklook):
+        if not (cog or confidence_cog or polygons or quicklook):
             from eoseg.errors import InvalidParameterError
 
             raise InvalidParameterError(
-                "nothing to export: give --cog FILE, --polygons FILE and/or --quicklook FILE"
+                "nothing to export: give --cog FILE, --confidence-cog FILE, --polygons FILE "
+                "and/or --quicklook FILE"
             )
         doc = export_classmap(
             classmap,
             cog=cog,
+            confidence_cog=confidence_cog,
             polygons=polygons,
             quicklook=quicklook,
             simplify=simplify,
