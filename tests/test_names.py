@@ -16,7 +16,7 @@ from eoseg.errors import InvalidParameterError
 
 runner = CliRunner()
 
-PRODUCT_MODULES = ("classmap", "cog", "quicklook", "publish")
+PRODUCT_MODULES = ("classmap", "cog", "quicklook", "styles", "mosaic", "publish", "cli.mosaic")
 """Modules that open, export, evaluate, query or mosaic a class map."""
 
 
