@@ -4,7 +4,7 @@ products: COG, mosaic), with no cube or model.
 Each pixel's class and confidence are a function of its grid position alone, so a tile is
 computed on its own and a map of a country's size costs one tile of memory. Classes come
 in blocks (patches of 8-40 px whose corners depend on ``seed``), confidence varies
-smoothly inside them, and a band along the south-east corner is nodata.
+along a ramp with a texture, and a band along the south-east corner is nodata.
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ def synthetic_tile(
     rows, cols = 8 + seed % 33, 8 + (7 * seed) % 33  # patch sizes, px
     patch = (yy // rows) * 7919 + (xx // cols) * 104729 + seed * 31
     cls = ((patch * 2654435761) % 4294967291 % n_classes).astype("uint8")
-    conf = (1 + (yy * 3 + xx * 5 + seed) % 255).astype("uint8")  # 1..255: all valid
+    # A ramp with a texture of 0..15 (a smooth field alone would compress unrealistically
+    # well); 1..255: every valid pixel has a confidence.
+    texture = ((yy * 73856093) ^ (xx * 19349663)) % 16
+    conf = (1 + (yy * 3 + xx * 5 + seed + texture) % 255).astype("uint8")
     nodata = (yy + xx) > 1.8 * (shape[0] + shape[1]) / 2  # the south-east corner
     cls[nodata] = IGNORE_ID
     conf[nodata] = 0
