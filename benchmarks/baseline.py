@@ -9,7 +9,7 @@ class map, both are scored on the same truth and printed side by side.
 
 Usage:
   python benchmarks/baseline.py --cube cube.zarr --labels labels.zarr --truth heldout.tif \\
-      [--classmap map.zarr] [--classes classes.json] [--class-map codes.json] [--json]
+      [--classmap map.zarr] [--classes classes.json] [--code-map codes.json] [--json]
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from rich.table import Table
 from sklearn.ensemble import RandomForestClassifier
 
 from eoseg.classes import IGNORE_ID, ClassSchema, generic_schema, load_schema
+from eoseg.classmap import open_classmap
+from eoseg.code_map import CodeMapSpec, load_code_map
 from eoseg.cube import open_cube
 from eoseg.errors import NoOverlapError
-from eoseg.label_mapping import ClassMapSpec, load_class_map
 from eoseg.labels import open_labels, open_truth
 from eoseg.metrics import AccuracyReport, evaluate
-from eoseg.predict import open_classmap
 from eoseg.publish import evaluate_classmap
 from eoseg.sampling import read_window
 
@@ -201,7 +201,7 @@ def compare(
     classmap: Path | None = None,
     classes: Path | None = None,
     class_field: str = "class_id",
-    class_map: ClassMapSpec | None = None,
+    code_map: CodeMapSpec | None = None,
     options: ForestOptions = ForestOptions(),
     workdir: Path | None = None,
 ) -> Comparison:
@@ -214,7 +214,7 @@ def compare(
         classmap: eoseg's class map of the cube, to score beside the forest.
         classes: Class schema file; default the class map's classes, else generic ones.
         class_field: The class field of a vector truth (as ``eoseg evaluate --class-field``).
-        class_map: Translation of the truth's codes to class ids (as ``--class-map``).
+        code_map: Translation of the truth's codes to class ids (as ``--code-map``).
         options: The forest's options.
         workdir: Where a GeoTIFF or vector truth is rasterized; default a temporary folder.
 
@@ -226,13 +226,13 @@ def compare(
         cube = open_cube(cube_path)
         labels = open_labels(labels_path)
         schema = known_schema(classes, classmap)
-        mapping = None if class_map is None else load_class_map(class_map, schema)
+        mapping = None if code_map is None else load_code_map(code_map, schema)
         reference = open_truth(
             truth,
             cube_path,
             class_field=class_field,
             schema=schema,
-            class_map=mapping,
+            code_map=mapping,
             workdir=work,
         )
         schema = schema or generic_classes(labels, reference)
@@ -247,7 +247,7 @@ def compare(
         eoseg_score = None
         if classmap is not None:
             report = evaluate_classmap(
-                classmap, truth, class_field=class_field, class_map=class_map, workdir=work
+                classmap, truth, class_field=class_field, code_map=code_map, workdir=work
             )
             eoseg_score = Score("eoseg U-Net", report)
     return Comparison(forest_score, eoseg_score)
@@ -307,7 +307,8 @@ def main() -> None:
     parser.add_argument("--classmap", type=Path, help="eoseg's class map to score beside")
     parser.add_argument("--classes", type=Path, help="class schema (TOML or JSON)")
     parser.add_argument("--class-field", default="class_id")
-    parser.add_argument("--class-map", help="truth codes to classes, as for eoseg evaluate")
+    parser.add_argument("--code-map", help="truth codes to classes, as for eoseg evaluate")
+    parser.add_argument("--class-map", dest="code_map", help=argparse.SUPPRESS)  # old name
     parser.add_argument("--trees", type=int, default=DEFAULTS.trees)
     parser.add_argument("--jobs", type=int, default=DEFAULTS.n_jobs)
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
@@ -320,7 +321,7 @@ def main() -> None:
         classmap=args.classmap,
         classes=args.classes,
         class_field=args.class_field,
-        class_map=args.class_map,
+        code_map=args.code_map,
         options=ForestOptions(trees=args.trees, n_jobs=args.jobs, seed=args.seed),
     )
     if args.json:

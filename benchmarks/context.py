@@ -101,7 +101,7 @@ def compare_contexts(
     schema: ClassSchema,
     config: TrainConfig = CONFIG,
     contexts: tuple[int, ...] = (1, 2, 4),
-    class_map: Path | None = None,
+    code_map: Path | None = None,
     map_cube: Path | None = None,
 ) -> Comparison:
     """Train a single- and a multi-context model on ``labels`` and score their maps.
@@ -114,7 +114,7 @@ def compare_contexts(
         schema: Classes of the labels.
         config: Training options of both models (``contexts`` replaced).
         contexts: Contexts of the multi-context model.
-        class_map: Translation of the truth's codes (as ``eoseg evaluate --class-map``).
+        code_map: Translation of the truth's codes (as ``eoseg evaluate --code-map``).
         map_cube: Cube to map (default ``cube``).
     """
     workdir.mkdir(parents=True, exist_ok=True)
@@ -138,7 +138,7 @@ def compare_contexts(
                 options=PredictOptions(contexts=asked),
             )  # fmt: skip
             seconds = time.perf_counter() - start
-            report = evaluate_classmap(classmap, truth, class_map=class_map, workdir=workdir)
+            report = evaluate_classmap(classmap, truth, code_map=code_map, workdir=workdir)
             scores[label] = Score(
                 label, report.miou, report.overall_accuracy, report.iou,
                 round(trained if label == name else 0.0, 1), round(seconds, 1),
@@ -191,7 +191,7 @@ def compare_real(
     return compare_contexts(
         sample / "cube.zarr", sample / "labels.zarr", truth, root / sample.name,
         schema=load_schema(sample / "classes.json"), config=config, contexts=contexts,
-        class_map=codes if codes.exists() else None,
+        code_map=codes if codes.exists() else None,
     )  # fmt: skip
 
 

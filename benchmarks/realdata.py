@@ -142,7 +142,7 @@ def run_sample(name: str, prepared: Prepared, work: Path, args: argparse.Namespa
     run = Run(name, notes=list(prepared.notes))
     cube, labels = work / "cube.zarr", work / "labels.zarr"
     model, classmap = work / "model", work / "classmap.zarr"
-    codes = ["--class-map", str(prepared.class_map)] if prepared.class_map else []
+    codes = ["--code-map", str(prepared.code_map)] if prepared.code_map else []
     vector = prepared.train_labels.suffix in {".gpkg", ".geojson", ".shp", ".parquet"}
     plan = [
         (

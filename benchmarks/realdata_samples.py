@@ -30,7 +30,7 @@ class Prepared:
     train_labels: Path
     truth: Path
     classes: Path
-    class_map: Path | None = None
+    code_map: Path | None = None
     ingest_options: tuple[str, ...] = ()  # extra `eoseg ingest` options
     notes: tuple[str, ...] = ()
     probes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # extra commands whose outcome we note
@@ -47,7 +47,7 @@ def schema_from_classes_json(sample: Path, work: Path) -> tuple[Path, Path, tupl
     """A schema and a code map from a sample's ``classes.json`` (``{"code": "name"}``).
 
     eoseg's class ids are 0..n-1, so the sample's codes (1..4, or 1, 2, 3, 4, 8) are
-    renumbered by a ``--class-map`` file; ``no data`` is dropped (ignored).
+    renumbered by a ``--code-map`` file; ``no data`` is dropped (ignored).
     """
     codes = json.loads((sample / "classes.json").read_text())
     kept = sorted((int(c), n) for c, n in codes.items() if n != "no data")
@@ -92,7 +92,7 @@ def prepare_slovenia(data: Path, work: Path, seed: int) -> Prepared:
         train_labels=sample / "training_polygons.gpkg",
         truth=work / "heldout.tif",
         classes=classes,
-        class_map=codes,
+        code_map=codes,
         # One median composite of the three dates (the forest reads the median too).
         ingest_options=("--composite", "median"),
         notes=(f"held-out truth: {int((truth != IGNORE).sum())} px of lulc.tif",),
@@ -118,7 +118,7 @@ def prepare_amazon(data: Path, work: Path, seed: int) -> Prepared:
         train_labels=work / "train.gpkg",
         truth=work / "heldout.gpkg",
         classes=classes,
-        class_map=codes,
+        code_map=codes,
         notes=(f"{int(held.sum())}/{len(polygons)} polygons held out (seed {seed}): {per_class}",),
     )
 

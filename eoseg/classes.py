@@ -177,7 +177,7 @@ class ClassSchema:
             raise InvalidParameterError(
                 f"class ids must be 0..{len(ids) - 1} in order (they index the model's "
                 f"outputs); found {ids}: renumber the schema, and translate the codes your "
-                "labels carry with a code map, e.g. rasterize/evaluate --class-map "
+                "labels carry with a code map, e.g. rasterize/evaluate --code-map "
                 "'8=artificial surface,2=forest' (codes to the schema's class names)"
             )
         names = [c.name for c in self.classes]

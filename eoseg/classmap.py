@@ -9,6 +9,7 @@ per-date model ``(time, y, x)`` maps on the cube's dates.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -19,7 +20,7 @@ from eoseg.classes import IGNORE_ID, ClassSchema
 from eoseg.dates import date_labels
 from eoseg.grid import grid_coords
 from eoseg.model_input import TimeMode
-from eoseg.store import open_product
+from eoseg.store import create_store, open_product
 
 CLASS_AXIS = "class_id"
 """The dimension of ``probabilities`` (one entry per class id)."""
@@ -100,8 +101,50 @@ def classmap_template(
     return template
 
 
+def create_classmap(
+    out: Path,
+    grid: GeoBox,
+    tile_size: int,
+    classes: ClassSchema,
+    *,
+    signature: str,
+    attrs: dict[str, Any],
+    extra: dict[str, str] | None = None,
+) -> Path:
+    """Create (or reopen to resume) the staging store of a ``(y, x)`` class map on ``grid``
+    for products made without a cube (a mosaic, a generated map); see
+    `eoseg.store.create_store`.
+
+    Args:
+        out: The class map's final path.
+        grid: Its grid.
+        tile_size: Its tiles (one chunk each).
+        classes: Its classes.
+        signature: Digest of what determines its pixels (resuming needs the same one).
+        attrs: Attributes recorded on the store (``classes`` and ``tile_size`` are added).
+        extra: More uint8 ``(y, x)`` variables, by name: their long name (fill 255).
+
+    Returns:
+        The staging path, where `eoseg.store.write_tile` writes tiles.
+    """
+    on_grid = xr.Dataset(coords=grid_coords(grid))
+    template = classmap_template(on_grid, ("y", "x"), tile_size, classes)
+    for name, long_name in (extra or {}).items():
+        template[name] = template["class"].copy()
+        template[name].attrs["long_name"] = long_name
+        template[name].encoding["fill_value"] = IGNORE_ID
+    doc = {"tile_size": tile_size, "classes": classes.to_dict()}
+    attrs = {**attrs, **doc}
+    return create_store(out, template, product="classmap", signature=signature, attrs=attrs)
+
+
 def open_classmap(path: Path | str) -> xr.Dataset:
     """Open a class map lazily (``class``, ``confidence``, maybe ``probabilities``):
     ``(y, x)``, or ``(time, y, x)`` for a per-date model (choose a date with
     `eoseg.dates.select_date`)."""
     return open_product(path, "classmap")
+
+
+def classmap_schema(path: Path | str) -> ClassSchema:
+    """The class schema recorded in a class map."""
+    return ClassSchema.from_dict(open_classmap(path).attrs["classes"])

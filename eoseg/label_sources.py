@@ -3,17 +3,17 @@
 A source is one of three kinds:
 
 * ``vector``: GeoJSON, GeoPackage, GeoParquet, Shapefile or FlatGeobuf (any CRS) with a
-  class field: integer class ids, or codes and names a class map translates
-  (`eoseg.label_mapping`); a text field without a class map holds class names of the
+  class field: integer class ids, or codes and names a code map translates
+  (`eoseg.code_map`); a text field without a code map holds class names of the
   schema;
-* ``raster``: a single-band GeoTIFF of class ids, or of codes a class map translates;
+* ``raster``: a single-band GeoTIFF of class ids, or of codes a code map translates;
 * ``osm``: an OSM extract (``.osm.pbf``, ``.osm``, ...) or a vector file with OSM tag
   columns, classified by a class schema's tag rules (`eoseg.osm`).
 
 Which kind a file is: an OSM extract is always ``osm`` (it needs a schema). With a schema,
 a vector file is ``osm`` when it lacks the class-id field and ``vector`` when it has it;
 ``osm=True``/``False`` overrides the guess. Without a schema, vector files need the field.
-A class map is for class fields and rasters only: with one, a vector file is ``vector``.
+A code map is for class fields and rasters only: with one, a vector file is ``vector``.
 
 An ``osm`` source is read once: its features within the grid's footprint (plus a margin
 for buffered lines) are written as GeoParquet with a bbox covering column into the
@@ -36,6 +36,7 @@ from odc.geo.geobox import GeoBox
 from odc.geo.geom import BoundingBox
 
 from eoseg.classes import IGNORE_ID, ClassSchema
+from eoseg.code_map import CodeMap
 from eoseg.errors import (
     EosegError,
     InputNotFoundError,
@@ -45,7 +46,6 @@ from eoseg.errors import (
     UnreadableVectorError,
 )
 from eoseg.grid import crs_of
-from eoseg.label_mapping import ClassMapping
 from eoseg.label_values import check_class_ids
 from eoseg.osm import OSM_SUFFIXES, BBox, osm_features
 from eoseg.vector_io import count_features, is_text_field, vector_info
@@ -73,7 +73,7 @@ class LabelSource:
         class_field: Vector field holding class ids.
         origin: The file the user gave (recorded in the tiles' provenance).
         num_classes: Class ids must be below this (the schema's size, else 255).
-        class_map: Translates the field's values or the raster's codes to class ids;
+        code_map: Translates the field's values or the raster's codes to class ids;
             ``None`` when they are class ids.
     """
 
@@ -83,7 +83,7 @@ class LabelSource:
     class_field: str
     origin: str = ""
     num_classes: int = IGNORE_ID
-    class_map: ClassMapping | None = None
+    code_map: CodeMap | None = None
 
 
 def source_kind(
@@ -91,25 +91,25 @@ def source_kind(
     class_field: str,
     schema: ClassSchema | None,
     osm: bool | None,
-    class_map: ClassMapping | None = None,
+    code_map: CodeMap | None = None,
 ) -> str:
     """``"osm"``, ``"vector"`` or ``"raster"``: how ``path`` is read (see the module docs).
 
     Raises:
         InputNotFoundError: No such file.
         InvalidParameterError: An OSM source without a schema (or one without OSM rules),
-            ``osm=False`` for an OSM extract, or a class map for OSM features.
+            ``osm=False`` for an OSM extract, or a code map for OSM features.
         UnreadableVectorError: A vector file with neither ``class_field`` nor OSM tags.
     """
     if not path.exists():
         raise InputNotFoundError(f"label file {path} does not exist: check the path")
     extract = path.name.lower().endswith(OSM_SUFFIXES)
-    if class_map is not None:
+    if code_map is not None:
         if extract or osm:
             raise InvalidParameterError(
-                f"a class map translates the values of a class field or the codes of a "
+                f"a code map translates the values of a class field or the codes of a "
                 f"raster, but {path} is read as OSM features, which the schema's tag rules "
-                "classify: drop --class-map (or --osm)"
+                "classify: drop --code-map (or --osm)"
             )
         return "vector" if path.suffix.lower() in VECTOR_SUFFIXES else "raster"
     if extract and osm is False:
@@ -152,18 +152,18 @@ def check_label_source(
     grid: GeoBox,
     *,
     schema: ClassSchema | None = None,
-    class_map: ClassMapping | None = None,
+    code_map: CodeMap | None = None,
 ) -> LabelSource:
     """Open a vector or raster label file's metadata and check it overlaps the grid.
 
-    Without ``class_map``, a text ``class_field`` maps by the class names of ``schema``.
+    Without ``code_map``, a text ``class_field`` maps by the class names of ``schema``.
 
     Raises:
         InputNotFoundError: No such file.
         UnreadableVectorError: Not a vector file, no ``class_field``, or a text field
-            with neither a schema nor a class map.
+            with neither a schema nor a code map.
         UnreadableRasterError: A raster that cannot be read.
-        InvalidParameterError: A class map for a raster lists values that are no codes.
+        InvalidParameterError: A code map for a raster lists values that are no codes.
         NoOverlapError: The labels do not overlap the grid.
     """
     if not path.exists():
@@ -184,13 +184,13 @@ def check_label_source(
                 "--class-field with the field holding integer class ids (or, for OSM "
                 "tags, --classes with a schema of OSM tag rules)"
             )
-        if class_map is None and is_text_field(path, class_field):
-            class_map = _names_map(path, class_field, schema)
+        if code_map is None and is_text_field(path, class_field):
+            code_map = _names_map(path, class_field, schema)
         kind = "vector"
     else:
         kind, crs, source_bounds = "raster", *_raster_info(path)
-        if class_map is not None:
-            class_map.check_codes(path)
+        if code_map is not None:
+            code_map.check_codes(path)
     footprint = BoundingBox(*source_bounds, crs=crs).polygon.to_crs(crs_of(grid))
     if not footprint.intersects(grid.extent):
         b = grid.extent.to_crs("EPSG:4326").boundingbox
@@ -199,20 +199,20 @@ def check_label_source(
             f"do not overlap the cube (lon {b.left:.4f}..{b.right:.4f}, lat "
             f"{b.bottom:.4f}..{b.top:.4f}): check the labels' CRS and area"
         )
-    if kind == "raster" and class_map is None:
+    if kind == "raster" and code_map is None:
         check_class_ids(path, grid, n)
-    return LabelSource(str(path), kind, crs, class_field, str(path), n, class_map)
+    return LabelSource(str(path), kind, crs, class_field, str(path), n, code_map)
 
 
-def _names_map(path: Path, class_field: str, schema: ClassSchema | None) -> ClassMapping:
+def _names_map(path: Path, class_field: str, schema: ClassSchema | None) -> CodeMap:
     """The schema's class names as the mapping of a text field."""
     if schema is None:
         raise UnreadableVectorError(
             f"field {class_field!r} of {path} holds text, not class ids: pass --classes "
             "with a schema whose class names these are (matched ignoring case), or "
-            "--class-map 'Forest=1,Water=0' (value=class id or name)"
+            "--code-map 'Forest=1,Water=0' (value=class id or name)"
         )
-    return ClassMapping.from_schema(schema)
+    return CodeMap.from_schema(schema)
 
 
 def prepare_osm_source(path: Path, schema: ClassSchema, grid: GeoBox, staging: Path) -> LabelSource:

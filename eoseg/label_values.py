@@ -58,7 +58,7 @@ def check_class_ids(path: Path, grid: GeoBox, num_classes: int) -> None:
     raise UnreadableRasterError(
         f"label raster {path} holds {' and '.join(found)}; expected whole class ids "
         f"0..{num_classes - 1}{of_schema}, {IGNORE_ID} (ignore) or its nodata value (it "
-        f"declares {declared}): translate codes with --class-map 'code=class,...', round "
+        f"declares {declared}): translate codes with --code-map 'code=class,...', round "
         f"fractional values, or declare the nodata value (gdal_edit.py -a_nodata VALUE {path})"
     )
 

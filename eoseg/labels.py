@@ -10,8 +10,8 @@ Sources (see `eoseg.label_sources`):
   by a class schema's tag rules (`eoseg.osm`): read once over the grid's footprint into
   the staging store, then burnt per tile like vectors, in `eoseg.osm`'s burn order.
 
-A class field or raster may hold other codes or names: a class map
-(`eoseg.label_mapping`) translates them per tile, and a text field without one maps by the
+A class field or raster may hold other codes or names: a code map
+(`eoseg.code_map`) translates them per tile, and a text field without one maps by the
 schema's class names. Values the map does not list become 255 and are reported.
 
 Unlabelled pixels are 255 (ignore). Memory per task is one tile's raster and the
@@ -42,16 +42,16 @@ from rasterio.warp import reproject
 
 from eoseg.classes import IGNORE_ID, ClassSchema, load_schema
 from eoseg.cluster import ProgressFn, run_tiles
-from eoseg.errors import EosegError, UnreadableRasterError, UnreadableVectorError
-from eoseg.grid import Tile, crs_of, grid_coords, iter_tiles
-from eoseg.label_mapping import (
-    ClassMapping,
-    ClassMapSpec,
+from eoseg.code_map import (
+    CodeMap,
+    CodeMapSpec,
     apply_ids,
     index_values,
-    load_class_map,
+    load_code_map,
     map_codes,
 )
+from eoseg.errors import EosegError, UnreadableRasterError, UnreadableVectorError
+from eoseg.grid import Tile, crs_of, grid_coords, iter_tiles
 from eoseg.label_sources import (
     OSM_FEATURES,
     LabelSource,
@@ -94,7 +94,7 @@ class LabelsResult:
         labelled_fraction: Share of the grid's pixels with a class id.
         class_counts: Pixels per class id.
         seconds: Run time.
-        unmapped: Pixels per source value the class map does not list (burnt as 255).
+        unmapped: Pixels per source value the code map does not list (burnt as 255).
     """
 
     path: Path
@@ -121,7 +121,7 @@ def rasterize_labels(
     *,
     class_field: str = "class_id",
     classes: ClassSchema | Path | str | None = None,
-    class_map: ClassMapSpec | ClassMapping | None = None,
+    code_map: CodeMapSpec | CodeMap | None = None,
     osm: bool | None = None,
     client: Client | None = None,
     overwrite: bool = False,
@@ -137,11 +137,11 @@ def rasterize_labels(
         grid_path: The cube (or class map) whose grid and tiles the labels take.
         out: Path of the labels store to publish.
         class_field: Vector field holding class ids 0..254, or the codes or names that
-            ``class_map`` (or, for text, the class names of ``classes``) translates.
+            ``code_map`` (or, for text, the class names of ``classes``) translates.
         classes: Class schema (or its TOML/JSON file). Required for OSM sources, whose
             class ids come from its tag rules; with class ids, ids must lie in it.
-        class_map: Source value to class id (or class name of ``classes``): pairs, a
-            TOML/JSON file, or ``"311=forest,511=water"`` (see `eoseg.label_mapping`).
+        code_map: Source value to class id (or class name of ``classes``): pairs, a
+            TOML/JSON file, or ``"311=forest,511=water"`` (see `eoseg.code_map`).
             Values it does not list become 255 and are reported in ``unmapped``.
         osm: Read ``source_path`` as OSM tags (``True``) or class ids (``False``);
             ``None`` guesses: OSM for extracts, and, given ``classes``, for vector files
@@ -153,11 +153,11 @@ def rasterize_labels(
 
     Raises:
         InputNotFoundError: No such source, grid store or schema file.
-        InvalidParameterError: An OSM source without a schema with OSM rules, a class map
-            for OSM features, or an invalid class map (a target no class of the schema).
+        InvalidParameterError: An OSM source without a schema with OSM rules, a code map
+            for OSM features, or an invalid code map (a target no class of the schema).
         UnreadableVectorError: Unreadable source, no class field or OSM tags, no feature
             matching the schema, class ids outside the schema, or a text field without
-            schema or class map (or holding values that are no class name).
+            schema or code map (or holding values that are no class name).
         NoOverlapError: The labels do not overlap the grid.
         OutputExistsError: ``out`` exists and ``overwrite`` is false.
     """
@@ -169,15 +169,15 @@ def rasterize_labels(
     cube = open_grid_store(grid_path)
     grid: GeoBox = cube.odc.geobox
     tile_size = int(cube.attrs["tile_size"])
-    mapping = load_class_map(class_map, schema) if class_map is not None else None
+    mapping = load_code_map(code_map, schema) if code_map is not None else None
     kind = source_kind(source_path, class_field, schema, osm, mapping)
     source = (
         None
         if kind == "osm"
-        else check_label_source(source_path, class_field, grid, schema=schema, class_map=mapping)
+        else check_label_source(source_path, class_field, grid, schema=schema, code_map=mapping)
     )
     schema_doc = schema.to_dict() if schema is not None else None
-    map_doc = source.class_map.to_dict() if source and source.class_map else None
+    map_doc = source.code_map.to_dict() if source and source.code_map else None
     signature = hashlib.sha256(
         json.dumps(
             [
@@ -199,7 +199,7 @@ def rasterize_labels(
         "source_kind": kind,
         "class_field": class_field if kind != "osm" else None,
         "classes": schema_doc,
-        "class_map": map_doc,
+        "code_map": map_doc,
         "grid_store": str(grid_path),
     }
     template = labels_template(grid, tile_size)
@@ -232,8 +232,8 @@ def rasterize_labels(
         log.warning("%s labels no pixel of the grid of %s", source_path, grid_path)
     if unmapped:
         log.warning(
-            "%s: %d pixels hold values the class map does not list, burnt as %d (ignore): "
-            "%s; add them to --class-map (or map them to 'ignore')",
+            "%s: %d pixels hold values the code map does not list, burnt as %d (ignore): "
+            "%s; add them to --code-map (or map them to 'ignore')",
             source_path,
             sum(unmapped.values()),
             IGNORE_ID,
@@ -284,7 +284,7 @@ def rasterize_tile(tile: Tile, *, source: LabelSource, grid: GeoBox, staging: Pa
         "source": source.origin,
         "class_pixels": {str(i): int(n) for i, n in enumerate(hist) if n},
     }
-    if source.class_map is not None:
+    if source.code_map is not None:
         record["unmapped_pixels"] = unmapped
     write_tile(staging, tile, {"labels": out}, record)
     return hist.tolist()
@@ -299,14 +299,14 @@ def _burn_vector(source: LabelSource, box: GeoBox) -> tuple[np.ndarray, dict[str
     frame = frame.to_crs(crs_of(box).wkt)
     values = frame[source.class_field]
     ok = values.notna() & frame.geometry.notna() & ~frame.geometry.is_empty
-    if source.class_map is not None:
-        return _burn_mapped(source, source.class_map, frame.geometry[ok], values[ok], box)
+    if source.code_map is not None:
+        return _burn_mapped(source, source.code_map, frame.geometry[ok], values[ok], box)
     raw = values[ok]
     if raw.dtype.kind == "f" and (raw % 1 != 0).any():  # astype would truncate 1.5 to 1
         raise UnreadableVectorError(
             f"{source.origin}: field {source.class_field!r} must hold whole class ids; found "
             f"{sorted(set(raw[raw % 1 != 0].tolist()))[:5]}: round them in the file, or "
-            "translate them with --class-map 'value=class,...'"
+            "translate them with --code-map 'value=class,...'"
         )
     ids = raw.astype("int64")
     bad = ids[(ids < 0) | (ids >= source.num_classes)]
@@ -314,7 +314,7 @@ def _burn_vector(source: LabelSource, box: GeoBox) -> tuple[np.ndarray, dict[str
         raise UnreadableVectorError(
             f"{source.origin}: field {source.class_field!r} must hold class ids "
             f"0..{source.num_classes - 1}{_of_schema(source)}; found "
-            f"{sorted(set(bad.tolist()))[:5]}: translate them with --class-map 'code=class,...'"
+            f"{sorted(set(bad.tolist()))[:5]}: translate them with --code-map 'code=class,...'"
         )
     shapes = zip(frame.geometry[ok], ids, strict=True)
     burnt = rasterize(
@@ -324,7 +324,7 @@ def _burn_vector(source: LabelSource, box: GeoBox) -> tuple[np.ndarray, dict[str
 
 
 def _burn_mapped(
-    source: LabelSource, mapping: ClassMapping, geoms: Any, values: pd.Series, box: GeoBox
+    source: LabelSource, mapping: CodeMap, geoms: Any, values: pd.Series, box: GeoBox
 ) -> tuple[np.ndarray, dict[str, int]]:
     """Burn each feature's index among the distinct values, then map those to class ids
     (later features still win; unmapped pixels are counted per value)."""
@@ -346,8 +346,8 @@ def _of_schema(source: LabelSource) -> str:
 
 
 def _resample_raster(source: LabelSource, box: GeoBox) -> tuple[np.ndarray, dict[str, int]]:
-    if source.class_map is not None:
-        return map_codes(_resample_codes(source, box), source.class_map)
+    if source.code_map is not None:
+        return map_codes(_resample_codes(source, box), source.code_map)
     out = np.full(box.shape.yx, IGNORE_ID, dtype="uint8")
     with rasterio.open(source.path) as src:
         # Values were checked (eoseg.label_values): NaN in a float raster is no label.
@@ -366,7 +366,7 @@ def _resample_raster(source: LabelSource, box: GeoBox) -> tuple[np.ndarray, dict
         raise UnreadableRasterError(
             f"{source.origin} holds class ids {bad[:5].tolist()}; expected "
             f"0..{source.num_classes - 1}{_of_schema(source)} or {IGNORE_ID} (ignore): map "
-            "them to class ids of the schema, e.g. with --class-map '10=forest,80=water'"
+            "them to class ids of the schema, e.g. with --code-map '10=forest,80=water'"
         )
     return out, {}
 
@@ -402,14 +402,14 @@ def open_truth(
     *,
     class_field: str = "class_id",
     schema: ClassSchema | None = None,
-    class_map: ClassMapSpec | ClassMapping | None = None,
+    code_map: CodeMapSpec | CodeMap | None = None,
     workdir: Path,
 ) -> xr.DataArray:
     """Reference labels on the grid of ``grid_path``.
 
     ``source`` may be a labels store, a class-id GeoTIFF or a vector file; the latter two
     are rasterized into a store inside ``workdir``. With ``schema`` (the class map's), a
-    text class field holds class names; ``class_map`` translates codes or names to classes
+    text class field holds class names; ``code_map`` translates codes or names to classes
     as in `rasterize_labels`.
     """
     if (source / "zarr.json").exists():
@@ -421,7 +421,7 @@ def open_truth(
         out,
         class_field=class_field,
         classes=schema,
-        class_map=class_map,
+        code_map=code_map,
         osm=False,  # reference labels are never classified by OSM tag rules
         overwrite=True,
     )

@@ -20,16 +20,18 @@ import xarray as xr
 
 from eoseg.area_table import AreaTable, area_table
 from eoseg.classes import ClassSchema
+from eoseg.classmap import open_classmap
+from eoseg.code_map import CodeMap, CodeMapSpec, load_code_map
+from eoseg.cog import CogLayer, write_cog
 from eoseg.dates import DATE_FIELD, DateChoice, date_index, date_labels, dated_path, select_date
 from eoseg.errors import InvalidParameterError
 from eoseg.grid import check_same_grid, grid_of
-from eoseg.label_mapping import ClassMapping, ClassMapSpec, load_class_map
 from eoseg.labels import open_truth
 from eoseg.metrics import AccuracyReport, evaluate
-from eoseg.mosaic import write_cog, write_quicklook
 from eoseg.outputs import OutputKind, check_output
-from eoseg.predict import open_classmap
+from eoseg.quicklook import write_quicklook
 from eoseg.stats import ClassAreas
+from eoseg.styles import check_style, polygon_style, style_path, write_style
 from eoseg.vectorize import vectorize, write_polygons
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ def export_classmap(
     classmap: Path,
     *,
     cog: Path | None = None,
+    confidence_cog: Path | None = None,
     polygons: Path | None = None,
     quicklook: Path | None = None,
     simplify: float | None = None,
@@ -47,6 +50,9 @@ def export_classmap(
 ) -> dict[str, Any]:
     """Write the requested exports of a class map; returns their paths and timings.
 
+    The class and confidence COGs (`eoseg.cog.write_cog`) and the polygons get a QGIS
+    style beside them (``<name>.qml``, `eoseg.styles`).
+
     A multi-date class map (of a per-date model) exports ``date`` (see
     `eoseg.dates.select_date`), or without it every date: ``{date}`` in a path is
     replaced by each date's ISO day (one file per date); polygons without it go to one
@@ -54,8 +60,9 @@ def export_classmap(
     names ``--date``. Polygons of a multi-date map always carry their ``date``.
 
     Raises:
-        InvalidParameterError: See above, a ``date`` the map lacks, or a ``simplify``
-            tolerance that is negative or not finite.
+        InvalidParameterError: See above, a ``date`` the map lacks, a ``simplify``
+            tolerance that is negative or not finite, or two outputs whose styles would
+            share one .qml file.
     """
     if simplify is not None and not (math.isfinite(simplify) and simplify >= 0):
         raise InvalidParameterError(
@@ -66,19 +73,34 @@ def export_classmap(
     ds = open_classmap(classmap)
     picks = _export_dates(ds, date)
     cogs = _targets(ds, picks, cog, "--cog", "export each")
+    sure = _targets(ds, picks, confidence_cog, "--confidence-cog", "export each")
     looks = _targets(ds, picks, quicklook, "--quicklook", "render each")
     shapes = _targets(ds, picks, polygons, "--polygons", None)
-    _check_targets(classmap, {"cog": cogs, "quicklook": looks, "polygons": shapes}, overwrite)
-    if cogs:
-        start = time.perf_counter()
-        paths = [write_cog(classmap, p, overwrite=overwrite, date=_one(i)) for i, p in cogs]
-        doc["cog"] = _one_or_all(paths)
-        doc["cog_seconds"] = round(time.perf_counter() - start, 2)
+    targets: list[tuple[OutputKind, str, list[tuple[list[int] | None, Path]]]] = [
+        ("cog", "--cog", cogs),
+        ("cog", "--confidence-cog", sure),
+        ("quicklook", "--quicklook", looks),
+        ("polygons", "--polygons", shapes),
+    ]
+    _check_targets(classmap, targets, overwrite)
+    layers: list[tuple[str, CogLayer, list[tuple[list[int] | None, Path]]]] = [
+        ("cog", "class", cogs),
+        ("confidence_cog", "confidence", sure),
+    ]
+    for key, layer, files in layers:
+        if files:
+            start = time.perf_counter()
+            paths = [
+                write_cog(classmap, p, layer=layer, overwrite=overwrite, date=_one(i))
+                for i, p in files
+            ]
+            doc[key] = _one_or_all(paths)
+            doc[f"{key}_seconds"] = round(time.perf_counter() - start, 2)
     if shapes:
         start = time.perf_counter()
         schema = ClassSchema.from_dict(ds.attrs["classes"])
         frames = [(_polygons(ds, dates, schema, simplify), p) for dates, p in shapes]
-        doc["polygons"] = _one_or_all([write_polygons(f, p) for f, p in frames])
+        doc["polygons"] = _one_or_all([_write_styled(f, p, schema) for f, p in frames])
         doc["polygon_count"] = sum(len(f) for f, _ in frames)
         doc["polygons_seconds"] = round(time.perf_counter() - start, 2)
     if looks:
@@ -88,15 +110,23 @@ def export_classmap(
     return doc
 
 
+def _write_styled(frame: gpd.GeoDataFrame, path: Path, schema: ClassSchema) -> Path:
+    """Write polygons and their QGIS style (``<name>.qml`` beside them)."""
+    write_polygons(frame, path)
+    write_style(path, polygon_style(schema))
+    return path
+
+
 def _check_targets(
     classmap: Path,
-    targets: dict[OutputKind, list[tuple[list[int] | None, Path]]],
+    targets: list[tuple[OutputKind, str, list[tuple[list[int] | None, Path]]]],
     overwrite: bool,
 ) -> None:
-    """Every export file may be written (`eoseg.outputs.check_output`), each its own."""
+    """Every export file may be written (`eoseg.outputs.check_output`), each its own, and
+    so may its QGIS style (`eoseg.styles.check_style`), each its own."""
     seen: dict[Path, str] = {}
-    for kind, files in targets.items():
-        flag = f"--{kind}"
+    styles: dict[Path, str] = {}
+    for kind, flag, files in targets:
         for _, target in files:
             key = Path(os.path.abspath(target))
             if key in seen:
@@ -107,6 +137,16 @@ def _check_targets(
             seen[key] = flag
             inputs = {"CLASSMAP": classmap}
             check_output(target, kind, overwrite=overwrite, inputs=inputs, flag=flag)
+            if kind == "quicklook":
+                continue  # no style
+            style = style_path(key)
+            if style in styles:
+                raise InvalidParameterError(
+                    f"{styles[style]} and {flag} {target} would both keep their QGIS style in "
+                    f"{style}: give them different names (e.g. map.tif and map-polygons.parquet)"
+                )
+            styles[style] = f"{flag} {target}"
+            check_style(target, flag)
 
 
 def _export_dates(ds: xr.Dataset, date: DateChoice) -> list[int] | None:
@@ -171,22 +211,22 @@ def evaluate_classmap(
     truth: Path,
     *,
     class_field: str = "class_id",
-    class_map: ClassMapSpec | ClassMapping | None = None,
+    code_map: CodeMapSpec | CodeMap | None = None,
     workdir: Path,
     date: DateChoice = None,
 ) -> AccuracyReport:
     """Compare a class map (of one ``date``, for a multi-date map) with reference labels
     (store, class-id GeoTIFF or vector).
 
-    A vector's text class field holds class names of the map's schema; ``class_map``
-    translates other codes or names (see `eoseg.label_mapping`).
+    A vector's text class field holds class names of the map's schema; ``code_map``
+    translates other codes or names (see `eoseg.code_map`).
     """
     purpose = "the truth is compared with one date"
     ds = select_date(open_classmap(classmap), date, purpose=purpose)
     schema = ClassSchema.from_dict(ds.attrs["classes"])
-    mapping = None if class_map is None else load_class_map(class_map, schema)
+    mapping = None if code_map is None else load_code_map(code_map, schema)
     reference = open_truth(
-        truth, classmap, class_field=class_field, schema=schema, class_map=mapping, workdir=workdir
+        truth, classmap, class_field=class_field, schema=schema, code_map=mapping, workdir=workdir
     )
     check_same_grid(
         grid_of(ds, f"class map {classmap}"),

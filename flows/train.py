@@ -30,12 +30,12 @@ def rasterize_task(
     scheduler: str | None,
     class_field: str = "class_id",
     classes: str | None = None,
-    class_map: str | dict[str, int | str] | None = None,
+    code_map: str | dict[str, int | str] | None = None,
     osm: bool | None = None,
     overwrite: bool = False,
     run_id: str = "",
 ) -> dict[str, Any]:
-    """Rasterize labels (class ids, codes translated by ``class_map``, or OSM tags
+    """Rasterize labels (class ids, codes translated by ``code_map``, or OSM tags
     classified by ``classes``) onto the cube."""
     with connect(scheduler) as client:
         result = rasterize_labels(
@@ -44,7 +44,7 @@ def rasterize_task(
             Path(out),
             class_field=class_field,
             classes=classes,
-            class_map=class_map,
+            code_map=code_map,
             osm=osm,
             client=client,
             overwrite=overwrite,
@@ -100,8 +100,8 @@ def train_flow(
     config_file: str | None = None,
     registry: str | None = None,
     promote: bool = False,
-    class_map: str | dict[str, int | str] | None = None,
-    finetune_class_map: str | dict[str, int | str] | None = None,
+    code_map: str | dict[str, int | str] | None = None,
+    finetune_code_map: str | dict[str, int | str] | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Rasterize noisy (and clean) labels and train a model on the cube.
@@ -121,10 +121,10 @@ def train_flow(
         config_file: TOML file of training options.
         registry: Model registry (folder or fsspec URL) to register the model in.
         promote: Make the new model the registry's production version of its name.
-        class_map: Translates the values of ``labels_vector``'s class field (or raster
+        code_map: Translates the values of ``labels_vector``'s class field (or raster
             codes) to classes: a TOML/JSON file, ``{"311": "forest"}``, or
-            ``"311=forest,511=water"`` (see `eoseg.label_mapping`).
-        finetune_class_map: The same for ``finetune_vector``.
+            ``"311=forest,511=water"`` (see `eoseg.code_map`).
+        finetune_code_map: The same for ``finetune_vector``.
         overwrite: Replace an existing model folder at ``out`` (the label stores beside
             it are always rewritten).
 
@@ -140,7 +140,7 @@ def train_flow(
         scheduler=scheduler,
         class_field=class_field,
         classes=classes,
-        class_map=class_map,
+        code_map=code_map,
         osm=osm,
         overwrite=True,
     )
@@ -153,7 +153,7 @@ def train_flow(
             scheduler=scheduler,
             class_field=class_field,
             classes=classes,
-            class_map=finetune_class_map,
+            code_map=finetune_code_map,
             overwrite=True,
         )
     card = train_task(

@@ -143,7 +143,7 @@ def both(*steps: Prepare) -> Prepare:
 
 
 def export_cog(ws: Path) -> None:
-    from eoseg.mosaic import write_cog
+    from eoseg.cog import write_cog
 
     write_cog(ws / "map.zarr", ws / "map.tif")
 

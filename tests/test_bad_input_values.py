@@ -142,7 +142,7 @@ CASES = [
          prepare=_label_raster("ids.tif", np.array([[0, 1.5], [2, 2.25]], dtype="float32"))),
     Case("rasterize-class-id-300",
          ["rasterize", "{ws}/ids.tif", "--cube", "{ws}/cube.zarr", "--out", "{ws}/new.zarr"],
-         ("300", "no class id", "declares no nodata value", "--class-map"),
+         ("300", "no class id", "declares no nodata value", "--code-map"),
          prepare=_label_raster("ids.tif", np.array([[0, 300], [2, 1]], dtype="uint16"))),
     Case("rasterize-class-id-outside-schema",
          ["rasterize", "{ws}/ids.tif", "--classes", "{ws}/classes.json", "--cube",

@@ -191,7 +191,7 @@ def test_export_evaluate_query(
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert 0 <= report["overall_accuracy"] <= 1 and len(report["classes"]) == 6
-    # The same truth in another nomenclature: codes through --class-map, and class names.
+    # The same truth in another nomenclature: codes through --code-map, and class names.
     from eoseg.classes import DEMO_CLASSES
 
     truth = gpd.read_file(demo_data.holdout_truth)
@@ -199,7 +199,11 @@ def test_export_evaluate_query(
     truth["label"] = [DEMO_CLASSES.names[i].upper() for i in truth["class_id"]]
     truth.drop(columns="class_id").to_file(tmp_path / "codes.gpkg")
     mapping = ",".join(f"{100 + c.id}={c.name}" for c in DEMO_CLASSES)
-    for extra in (["--class-field", "code", "--class-map", mapping], ["--class-field", "label"]):
+    for extra in (
+        ["--class-field", "code", "--code-map", mapping],
+        ["--class-field", "code", "--class-map", mapping],  # the old name, hidden
+        ["--class-field", "label"],
+    ):
         args = ["evaluate", str(cmap), "--truth", str(tmp_path / "codes.gpkg"), *extra]
         result = runner.invoke(app, [*args, "--json"])
         assert result.exit_code == 0, result.output

@@ -335,8 +335,9 @@ def test_non_square_grid_downstream(tmp_path: Path) -> None:
     from conftest import save_untrained_model
     from shapely.geometry import box
 
+    from eoseg.classmap import classmap_schema
+    from eoseg.cog import write_cog
     from eoseg.labels import open_labels, rasterize_labels
-    from eoseg.mosaic import classmap_schema, write_cog
     from eoseg.predict import open_classmap, predict
     from eoseg.stats import class_areas
 

@@ -99,7 +99,7 @@ def test_geoparquet_labels(demo_data, cube_path: Path, tmp_path: Path) -> None: 
     )
 
 
-# Class maps: a tiny 8 x 6 grid of 10 m pixels in UTM 33N with 4 px tiles (4 tiles, the
+# Code maps: a tiny 8 x 6 grid of 10 m pixels in UTM 33N with 4 px tiles (4 tiles, the
 # south ones 2 px high). Rectangles are (e, s) metres east and south of the top-left
 # corner; their edges sit 2-3 m from the nearest pixel centres (e, s = 5, 15, ...).
 X0, Y0, W, H, N = 500_000.0, 5_300_000.0, 8, 6, 255
@@ -190,7 +190,7 @@ def test_text_field_maps_by_schema_names(grid_path: Path, tmp_path: Path, suffix
     )
     np.testing.assert_array_equal(open_labels(tmp_path / "l.zarr").values, expected)
     assert result.class_counts == {0: 4, 1: 26, 3: 6} and result.unmapped == {}
-    doc: Any = zarr.open_group(str(tmp_path / "l.zarr"), mode="r").attrs["class_map"]
+    doc: Any = zarr.open_group(str(tmp_path / "l.zarr"), mode="r").attrs["code_map"]
     assert doc["by_name"] and doc["values"]["forest"] == 1
 
 
@@ -205,7 +205,7 @@ def test_foreign_codes_with_a_toml_map_of_class_names(
     out = tmp_path / "clc.zarr"
     with caplog.at_level(logging.WARNING, logger="eoseg"):
         result = rasterize_labels(
-            path, grid_path, out, class_field="code_18", classes=SCHEMA, class_map=table
+            path, grid_path, out, class_field="code_18", classes=SCHEMA, code_map=table
         )
     expected = np.array(
         [
@@ -220,8 +220,8 @@ def test_foreign_codes_with_a_toml_map_of_class_names(
     )
     np.testing.assert_array_equal(open_labels(out).values, expected)
     assert result.unmapped == {"999": 6} and result.to_dict()["unmapped_pixels"] == {"999": 6}
-    assert "6 pixels hold values the class map does not list" in caplog.text
-    doc: Any = zarr.open_group(str(out), mode="r").attrs["class_map"]
+    assert "6 pixels hold values the code map does not list" in caplog.text
+    doc: Any = zarr.open_group(str(out), mode="r").attrs["code_map"]
     assert doc["values"] == {"311": 1, "312": 1, "511": 0, "112": 3}
 
 
@@ -236,7 +236,7 @@ def test_raster_codes_with_an_inline_map(
     codes = np.where(CODES == 0, nodata, CODES * scale)
     path = write_codes(tmp_path / "wc.tif", codes, dtype, nodata)
     spec = f"{10 * scale}=forest,{80 * scale}=water,{30 * scale}=ignore"
-    result = rasterize_labels(path, grid_path, tmp_path / "wc.zarr", classes=SCHEMA, class_map=spec)
+    result = rasterize_labels(path, grid_path, tmp_path / "wc.zarr", classes=SCHEMA, code_map=spec)
     np.testing.assert_array_equal(open_labels(tmp_path / "wc.zarr").values, CODES_MAPPED)
     assert result.unmapped == {str(20 * scale): 8}
     assert result.class_counts == {0: 12, 1: 18}
@@ -251,9 +251,9 @@ def test_another_map_does_not_resume_the_old_tiles(grid_path: Path, tmp_path: Pa
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        rasterize_labels(path, grid_path, out, class_map={10: 0, 80: 0}, progress=stop_after_two)
+        rasterize_labels(path, grid_path, out, code_map={10: 0, 80: 0}, progress=stop_after_two)
     spec = "10=1,80=0,30=255"
-    rasterize_labels(path, grid_path, out, class_map=spec, progress=lambda d, t: calls.append(t))
+    rasterize_labels(path, grid_path, out, code_map=spec, progress=lambda d, t: calls.append(t))
     assert set(calls) == {4}  # all tiles again
     np.testing.assert_array_equal(open_labels(out).values, CODES_MAPPED)
 
@@ -261,20 +261,20 @@ def test_another_map_does_not_resume_the_old_tiles(grid_path: Path, tmp_path: Pa
 @pytest.mark.parametrize(
     ("source", "options", "error", "match"),
     [
-        ("raster", {"class_map": "10=forest,20=lava"}, InvalidParameterError, "'lava' is no class"),
+        ("raster", {"code_map": "10=forest,20=lava"}, InvalidParameterError, "'lava' is no class"),
         (
             "raster",
-            {"class_map": {"10": 7}},
+            {"code_map": {"10": 7}},
             InvalidParameterError,
             r"7 is no class id: expected 0\.\.3",
         ),
         (
             "raster",
-            {"class_map": "10=forest", "classes": None},
+            {"code_map": "10=forest", "classes": None},
             InvalidParameterError,
             "pass --classes",
         ),
-        ("raster", {"class_map": {"Forest": 1}}, InvalidParameterError, "integer codes 0..65535"),
+        ("raster", {"code_map": {"Forest": 1}}, InvalidParameterError, "integer codes 0..65535"),
         (
             "names",
             {"classes": None},
@@ -289,9 +289,9 @@ def test_another_map_does_not_resume_the_old_tiles(grid_path: Path, tmp_path: Pa
         ),
         (
             "names",
-            {"class_map": "Forest=1", "osm": True},
+            {"code_map": "Forest=1", "osm": True},
             InvalidParameterError,
-            "drop --class-map",
+            "drop --code-map",
         ),
     ],
     ids=[
@@ -304,7 +304,7 @@ def test_another_map_does_not_resume_the_old_tiles(grid_path: Path, tmp_path: Pa
         "osm",
     ],
 )
-def test_bad_class_maps_are_explained(
+def test_bad_code_maps_are_explained(
     grid_path: Path,
     tmp_path: Path,
     source: str,
@@ -322,9 +322,11 @@ def test_bad_class_maps_are_explained(
     assert not out.exists() and not staging_path(out).exists()
 
 
+@pytest.mark.parametrize("flag", ["--code-map", "--class-map"], ids=["code-map", "old-name"])
 def test_cli_maps_raster_codes_and_explains_a_bad_map(
-    grid_path: Path, tmp_path: Path, client: object
+    grid_path: Path, tmp_path: Path, client: object, flag: str
 ) -> None:
+    """``--class-map`` is the old, hidden name of ``--code-map`` (kept for one release)."""
     path = write_codes(tmp_path / "wc.tif", CODES, "uint8", 0)
     schema = tmp_path / "schema.toml"
     schema.write_text(SCHEMA.to_toml())
@@ -332,12 +334,12 @@ def test_cli_maps_raster_codes_and_explains_a_bad_map(
     common = [str(path), "--classes", str(schema), "--cube", str(grid_path), "--scheduler", address]
     out = tmp_path / "cli.zarr"
     args = ["rasterize", *common, "--out", str(out), "--json"]
-    result = runner.invoke(app, [*args, "--class-map", "10=forest,80=water,30=ignore"])
+    result = runner.invoke(app, [*args, flag, "10=forest,80=water,30=ignore"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["unmapped_pixels"] == {"20": 8}
     np.testing.assert_array_equal(open_labels(out).values, CODES_MAPPED)
     bad = tmp_path / "bad.zarr"
-    args = ["rasterize", *common, "--out", str(bad), "--class-map", "10=forest,20=lava"]
+    args = ["rasterize", *common, "--out", str(bad), flag, "10=forest,20=lava"]
     result = runner.invoke(app, args)
     assert result.exit_code == 2
     assert "'lava' is no class of the schema" in result.stderr and "Traceback" not in result.output

@@ -65,7 +65,10 @@ def test_exports_are_recognised_and_replaced(
     assert run_inprocess(args).exit_code == 2  # exists: needs --overwrite
     again = run_inprocess([*args, "--overwrite"])
     assert again.exit_code == 0, again.output
-    assert sorted(p.name for p in out.iterdir()) == sorted(["map.tif", f"p{suffix}", "q.png"])
+    styles = ["map.qml", "p.qml"]  # QGIS styles beside the COG and the polygons
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["map.tif", f"p{suffix}", "q.png", *styles]
+    )
     import geopandas as gpd
 
     read = gpd.read_parquet if suffix == ".parquet" else gpd.read_file

@@ -32,14 +32,14 @@ CASES = {
 def test_forest_maps_heldout_truth(real_data: Path, tmp_path: Path, sample: str) -> None:
     prepare, least_oa, least_miou = CASES[sample]
     prepared = prepare(real_data, tmp_path, 0)
-    assert prepared.class_map is not None
+    assert prepared.code_map is not None
     cube, labels = tmp_path / "cube.zarr", tmp_path / "labels.zarr"
     ingest(list(prepared.sources), cube, tile_size=64)
     rasterize_labels(
-        prepared.train_labels, cube, labels, classes=prepared.classes, class_map=prepared.class_map
+        prepared.train_labels, cube, labels, classes=prepared.classes, code_map=prepared.code_map
     )
     result = compare(
-        cube, labels, prepared.truth, classes=prepared.classes, class_map=prepared.class_map
+        cube, labels, prepared.truth, classes=prepared.classes, code_map=prepared.code_map
     )
     report = result.forest.report
     if prepared.truth.suffix == ".tif":

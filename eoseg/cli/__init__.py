@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from eoseg.cli import data, demo, mapping, models, products, training
+from eoseg.cli import data, demo, mapping, models, mosaic, products, training
 from eoseg.cli.common import reflow_help
 
 app = typer.Typer(
@@ -65,6 +65,7 @@ for command in (
     mapping.export,
     mapping.evaluate,
     mapping.query,
+    mosaic.mosaic,
     demo.demo,
 ):
     app.command()(command)

@@ -14,8 +14,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from eoseg import console
-from eoseg.errors import EosegError
+from eoseg.cli import console
+from eoseg.errors import EosegError, InvalidParameterError
 from eoseg.store import RunInterrupted
 
 T = TypeVar("T")
@@ -33,6 +33,29 @@ SchedulerOpt = Annotated[
         show_default=False,
     ),
 ]
+
+ClassMapAliasOpt = Annotated[
+    str | None,
+    # The old name of --code-map, hidden from --help; kept for one release (issue 13).
+    typer.Option("--class-map", hidden=True, show_default=False),
+]
+
+
+def code_map_option(code_map: str | None, class_map: str | None) -> str | None:
+    """The code map given as ``--code-map`` or by its old name ``--class-map``.
+
+    Raises:
+        InvalidParameterError: Both names given, with different values.
+    """
+    if class_map is None:
+        return code_map
+    if code_map is not None and code_map != class_map:
+        raise InvalidParameterError(
+            f"--code-map {code_map!r} and --class-map {class_map!r} are the same option "
+            "(--class-map is its old name) with different values: give --code-map once"
+        )
+    logging.getLogger("eoseg").warning("--class-map is now --code-map; the old name will go")
+    return class_map
 
 
 INTERRUPTED = 130

@@ -7,11 +7,13 @@ from typing import Annotated
 
 import typer
 
-from eoseg import console
+from eoseg.cli import console
 from eoseg.cli.common import (
+    ClassMapAliasOpt,
     JsonOpt,
     OverwriteOpt,
     SchedulerOpt,
+    code_map_option,
     dask_client,
     guard,
     new_run_id,
@@ -144,7 +146,7 @@ def rasterize(
         str,
         typer.Option(
             help="Vector field holding class ids 0..254, class names of --classes, or codes "
-            "that --class-map translates."
+            "that --code-map translates."
         ),
     ] = "class_id",
     classes: Annotated[
@@ -156,10 +158,10 @@ def rasterize(
             show_default=False,
         ),
     ] = None,
-    class_map: Annotated[
+    code_map: Annotated[
         str | None,
         typer.Option(
-            "--class-map",
+            "--code-map",
             help="Translate the class field's values or the raster's codes to classes: a "
             'TOML/JSON file of value = class pairs (311 = "forest"), or inline '
             "'311=forest,312=forest,511=water'. A class is an id or a class name of "
@@ -180,12 +182,13 @@ def rasterize(
     scheduler: SchedulerOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
+    class_map: ClassMapAliasOpt = None,
 ) -> None:
     """Rasterize labels onto a cube's grid (uint8 class ids, 255 = ignore).
 
     Class ids come from a field of a vector file, from a class-id GeoTIFF, or from
     OpenStreetMap. A field of names maps by the class names of --classes (ignoring case);
-    other codes or names (CORINE 311, WorldCover 10) map with --class-map. From
+    other codes or names (CORINE 311, WorldCover 10) map with --code-map. From
     OpenStreetMap: with --classes, an OSM extract is classified by the schema's tag rules
     (a line with a buffer rule becomes a polygon reaching that many metres each side),
     only over the cube's footprint, and burnt with smaller areas on top of larger ones and
@@ -195,22 +198,23 @@ def rasterize(
 
       eoseg rasterize osm.gpkg --cube cube.zarr --out osm.zarr
 
-      eoseg rasterize wc.tif --class-map "10=1,30=2,80=0" --cube cube.zarr --out clean.zarr
+      eoseg rasterize wc.tif --code-map "10=1,30=2,80=0" --cube cube.zarr --out clean.zarr
 
-      eoseg rasterize clc.gpkg --class-field code --class-map clc.toml --cube c.zarr --out l.zarr
+      eoseg rasterize clc.gpkg --class-field code --code-map clc.toml --cube c.zarr --out l.zarr
 
       eoseg rasterize region.osm.pbf --classes schema.toml --cube cube.zarr --out osm.zarr
 
       eoseg rasterize tags.parquet --classes schema.toml --osm --cube cube.zarr --out osm.zarr
     """
     from eoseg.classes import load_schema
-    from eoseg.label_mapping import load_class_map
+    from eoseg.code_map import load_code_map
     from eoseg.labels import rasterize_labels
     from eoseg.outputs import check_output
 
     def body() -> None:
         schema = load_schema(classes) if classes is not None else None  # before any cluster
-        mapping = load_class_map(class_map, schema) if class_map is not None else None
+        codes = code_map_option(code_map, class_map)
+        mapping = load_code_map(codes, schema) if codes is not None else None
         inputs = {"SOURCE": source, "--cube": cube, "--classes": classes}
         check_output(out, "labels", overwrite=overwrite, inputs=inputs)
         with dask_client(scheduler) as client, console.progress_bar("rasterize") as bar:
@@ -220,7 +224,7 @@ def rasterize(
                 out,
                 class_field=class_field,
                 classes=schema,
-                class_map=mapping,
+                code_map=mapping,
                 osm=osm,
                 client=client,
                 overwrite=overwrite,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from eoseg import console
+from eoseg.cli import console
 from eoseg.cli.common import (
     SERVER_TIMEOUT_S,
     SERVER_TIMEOUT_VAR,

@@ -8,11 +8,13 @@ from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
-from eoseg import console
+from eoseg.cli import console
 from eoseg.cli.common import (
+    ClassMapAliasOpt,
     JsonOpt,
     OverwriteOpt,
     SchedulerOpt,
+    code_map_option,
     dask_client,
     guard,
     new_run_id,
@@ -121,7 +123,18 @@ def predict(
 
 def export(
     classmap: Annotated[Path, typer.Argument(help="Class map store.")],
-    cog: Annotated[Path | None, typer.Option(help="Cloud-Optimized GeoTIFF to write.")] = None,
+    cog: Annotated[
+        Path | None,
+        typer.Option(help="Class COG to write (ids, nodata 255, colours, mode overviews)."),
+    ] = None,
+    confidence_cog: Annotated[
+        Path | None,
+        typer.Option(
+            "--confidence-cog",
+            help="Confidence COG to write (top-class probability x 255, nodata 0).",
+            show_default=False,
+        ),
+    ] = None,
     polygons: Annotated[
         Path | None, typer.Option(help="Polygons: .parquet, .gpkg or .geojson.")
     ] = None,
@@ -133,7 +146,10 @@ def export(
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Export a class map as COG (with overviews and colours), polygons and a quicklook.
+    """Export a class map as COGs (classes, confidence), polygons and a quicklook.
+
+    Each COG and polygon file gets a QGIS style (NAME.qml beside it; inside a GeoPackage),
+    so QGIS shows class colours and names on open.
 
     A multi-date class map exports the --date given, or every date: {date} in a path
     becomes each date's ISO day (one file per date), and polygons without {date} go to
@@ -144,15 +160,17 @@ def export(
     from eoseg.publish import export_classmap
 
     def body() -> None:
-        if not (cog or polygons or quicklook):
+        if not (cog or confidence_cog or polygons or quicklook):
             from eoseg.errors import InvalidParameterError
 
             raise InvalidParameterError(
-                "nothing to export: give --cog FILE, --polygons FILE and/or --quicklook FILE"
+                "nothing to export: give --cog FILE, --confidence-cog FILE, --polygons FILE "
+                "and/or --quicklook FILE"
             )
         doc = export_classmap(
             classmap,
             cog=cog,
+            confidence_cog=confidence_cog,
             polygons=polygons,
             quicklook=quicklook,
             simplify=simplify,
@@ -176,10 +194,10 @@ def evaluate(
             "map's classes."
         ),
     ] = "class_id",
-    class_map: Annotated[
+    code_map: Annotated[
         str | None,
         typer.Option(
-            "--class-map",
+            "--code-map",
             help="Translate the truth's class field values or raster codes to the map's "
             "classes: a TOML/JSON file or inline '311=forest,511=water' (as for rasterize).",
             show_default=False,
@@ -187,14 +205,15 @@ def evaluate(
     ] = None,
     date: DateOpt = None,
     json_out: JsonOpt = False,
+    class_map: ClassMapAliasOpt = None,
 ) -> None:
     """Accuracy of a class map: overall accuracy, per-class precision/recall/F1/IoU, mIoU.
 
     A multi-date class map is compared with the truth on one --date.
 
-    Truth in another nomenclature (e.g. CORINE codes) is translated with --class-map:
+    Truth in another nomenclature (e.g. CORINE codes) is translated with --code-map:
 
-      eoseg evaluate map.zarr --truth clc.gpkg --class-field code --class-map clc.toml
+      eoseg evaluate map.zarr --truth clc.gpkg --class-field code --code-map clc.toml
     """
     from eoseg.metrics import format_report
     from eoseg.outputs import scratch_dir
@@ -208,7 +227,7 @@ def evaluate(
                 classmap,
                 truth,
                 class_field=class_field,
-                class_map=class_map,
+                code_map=code_map_option(code_map, class_map),
                 workdir=Path(tmp),
                 date=date,
             )

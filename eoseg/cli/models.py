@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from eoseg import console
+from eoseg.cli import console
 from eoseg.cli.common import JsonOpt, guard, report
 from eoseg.errors import InvalidParameterError
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 import typer
 from rich.table import Table
 
-from eoseg import console
+from eoseg.cli import console
 from eoseg.cli.common import JsonOpt, guard, report
 
 if TYPE_CHECKING:

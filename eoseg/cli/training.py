@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from eoseg import console
+from eoseg.cli import console
 from eoseg.cli.common import (
     JsonOpt,
     OverwriteOpt,

@@ -1,7 +1,7 @@
-"""Class mappings: the codes or names of a label source translated to class ids.
+"""Code maps: the codes or names of a label source translated to class ids.
 
 Clean label sets carry their own codes: a vector field of names (``"Forest"``), CORINE
-codes (311, 312) or ESA WorldCover codes in a raster (10, 20, 80). A `ClassMapping` says
+codes (311, 312) or ESA WorldCover codes in a raster (10, 20, 80). A `CodeMap` says
 which class id each source value becomes. It is given as
 
 * a mapping ``{"311": "forest", "511": 0}`` (keys any value, compared as strings);
@@ -16,7 +16,7 @@ which class id each source value becomes. It is given as
 Source values are compared as strings after `value_key` (so the float ``10.0`` of a
 Shapefile matches ``"10"``). Values the mapping does not list become 255 (ignore) and
 are counted per value; the run reports them. Without a mapping, a text field maps by the
-schema's class names, ignoring case (`ClassMapping.from_schema`); there, a value that is
+schema's class names, ignoring case (`CodeMap.from_schema`); there, a value that is
 no class name is an error, since it is a typo or a class the schema lacks.
 """
 
@@ -39,14 +39,14 @@ from eoseg.errors import InputNotFoundError, InvalidParameterError, UnreadableVe
 MAX_CODE = 65535
 """Largest raster code a mapping may list (rasters are mapped through a lookup table)."""
 
-ClassMapSpec = Mapping[Any, int | str] | Path | str
-"""What a caller may pass as a class map: pairs, a TOML/JSON file, or the inline form."""
+CodeMapSpec = Mapping[Any, int | str] | Path | str
+"""What a caller may pass as a code map: pairs, a TOML/JSON file, or the inline form."""
 
-_EXAMPLE = "e.g. --class-map '311=forest,312=forest,511=water' or a TOML file of 311 = \"forest\""
+_EXAMPLE = "e.g. --code-map '311=forest,312=forest,511=water' or a TOML file of 311 = \"forest\""
 
 
 @dataclass(frozen=True, slots=True)
-class ClassMapping:
+class CodeMap:
     """Source values (as `value_key` strings) to class ids; 255 = ignore on purpose.
 
     Attributes:
@@ -67,7 +67,7 @@ class ClassMapping:
         object.__setattr__(self, "_index", {fold(k): v for k, v in self.pairs})
 
     @classmethod
-    def from_schema(cls, schema: ClassSchema) -> ClassMapping:
+    def from_schema(cls, schema: ClassSchema) -> CodeMap:
         """Class names to their ids, matched ignoring case."""
         return cls(tuple((c.name, c.id) for c in schema), "class names", by_name=True)
 
@@ -100,7 +100,7 @@ class ClassMapping:
         bad = [k for k, _ in self.pairs if not _is_code(k)]
         if bad:
             raise InvalidParameterError(
-                f"class map {self.origin} lists {bad[:5]}, but the pixels of the raster {path} "
+                f"code map {self.origin} lists {bad[:5]}, but the pixels of the raster {path} "
                 f"are integer codes 0..{MAX_CODE}: map its codes, {_EXAMPLE}"
             )
 
@@ -124,14 +124,14 @@ def value_key(value: object) -> str:
     return str(value).strip()
 
 
-def load_class_map(spec: ClassMapSpec | ClassMapping, schema: ClassSchema | None) -> ClassMapping:
-    """Read a class map from pairs, a TOML/JSON file, or the inline ``value=class,...`` form.
+def load_code_map(spec: CodeMapSpec | CodeMap, schema: ClassSchema | None) -> CodeMap:
+    """Read a code map from pairs, a TOML/JSON file, or the inline ``value=class,...`` form.
 
     A string is a file when one exists at that path, else the inline form. Targets are
     class ids, class names of ``schema`` (ignoring case), or ``"ignore"`` (255).
 
     Args:
-        spec: The class map (see the module docs); a `ClassMapping` is returned as is.
+        spec: The code map (see the module docs); a `CodeMap` is returned as is.
         schema: The classes targets must lie in; without one, ids ``0..254``.
 
     Returns:
@@ -142,7 +142,7 @@ def load_class_map(spec: ClassMapSpec | ClassMapping, schema: ClassSchema | None
         InvalidParameterError: A file that is not a flat table, a malformed pair, a
             duplicate value, or a target that is no class of the schema.
     """
-    if isinstance(spec, ClassMapping):
+    if isinstance(spec, CodeMap):
         return spec
     if isinstance(spec, Mapping):
         return _build(spec.items(), "mapping", schema)
@@ -152,17 +152,17 @@ def load_class_map(spec: ClassMapSpec | ClassMapping, schema: ClassSchema | None
     if isinstance(spec, str) and "=" in spec:
         return _build(_parse_inline(spec), "inline", schema)
     raise InputNotFoundError(
-        f"class map {spec} is neither an existing file nor of the form value=class,...: check "
+        f"code map {spec} is neither an existing file nor of the form value=class,...: check "
         f"the path, or write the pairs inline, {_EXAMPLE}"
     )
 
 
-def map_codes(codes: np.ndarray, mapping: ClassMapping) -> tuple[np.ndarray, dict[str, int]]:
+def map_codes(codes: np.ndarray, mapping: CodeMap) -> tuple[np.ndarray, dict[str, int]]:
     """Class ids of one tile of raster codes, and the pixels of each unmapped code.
 
     Args:
         codes: Codes as floats, NaN where the raster has nodata or no data at all.
-        mapping: The class map (its keys checked with `ClassMapping.check_codes`).
+        mapping: The code map (its keys checked with `CodeMap.check_codes`).
 
     Returns:
         ``uint8`` class ids (255 where nodata or unmapped) and ``{code: pixels}`` of the
@@ -180,13 +180,13 @@ def map_codes(codes: np.ndarray, mapping: ClassMapping) -> tuple[np.ndarray, dic
 
 
 def index_values(
-    values: Sequence[object], mapping: ClassMapping, *, where: str
+    values: Sequence[object], mapping: CodeMap, *, where: str
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Each value's index among the distinct values, their class ids and their keys.
 
     Args:
         values: The source values (e.g. a vector field's, one per feature).
-        mapping: The class map.
+        mapping: The code map.
         where: The source and field, for the error message.
 
     Returns:
@@ -203,7 +203,7 @@ def index_values(
     if mapping.by_name and unknown:
         raise UnreadableVectorError(
             f"{where} holds {unknown[:10]}, which are no class names of the schema "
-            f"{[k for k, _ in mapping.pairs]} (ignoring case): pass --class-map "
+            f"{[k for k, _ in mapping.pairs]} (ignoring case): pass --code-map "
             f"'{unknown[0]}=<class name or id>,...' (or =ignore), or rename the values"
         )
     return index.astype("int32"), ids, keys
@@ -238,12 +238,12 @@ def _read_file(path: Path) -> Mapping[str, Any]:
         doc = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:  # TOMLDecodeError is a ValueError
         raise InvalidParameterError(
-            f"class map {path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'} "
+            f"code map {path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'} "
             f'({exc}): write value = class pairs, e.g. 311 = "forest"'
         ) from exc
     if not isinstance(doc, Mapping):
         raise InvalidParameterError(
-            f'class map {path} holds a {type(doc).__name__}; expected an object {{"311": '
+            f'code map {path} holds a {type(doc).__name__}; expected an object {{"311": '
             '"forest", "511": 0}} of value: class pairs'
         )
     return doc
@@ -255,34 +255,32 @@ def _parse_inline(text: str) -> list[tuple[str, str]]:
         key, sep, target = item.partition("=")
         if not sep or not key.strip() or not target.strip():
             raise InvalidParameterError(
-                f"class map {text!r}: {item.strip()!r} is not of the form value=class: {_EXAMPLE}"
+                f"code map {text!r}: {item.strip()!r} is not of the form value=class: {_EXAMPLE}"
             )
         pairs.append((key, target.strip()))
     return pairs
 
 
-def _build(
-    items: Iterable[tuple[Any, Any]], origin: str, schema: ClassSchema | None
-) -> ClassMapping:
+def _build(items: Iterable[tuple[Any, Any]], origin: str, schema: ClassSchema | None) -> CodeMap:
     pairs: dict[str, int] = {}
     for raw, target in items:
         key = value_key(raw)
         if not key:
-            raise InvalidParameterError(f"class map {origin} has an empty value: remove it")
+            raise InvalidParameterError(f"code map {origin} has an empty value: remove it")
         cid = _target_id(key, target, origin, schema)
         if pairs.get(key, cid) != cid:
             raise InvalidParameterError(
-                f"class map {origin} maps {key!r} to both {pairs[key]} and {cid}: keep one"
+                f"code map {origin} maps {key!r} to both {pairs[key]} and {cid}: keep one"
             )
         pairs[key] = cid
     if not pairs:
-        raise InvalidParameterError(f"class map {origin} is empty: add value = class pairs")
-    return ClassMapping(tuple(pairs.items()), origin)
+        raise InvalidParameterError(f"code map {origin} is empty: add value = class pairs")
+    return CodeMap(tuple(pairs.items()), origin)
 
 
 def _target_id(key: str, target: Any, origin: str, schema: ClassSchema | None) -> int:
     """The class id a mapping target (id, digits, class name or "ignore") stands for."""
-    where = f"class map {origin}: {key!r} ->"
+    where = f"code map {origin}: {key!r} ->"
     n = len(schema) if schema is not None else IGNORE_ID
     if isinstance(target, str) and _is_code(target.strip()):
         target = int(target)

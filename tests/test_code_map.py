@@ -1,4 +1,4 @@
-"""Class maps read from pairs, files and the inline form, and applied to values and codes."""
+"""Code maps read from pairs, files and the inline form, and applied to values and codes."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from eoseg.classes import ClassSchema, LandClass
-from eoseg.errors import InputNotFoundError, InvalidParameterError, UnreadableVectorError
-from eoseg.label_mapping import (
-    ClassMapping,
+from eoseg.code_map import (
+    CodeMap,
     apply_ids,
     index_values,
-    load_class_map,
+    load_code_map,
     map_codes,
     value_key,
 )
+from eoseg.errors import InputNotFoundError, InvalidParameterError, UnreadableVectorError
 
 SCHEMA = ClassSchema((LandClass(0, "water", "#1f78b4"), LandClass(1, "Forest", "#1b7837")))
 EXPECTED = {"311": 1, "312": 1, "511": 0, "999": 255}
@@ -33,12 +33,12 @@ EXPECTED = {"311": 1, "312": 1, "511": 0, "999": 255}
     ],
     ids=["dict", "inline", "toml", "json"],
 )
-def test_the_forms_of_a_class_map_agree(tmp_path: Path, kind: str, spec: Any) -> None:
+def test_the_forms_of_a_code_map_agree(tmp_path: Path, kind: str, spec: Any) -> None:
     if kind in {"toml", "json"}:
         path = tmp_path / f"map.{kind}"
         path.write_text(spec)
         spec = path if kind == "toml" else str(path)
-    mapping = load_class_map(spec, SCHEMA)
+    mapping = load_code_map(spec, SCHEMA)
     assert dict(mapping.pairs) == EXPECTED
     assert mapping.lookup("311") == 1 and mapping.lookup("Forest") is None
 
@@ -56,16 +56,16 @@ def test_the_forms_of_a_class_map_agree(tmp_path: Path, kind: str, spec: Any) ->
     ],
     ids=["no-equals", "conflict", "typo", "id-outside", "bool", "empty", "missing-file"],
 )
-def test_bad_class_maps_are_refused(spec: Any, error: type[Exception], match: str) -> None:
+def test_bad_code_maps_are_refused(spec: Any, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
-        load_class_map(spec, SCHEMA)
+        load_code_map(spec, SCHEMA)
 
 
 def test_a_file_that_is_no_table_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "map.json"
     path.write_text("[1, 2]")
     with pytest.raises(InvalidParameterError, match="holds a list; expected an object"):
-        load_class_map(path, SCHEMA)
+        load_code_map(path, SCHEMA)
 
 
 def test_value_keys() -> None:
@@ -80,7 +80,7 @@ def test_value_keys() -> None:
 
 
 def test_schema_names_match_ignoring_case_and_refuse_other_names() -> None:
-    mapping = ClassMapping.from_schema(SCHEMA)
+    mapping = CodeMap.from_schema(SCHEMA)
     index, ids, keys = index_values(["FOREST", "water", "forest"], mapping, where="f")
     assert index.tolist() == [0, 1, 2] and ids.tolist() == [1, 0, 1]
     assert keys == ["FOREST", "water", "forest"]
@@ -89,7 +89,7 @@ def test_schema_names_match_ignoring_case_and_refuse_other_names() -> None:
 
 
 def test_codes_map_through_a_lookup_table() -> None:
-    mapping = load_class_map("10=forest,80=water,60000=ignore", SCHEMA)
+    mapping = load_code_map("10=forest,80=water,60000=ignore", SCHEMA)
     codes = np.array([[10.0, 80.0, np.nan], [20.0, 60000.0, 10.5], [-3.0, 70000.0, 20.0]])
     out, unmapped = map_codes(codes, mapping)
     np.testing.assert_array_equal(out, [[1, 0, 255], [255, 255, 255], [255, 255, 255]])
