@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from eoseg.cli import data, demo, mapping, models, training
+from eoseg.cli import accuracy, data, demo, mapping, models, training
 from eoseg.cli.common import reflow_help
 
 app = typer.Typer(
@@ -65,6 +65,8 @@ for command in (
     mapping.export,
     mapping.evaluate,
     mapping.query,
+    accuracy.sample,
+    accuracy.areas,
     demo.demo,
 ):
     app.command()(command)
