@@ -116,7 +116,7 @@ def evaluate_paths(
     n = len(layer.names)
     # Pixels outside every region (index -1) go to an extra last bucket: one pass over the
     # tiles gives the whole map's matrix (the sum) and each region's.
-    raster = regions_raster(layer, grid, chunks) % (n + 1)  # type: ignore[arg-type]
+    raster = regions_raster(layer, grid, chunks) % (n + 1)
     per_region = confusion_by_region(pred.data, reference.data, raster, len(schema), n + 1)
     accuracy = report_from_confusion(per_region.sum(axis=0), schema.names)
     by_name: dict[str, AccuracyReport | None] = {}

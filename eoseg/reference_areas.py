@@ -20,7 +20,7 @@ from eoseg.area_estimate import AreaEstimate, AreaReport, reference_counts, stra
 from eoseg.classes import IGNORE_ID, ClassSchema
 from eoseg.dates import DateChoice, select_date
 from eoseg.errors import InvalidParameterError, NoOverlapError, OutputExistsError
-from eoseg.grid import raster_tiles
+from eoseg.grid import crs_of, raster_tiles
 from eoseg.predict import open_classmap
 from eoseg.reference_sample import (
     REFERENCE_FIELD,
@@ -88,7 +88,7 @@ def estimate_areas(
     schema = ClassSchema.from_dict(ds.attrs["classes"])
     cls = ds["class"]
     geobox, data, _ = raster_tiles(cls)
-    x, y, labels = read_sample(reference, field, geobox.crs.proj)
+    x, y, labels = read_sample(reference, field, crs_of(geobox).proj)
     ref_ids = _label_ids(labels, schema, field)
     rows, cols = _pixels(geobox, x, y, reference)
     map_ids = np.asarray(data.vindex[rows, cols].compute()).astype(np.int64)

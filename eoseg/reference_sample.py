@@ -19,10 +19,11 @@ import numpy as np
 import pandas as pd
 import pyproj
 import xarray as xr
+from odc.geo.geobox import GeoBox
 
 from eoseg.classes import ClassSchema
 from eoseg.errors import InputNotFoundError, InvalidParameterError, UnreadableVectorError
-from eoseg.grid import raster_tiles
+from eoseg.grid import crs_of, raster_tiles
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def allocate(pixels: np.ndarray, schema: ClassSchema, design: SampleDesign) -> n
     floor = np.minimum(pixels, design.min_per_class) * mapped
     if design.n < floor.sum():
         raise InvalidParameterError(
-            f"--n {design.n} points cannot give {int(mapped.sum())} mapped classes "
+            f"--n {design.n} points cannot give each of the {int(mapped.sum())} mapped classes "
             f"--min-per-class {design.min_per_class}: raise --n to {int(floor.sum())} or more, "
             "or lower --min-per-class"
         )
@@ -253,14 +254,16 @@ def _locate(block: np.ndarray, picks: list[tuple[int, np.ndarray]]) -> tuple[np.
     return where // width, where % width, klass
 
 
-def _points(geobox, schema, rows, cols, classes) -> gpd.GeoDataFrame:  # type: ignore[no-untyped-def]
+def _points(
+    geobox: GeoBox, schema: ClassSchema, rows: np.ndarray, cols: np.ndarray, classes: np.ndarray
+) -> gpd.GeoDataFrame:
     """The sample table of pixel ``rows``/``cols`` mapped as ``classes``."""
     order = np.lexsort((cols, rows, classes))
     rows, cols, classes = rows[order], cols[order], classes[order]
     a = geobox.affine
     x = a.a * (cols + 0.5) + a.b * (rows + 0.5) + a.c
     y = a.d * (cols + 0.5) + a.e * (rows + 0.5) + a.f
-    crs = geobox.crs.proj
+    crs = crs_of(geobox).proj
     lon, lat = pyproj.Transformer.from_crs(crs, 4326, always_xy=True).transform(x, y)
     names = np.array(schema.names, dtype=object)
     table = pd.DataFrame(

@@ -26,6 +26,7 @@ from eoseg.errors import (
     NoOverlapError,
     UnreadableVectorError,
 )
+from eoseg.grid import crs_of
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def read_regions(path: Path, field: str, geobox: GeoBox) -> Regions:
         raise UnreadableVectorError(
             f"--regions {path} holds no polygon with a {field!r} value: give an area layer"
         )
-    gdf = gdf.to_crs(geobox.crs.proj if geobox.crs is not None else None)
+    gdf = gdf.to_crs(crs_of(geobox).proj)
     merged = gdf.assign(_name=gdf[field].astype(str)).dissolve(by="_name", sort=True)
     grid = shapely.box(*geobox.extent.geom.bounds)
     geoms = tuple(shapely.make_valid(g) for g in merged.geometry)
@@ -99,7 +100,9 @@ def read_regions(path: Path, field: str, geobox: GeoBox) -> Regions:
     return Regions(tuple(str(n) for n in merged.index), geoms, str(path), field)
 
 
-def regions_raster(regions: Regions, geobox: GeoBox, chunks: tuple[tuple[int, ...], ...]):  # type: ignore[no-untyped-def]
+def regions_raster(
+    regions: Regions, geobox: GeoBox, chunks: tuple[tuple[int, ...], ...]
+) -> dask.array.Array:
     """The region index (``int32``, `OUTSIDE` elsewhere) of every pixel, lazily.
 
     Args:

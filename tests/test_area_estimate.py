@@ -12,7 +12,7 @@ offline here; the counts and the p. 54 figures are those the mapaccuracy R packa
 
 from __future__ import annotations
 
-import sys
+import json
 from pathlib import Path
 
 import geopandas as gpd
@@ -20,15 +20,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import shapely
+from typer.testing import CliRunner
 
 from eoseg.area_estimate import Z95, AreaEstimate, stratified_estimate
+from eoseg.cli import app
 from eoseg.errors import InvalidParameterError
 from eoseg.predict import open_classmap
 from eoseg.reference_areas import estimate_areas
 from eoseg.stats import class_areas
-
-sys.path.insert(0, str(Path(__file__).parent))
-from classmaps import schema_of, utm_grid, write_classmap
+from tests.classmaps import schema_of, utm_grid, write_classmap
 
 CLASSES = ("deforestation", "forest gain", "stable forest", "stable non-forest")
 TABLE8 = np.array([[66, 0, 5, 4], [0, 55, 8, 12], [1, 0, 153, 11], [2, 1, 9, 313]])
@@ -236,3 +236,31 @@ def test_bad_samples_are_refused(mapped: Path, tmp_path: Path, edit, message: st
     edit(table).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(InvalidParameterError, match=message):
         estimate_areas(mapped, tmp_path / "bad.csv")
+
+
+def test_cli_sample_then_areas(mapped: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "sample.csv"
+    args = ["--n", "45", "--min-per-class", "10"]
+    drawn = runner.invoke(app, ["sample", str(mapped), "--out", str(out), *args])
+    assert drawn.exit_code == 0, drawn.output
+    table = pd.read_csv(out)
+    table["reference"] = table["map_class_name"]  # a perfect map, as a labeller would say
+    table.loc[table.index[:3], "reference"] = "water"
+    table.to_csv(out, index=False)
+    result = runner.invoke(app, ["areas", str(mapped), "--reference", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["sample_points"] == 45
+    counts = np.zeros((3, 3), dtype=int)
+    for m, r in zip(table["map_class"], table["reference"], strict=True):
+        counts[m, NAMES.index(r)] += 1
+    assert doc["sample_counts"] == counts.tolist()
+    mapped_km2 = [c["mapped_km2"] for c in doc["classes"]]
+    expected = stratified_estimate(counts, np.array(mapped_km2), NAMES)
+    for k, c in enumerate(doc["classes"]):
+        assert c["adjusted_km2"] == pytest.approx(expected.area[k], rel=1e-12)
+        assert c["adjusted_km2_ci95"] == pytest.approx(list(expected.ci(k)), rel=1e-12)
+    console = runner.invoke(app, ["areas", str(mapped), "--reference", str(out)])
+    assert console.exit_code == 0 and "95% CI" in console.output
+    assert f"{expected.area[1]:,.4f}" in console.output
