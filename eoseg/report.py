@@ -74,8 +74,7 @@ def write_report(
     Raises:
         OutputExistsError: ``out`` is a file.
     """
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"--report {out} is a file: give a folder for the report")
+    check_report_dir(out)
     areas = class_areas(evaluation.prediction, evaluation.schema)
     blocks = _outline(evaluation, areas, title, sources)
     figures = out / "figures"
@@ -94,6 +93,20 @@ def write_report(
     paths["json"].write_text(json.dumps(doc, indent=1, default=str))
     log.info("wrote the accuracy report to %s", out)
     return paths
+
+
+def check_report_dir(out: Path) -> None:
+    """The report may be written into ``out`` (checked before any work).
+
+    Raises:
+        OutputExistsError: ``out`` is a file, or its parent folder is missing.
+    """
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--report {out} is a file: give a folder for the report")
+    if not out.parent.is_dir():
+        raise OutputExistsError(
+            f"--report {out}: folder {out.parent} does not exist; create it or choose another"
+        )
 
 
 def _outline(ev: Evaluation, areas: ClassAreas, title: str, sources: dict[str, str]) -> list[Block]:

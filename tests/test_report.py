@@ -172,3 +172,13 @@ def test_html_report_is_self_contained(workspace: dict[str, Path], tmp_path: Pat
     assert page.count("<table>") >= 4
     doc = json.loads((out / "report.json").read_text())
     assert f"<td>{doc['overall_accuracy']:.4f}</td>" in page
+
+
+def test_report_into_a_file_is_refused(workspace: dict[str, Path], tmp_path: Path) -> None:
+    target = tmp_path / "report.txt"
+    target.write_text("keep me")
+    args = ["evaluate", str(workspace["map"]), "--truth", str(workspace["truth"])]
+    result = CliRunner().invoke(app, [*args, "--report", str(target)])
+    assert result.exit_code == 2
+    assert "--report" in result.output and "is a file" in result.output
+    assert target.read_text() == "keep me"

@@ -229,6 +229,10 @@ def evaluate(
     from eoseg.outputs import scratch_dir
 
     def body() -> None:
+        if report_dir is not None:
+            from eoseg.report import check_report_dir
+
+            check_report_dir(report_dir)
         # Beside the map when it can be written (same disk); a read-only map is still read.
         scratch = scratch_dir(classmap.parent)
         with tempfile.TemporaryDirectory(prefix=".eoseg-truth-", dir=scratch) as tmp:
