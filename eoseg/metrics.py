@@ -292,28 +292,33 @@ def _block_confusion(p: np.ndarray, t: np.ndarray, n: int, ignore: int) -> np.nd
     valid = (p != ignore) & (t != ignore)
     p = p[valid].astype(np.int64)
     t = t[valid].astype(np.int64)
+    _check_ids(p, t, n, ignore)
+    return np.bincount(t * n + p, minlength=n * n).reshape(n, n)
+
+
+def _check_ids(p: np.ndarray, t: np.ndarray, n: int, ignore: int) -> None:
+    """Every id of valid pixels is a class id ``0..n-1``."""
     if p.size and (min(p.min(), t.min()) < 0 or max(p.max(), t.max()) >= n):
         bad = sorted({int(v) for v in np.concatenate([p, t]) if v < 0 or v >= n})
         raise InvalidParameterError(
             f"class ids {bad[:10]} are outside 0..{n - 1} (and not the ignore id {ignore}): "
             "pass the schema both rasters were made with"
         )
-    return np.bincount(t * n + p, minlength=n * n).reshape(n, n)
 
 
 def _block_region_confusion(
     p: np.ndarray, t: np.ndarray, r: np.ndarray, n: int, n_regions: int, ignore: int
 ) -> np.ndarray:
-    """Confusion matrices of one block, one per region."""
+    """Confusion matrices of one block, one per region, from a single bincount."""
     r = np.asarray(r).ravel().astype(np.int64)
     inside = (r >= 0) & (r < n_regions)
-    p = np.asarray(p).ravel()
-    t = np.asarray(t).ravel()
-    out = np.zeros((n_regions, n, n), dtype=np.int64)
-    for k in np.unique(r[inside]):
-        mask = r == k
-        out[k] = _block_confusion(p[mask], t[mask], n, ignore)
-    return out
+    p = np.asarray(p).ravel()[inside]
+    t = np.asarray(t).ravel()[inside]
+    r = r[inside]
+    valid = (p != ignore) & (t != ignore)
+    _check_ids(p[valid], t[valid], n, ignore)
+    flat = (r[valid] * n + t[valid].astype(np.int64)) * n + p[valid].astype(np.int64)
+    return np.bincount(flat, minlength=n_regions * n * n).reshape(n_regions, n, n)
 
 
 def _as_dask(x: ArrayLike) -> dask.array.Array:
