@@ -95,10 +95,11 @@ def read_regions(path: str | Path, field: str) -> dict[str, shapely.Geometry]:
     if field not in gdf.columns:
         fields = [c for c in gdf.columns if c != gdf.geometry.name]
         raise UnreadableVectorError(
-            f"regions file {str(path)!r} has no field {field!r}; it has {fields}: "
+            f"regions file {str(path)!r} has no field {field!r} (fields: {fields}): "
             "name one with --region-field"
         )
     regions: dict[str, shapely.Geometry] = {}
+    gdf = gdf[gdf[field].notna()]
     for name, part in _to_lonlat(gdf).groupby(gdf[field].astype(str), sort=True):
         geom = _polygonal(shapely.make_valid(part.union_all()))
         if not geom.is_empty:

@@ -37,12 +37,19 @@ _BLOCK = 2048
 class AccuracyReport:
     """Accuracy scores of a class map.
 
-    Per-class scores are NaN where undefined: precision when the class is never
-    predicted, recall when it is absent from the truth, F1 and IoU when it is absent from
-    both. ``miou`` and ``macro_f1`` average over the classes present in the truth *or* the
-    prediction (those whose IoU is defined): a class absent from both says nothing about
-    the map, while a class that is predicted but absent from the truth is an error and
-    counts with IoU 0.
+    Per-class scores are NaN where undefined: precision (user's accuracy) when the class
+    is never predicted, recall (producer's accuracy) when it is absent from the truth, F1
+    and IoU when it is absent from both. ``miou`` and ``macro_f1`` average over the classes
+    present in the truth *or* the prediction (those whose IoU is defined): a class absent
+    from both says nothing about the map, while a class that is predicted but absent from
+    the truth is an error and counts with IoU 0. ``miou_reference`` averages over the
+    classes present in the truth only, ``miou_all`` over every class of the schema (an
+    undefined IoU counting 0).
+
+    Quantity and allocation disagreement (Pontius and Millones 2011) split the
+    disagreement ``1 - overall_accuracy`` into the part due to wrong class proportions
+    and the part due to wrong places, on the matrix as proportions ``p``:
+    ``Q = sum_j |p[:, j].sum() - p[j, :].sum()| / 2`` and ``A = (1 - OA) - Q``.
 
     Attributes:
         class_names: Class names in id order.
@@ -54,6 +61,10 @@ class AccuracyReport:
         iou: Per class, TP / (TP + FP + FN).
         miou: Mean IoU over classes present in truth or prediction.
         macro_f1: Mean F1 over the same classes.
+        miou_reference: Mean IoU over the classes present in the truth (reference).
+        miou_all: Mean IoU over all classes, an undefined IoU counting 0.
+        quantity_disagreement: Pontius and Millones' Q, a proportion of the pixels.
+        allocation_disagreement: Pontius and Millones' A, a proportion of the pixels.
     """
 
     class_names: tuple[str, ...]
@@ -65,6 +76,10 @@ class AccuracyReport:
     iou: tuple[float, ...]
     miou: float
     macro_f1: float
+    miou_reference: float
+    miou_all: float
+    quantity_disagreement: float
+    allocation_disagreement: float
 
     @property
     def matrix(self) -> np.ndarray:
@@ -89,6 +104,10 @@ class AccuracyReport:
             "overall_accuracy": _nan_to_none(self.overall_accuracy),
             "miou": _nan_to_none(self.miou),
             "macro_f1": _nan_to_none(self.macro_f1),
+            "miou_reference_classes": _nan_to_none(self.miou_reference),
+            "miou_all_classes": _nan_to_none(self.miou_all),
+            "quantity_disagreement": self.quantity_disagreement,
+            "allocation_disagreement": self.allocation_disagreement,
             "class_names": list(self.class_names),
             "confusion_matrix": [list(row) for row in self.confusion],
             "classes": [
@@ -138,6 +157,48 @@ def confusion_matrix(
     return total
 
 
+def confusion_by_region(
+    pred: ArrayLike,
+    truth: ArrayLike,
+    regions: ArrayLike,
+    num_classes: int,
+    num_regions: int,
+    ignore: int = IGNORE_ID,
+) -> np.ndarray:
+    """One confusion matrix per region, computed block by block like `confusion_matrix`.
+
+    Args:
+        pred: Predicted class ids.
+        truth: True class ids on the same grid.
+        regions: Region index of each pixel (``0..num_regions - 1``; any other value,
+            e.g. -1, is outside every region), on the same grid.
+        num_classes: Number of classes.
+        num_regions: Number of regions.
+        ignore: Id skipped in ``pred`` and ``truth``.
+
+    Returns:
+        ``int64`` array ``(num_regions, num_classes, num_classes)``.
+    """
+    if num_classes < 1 or num_classes > IGNORE_ID:
+        raise InvalidParameterError(f"num_classes must be 1..{IGNORE_ID}; found {num_classes}")
+    _check_same_grid(pred, truth)
+    _check_same_grid(pred, regions)
+    p = _as_dask(pred)
+    t = _as_dask(truth).rechunk(p.chunks)
+    r = _as_dask(regions).rechunk(p.chunks)
+    blocks = zip(
+        p.to_delayed().ravel(), t.to_delayed().ravel(), r.to_delayed().ravel(), strict=True
+    )
+    parts = [
+        dask.delayed(_block_region_confusion)(pb, tb, rb, num_classes, num_regions, ignore)
+        for pb, tb, rb in blocks
+    ]
+    total = np.zeros((num_regions, num_classes, num_classes), dtype=np.int64)
+    for part in dask.compute(*parts):
+        total += part
+    return total
+
+
 def evaluate(pred: ArrayLike, truth: ArrayLike, schema: ClassSchema) -> AccuracyReport:
     """Score a class map against truth (255 in either is skipped).
 
@@ -175,6 +236,10 @@ def report_from_confusion(cm: np.ndarray, class_names: tuple[str, ...]) -> Accur
     iou = _ratio(tp, tp + fp + fn)
     f1 = _ratio(2 * tp, 2 * tp + fp + fn)
     present = ~np.isnan(iou)  # in truth or prediction
+    in_truth = cm.sum(axis=1) > 0
+    # Pontius and Millones (2011) on proportions: rows truth, columns prediction.
+    quantity = float(np.abs(cm.sum(axis=0) - cm.sum(axis=1)).sum() / (2 * n))
+    disagreement = 1.0 - float(tp.sum() / n)
     return AccuracyReport(
         class_names=tuple(class_names),
         confusion=tuple(tuple(int(v) for v in row) for row in cm),
@@ -185,13 +250,28 @@ def report_from_confusion(cm: np.ndarray, class_names: tuple[str, ...]) -> Accur
         iou=_floats(iou),
         miou=float(iou[present].mean()),
         macro_f1=float(f1[present].mean()),
+        miou_reference=float(iou[in_truth].mean()) if in_truth.any() else math.nan,
+        miou_all=float(np.nan_to_num(iou, nan=0.0).mean()),
+        quantity_disagreement=quantity,
+        allocation_disagreement=max(disagreement - quantity, 0.0),
     )
 
 
-def format_report(report: AccuracyReport) -> Table:
+COLUMNS = (
+    "class",
+    "user's accuracy (precision)",
+    "producer's accuracy (recall)",
+    "F1",
+    "IoU",
+    "support",
+)
+"""Column titles of the per-class table (console and report)."""
+
+
+def format_report(report: AccuracyReport, title: str = "Accuracy") -> Table:
     """A rich table of per-class scores, with overall accuracy and mIoU in the caption."""
-    table = Table(title="Accuracy", caption=_summary(report))
-    for col in ("class", "precision", "recall", "F1", "IoU", "support"):
+    table = Table(title=title, caption=_summary(report))
+    for col in COLUMNS:
         table.add_column(col, justify="left" if col == "class" else "right")
     for i, name in enumerate(report.class_names):
         table.add_row(
@@ -212,13 +292,33 @@ def _block_confusion(p: np.ndarray, t: np.ndarray, n: int, ignore: int) -> np.nd
     valid = (p != ignore) & (t != ignore)
     p = p[valid].astype(np.int64)
     t = t[valid].astype(np.int64)
+    _check_ids(p, t, n, ignore)
+    return np.bincount(t * n + p, minlength=n * n).reshape(n, n)
+
+
+def _check_ids(p: np.ndarray, t: np.ndarray, n: int, ignore: int) -> None:
+    """Every id of valid pixels is a class id ``0..n-1``."""
     if p.size and (min(p.min(), t.min()) < 0 or max(p.max(), t.max()) >= n):
         bad = sorted({int(v) for v in np.concatenate([p, t]) if v < 0 or v >= n})
         raise InvalidParameterError(
             f"class ids {bad[:10]} are outside 0..{n - 1} (and not the ignore id {ignore}): "
             "pass the schema both rasters were made with"
         )
-    return np.bincount(t * n + p, minlength=n * n).reshape(n, n)
+
+
+def _block_region_confusion(
+    p: np.ndarray, t: np.ndarray, r: np.ndarray, n: int, n_regions: int, ignore: int
+) -> np.ndarray:
+    """Confusion matrices of one block, one per region, from a single bincount."""
+    r = np.asarray(r).ravel().astype(np.int64)
+    inside = (r >= 0) & (r < n_regions)
+    p = np.asarray(p).ravel()[inside]
+    t = np.asarray(t).ravel()[inside]
+    r = r[inside]
+    valid = (p != ignore) & (t != ignore)
+    _check_ids(p[valid], t[valid], n, ignore)
+    flat = (r[valid] * n + t[valid].astype(np.int64)) * n + p[valid].astype(np.int64)
+    return np.bincount(flat, minlength=n_regions * n * n).reshape(n_regions, n, n)
 
 
 def _as_dask(x: ArrayLike) -> dask.array.Array:
@@ -269,6 +369,9 @@ def _fmt(v: float) -> str:
 
 def _summary(report: AccuracyReport) -> str:
     return (
-        f"overall accuracy {_fmt(report.overall_accuracy)} · mIoU {_fmt(report.miou)} · "
-        f"macro F1 {_fmt(report.macro_f1)} · {report.n_pixels:,} pixels"
+        f"overall accuracy {_fmt(report.overall_accuracy)} · mIoU {_fmt(report.miou)} "
+        f"(reference classes {_fmt(report.miou_reference)}, all classes "
+        f"{_fmt(report.miou_all)}) · macro F1 {_fmt(report.macro_f1)} · quantity "
+        f"disagreement {_fmt(report.quantity_disagreement)} · allocation disagreement "
+        f"{_fmt(report.allocation_disagreement)} · {report.n_pixels:,} pixels"
     )

@@ -21,13 +21,12 @@ import xarray as xr
 from eoseg.area_table import AreaTable, area_table
 from eoseg.classes import ClassSchema
 from eoseg.classmap import open_classmap
-from eoseg.code_map import CodeMap, CodeMapSpec, load_code_map
+from eoseg.code_map import CodeMap, CodeMapSpec
 from eoseg.cog import CogLayer, write_cog
 from eoseg.dates import DATE_FIELD, DateChoice, date_index, date_labels, dated_path, select_date
 from eoseg.errors import InvalidParameterError
-from eoseg.grid import check_same_grid, grid_of
-from eoseg.labels import open_truth
-from eoseg.metrics import AccuracyReport, evaluate
+from eoseg.evaluation import evaluate_paths
+from eoseg.metrics import AccuracyReport
 from eoseg.outputs import OutputKind, check_output
 from eoseg.quicklook import write_quicklook
 from eoseg.stats import ClassAreas
@@ -221,22 +220,9 @@ def evaluate_classmap(
     A vector's text class field holds class names of the map's schema; ``code_map``
     translates other codes or names (see `eoseg.code_map`).
     """
-    purpose = "the truth is compared with one date"
-    ds = select_date(open_classmap(classmap), date, purpose=purpose)
-    schema = ClassSchema.from_dict(ds.attrs["classes"])
-    mapping = None if code_map is None else load_code_map(code_map, schema)
-    reference = open_truth(
-        truth, classmap, class_field=class_field, schema=schema, code_map=mapping, workdir=workdir
-    )
-    check_same_grid(
-        grid_of(ds, f"class map {classmap}"),
-        grid_of(reference, f"--truth {truth}"),
-        what=f"--truth {truth}",
-        on=f"the class map {classmap}",
-        fix="give the truth as a GeoTIFF or vector file (evaluate puts those on the map's "
-        f"grid), or rasterize it onto the map (eoseg rasterize SOURCE --cube {classmap})",
-    )
-    return evaluate(ds["class"], reference, schema)
+    return evaluate_paths(
+        classmap, truth, class_field=class_field, code_map=code_map, workdir=workdir, date=date
+    ).accuracy
 
 
 def query_areas(classmap: Path, aoi: str | None, *, date: DateChoice = None) -> ClassAreas:

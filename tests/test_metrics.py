@@ -13,7 +13,15 @@ from rich.console import Console
 
 from eoseg.classes import ClassSchema, LandClass
 from eoseg.errors import GeoreferenceError, InvalidParameterError, NoOverlapError
-from eoseg.metrics import AccuracyReport, ArrayLike, confusion_matrix, evaluate, format_report
+from eoseg.metrics import (
+    AccuracyReport,
+    ArrayLike,
+    confusion_by_region,
+    confusion_matrix,
+    evaluate,
+    format_report,
+    report_from_confusion,
+)
 
 
 def _schema(n: int) -> ClassSchema:
@@ -178,3 +186,66 @@ def test_report_is_frozen() -> None:
     with pytest.raises(AttributeError):
         r.miou = 1.0  # type: ignore[misc]
     assert r == evaluate(PRED, TRUTH, _schema(3))
+
+
+# --- mIoU variants, quantity and allocation disagreement, per-region matrices ------------
+
+
+def test_disagreement_hand_computed() -> None:
+    # CM rows truth [3, 2, 1], columns prediction [2, 2, 2] over 6 pixels:
+    # Q = (|2-3| + |2-2| + |2-1|) / 2 / 6 = 1/6; D = 1 - 4/6 = 2/6; A = D - Q = 1/6.
+    r = evaluate(PRED, TRUTH, _schema(3))
+    assert r.quantity_disagreement == pytest.approx(1 / 6)
+    assert r.allocation_disagreement == pytest.approx(1 / 6)
+    d = r.to_dict()
+    assert d["quantity_disagreement"] == pytest.approx(1 / 6)
+    assert d["allocation_disagreement"] == pytest.approx(1 / 6)
+
+
+def test_swaps_are_allocation_only() -> None:
+    # One pixel of each class swapped: proportions right (Q = 0), places wrong (A = 2/8).
+    r = report_from_confusion(np.array([[3, 1], [1, 3]]), ("a", "b"))
+    assert r.quantity_disagreement == 0.0
+    assert r.allocation_disagreement == pytest.approx(0.25)
+    # All of one class mapped as the other: pure quantity (Q = D = 2/8, A = 0).
+    r = report_from_confusion(np.array([[6, 0], [2, 0]]), ("a", "b"))
+    assert r.quantity_disagreement == pytest.approx(0.25)
+    assert r.allocation_disagreement == pytest.approx(0.0)
+
+
+def test_miou_over_reference_and_all_classes() -> None:
+    # IoU (0.5, 1.0, 0.0, undefined): class 2 is predicted but not in the truth, class 3
+    # in neither.
+    truth = np.array([0, 0, 1, 1], dtype=np.uint8)
+    pred = np.array([0, 2, 1, 1], dtype=np.uint8)
+    r = evaluate(pred, truth, _schema(4))
+    assert r.miou == pytest.approx(0.5)  # classes in truth or prediction
+    assert r.miou_reference == pytest.approx(0.75)  # classes 0 and 1
+    assert r.miou_all == pytest.approx(1.5 / 4)  # undefined IoU counts 0
+    d = r.to_dict()
+    assert d["miou_reference_classes"] == pytest.approx(0.75)
+    assert d["miou_all_classes"] == pytest.approx(0.375)
+    text = Console(record=True, width=200)
+    text.print(format_report(r))
+    assert "reference classes 0.750, all classes 0.375" in text.export_text()
+
+
+@pytest.mark.parametrize("chunks", [16, 37, 100], ids=["16", "37", "one-block"])
+def test_confusion_by_region(random_pair: tuple[np.ndarray, np.ndarray], chunks: int) -> None:
+    pred, truth = random_pair
+    regions = np.full(pred.shape, -1, dtype=np.int32)
+    regions[:40, :50] = 0
+    regions[60:, 10:] = 2  # region 1 holds no pixel
+    got = confusion_by_region(
+        dask.array.from_array(pred, chunks=chunks),
+        dask.array.from_array(truth, chunks=chunks),
+        dask.array.from_array(regions, chunks=23),
+        5,
+        3,
+    )
+    assert got.shape == (3, 5, 5)
+    for k in range(3):
+        inside = regions == k
+        expected = _reference_cm(pred[inside], truth[inside], 5)
+        np.testing.assert_array_equal(got[k], expected)
+    assert got[1].sum() == 0

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from eoseg.cli import data, demo, mapping, models, mosaic, products, training
+from eoseg.cli import accuracy, data, demo, mapping, models, mosaic, products, training
 from eoseg.cli.common import reflow_help
 
 app = typer.Typer(
@@ -66,6 +66,8 @@ for command in (
     mapping.evaluate,
     mapping.query,
     mosaic.mosaic,
+    accuracy.sample,
+    accuracy.areas,
     demo.demo,
 ):
     app.command()(command)

@@ -38,6 +38,19 @@ DateOpt = Annotated[
 ]
 
 
+RegionsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--regions",
+        help="Regions layer (vector file, e.g. states or biomes): one result per region.",
+        show_default=False,
+    ),
+]
+RegionFieldOpt = Annotated[
+    str, typer.Option("--region-field", help="Field of --regions naming each region.")
+]
+
+
 def predict(
     cube: Annotated[Path, typer.Option("--cube", help="Cube to map.")],
     model: Annotated[Path, typer.Option("--model", help="Model folder (weights + model card).")],
@@ -204,10 +217,27 @@ def evaluate(
         ),
     ] = None,
     date: DateOpt = None,
+    report_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            help="Also write a report into this folder: report.md, report.html (self-"
+            "contained) and report.json, with the confusion heatmap, per-class chart, map "
+            "beside the truth and mapped areas.",
+            show_default=False,
+        ),
+    ] = None,
+    regions: RegionsOpt = None,
+    region_field: RegionFieldOpt = "name",
     json_out: JsonOpt = False,
     class_map: ClassMapAliasOpt = None,
 ) -> None:
-    """Accuracy of a class map: overall accuracy, per-class precision/recall/F1/IoU, mIoU.
+    """Accuracy of a class map: overall, user's/producer's accuracy, F1, IoU, mIoU.
+
+    mIoU is given over the classes in the reference or the map, over the classes in
+    the reference, and over all classes; quantity and allocation disagreement
+    (Pontius and Millones 2011) split the errors into wrong proportions and wrong
+    places. With --regions, one table per region (pixels assigned by their centre).
 
     A multi-date class map is compared with the truth on one --date.
 
@@ -215,26 +245,45 @@ def evaluate(
 
       eoseg evaluate map.zarr --truth clc.gpkg --class-field code --code-map clc.toml
     """
+    from eoseg.evaluation import evaluate_paths
     from eoseg.metrics import format_report
     from eoseg.outputs import scratch_dir
-    from eoseg.publish import evaluate_classmap
 
     def body() -> None:
+        if report_dir is not None:
+            from eoseg.report import check_report_dir
+
+            check_report_dir(report_dir)
         # Beside the map when it can be written (same disk); a read-only map is still read.
         scratch = scratch_dir(classmap.parent)
         with tempfile.TemporaryDirectory(prefix=".eoseg-truth-", dir=scratch) as tmp:
-            accuracy = evaluate_classmap(
+            result = evaluate_paths(
                 classmap,
                 truth,
                 class_field=class_field,
                 code_map=code_map_option(code_map, class_map),
                 workdir=Path(tmp),
                 date=date,
+                regions=regions,
+                region_field=region_field,
             )
+            doc = result.to_dict()
+            if report_dir is not None:
+                from eoseg.report import write_report
+
+                sources = {"class map": str(classmap), "truth": str(truth)}
+                doc["report"] = write_report(
+                    report_dir, result, title=classmap.name, sources=sources
+                )
         if json_out:
-            console.emit_json(accuracy.to_dict())
-        else:
-            console.stdout.print(format_report(accuracy))
+            console.emit_json(doc)
+            return
+        console.stdout.print(format_report(result.accuracy))
+        for name, scores in result.regions.items():
+            if scores is not None:
+                console.stdout.print(format_report(scores, title=f"Accuracy in {name}"))
+        if report_dir is not None:
+            console.stdout.print(f"report: {doc['report']['html']}")
 
     guard(body)
 
