@@ -13,12 +13,26 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
 
 from eoseg.cluster import connect
 from eoseg.labels import rasterize_labels
 from eoseg.registry import register, set_production
 from eoseg.train import TrainConfig, train_from_stores
 from eoseg.train.config import configure, load_train_config
+
+MODEL_PROMOTED = "eoseg.model.promoted"
+"""The Prefect event a promotion emits; deploy/triggers/model-promoted.yaml reacts to it."""
+
+
+def promotion_event(name: str, version: str) -> dict[str, Any]:
+    """`emit_event` arguments announcing that ``name`` ``version`` is now production."""
+    resource = {
+        "prefect.resource.id": f"eoseg.model.{name}",
+        "eoseg.model.name": name,
+        "eoseg.model.version": version,
+    }
+    return {"event": MODEL_PROMOTED, "resource": resource}
 
 
 @task(name="rasterize")
@@ -83,6 +97,7 @@ def register_task(model: str, registry: str, *, promote: bool = False) -> dict[s
     card = register(model, registry)
     if promote:
         set_production(registry, card.name, card.version)
+        emit_event(**promotion_event(card.name, card.version))
     return {"name": card.name, "version": card.version, "production": promote}
 
 
