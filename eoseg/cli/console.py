@@ -53,6 +53,28 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
 
 
 @contextmanager
+def dask_progress(update: Callable[[int, int], None]) -> Iterator[None]:
+    """Report the tasks of every Dask computation run on the local scheduler inside the
+    block to ``update(done, total)`` (a `progress_bar` callback).
+
+    Computations sent to a distributed cluster are not seen (its dashboard shows them).
+    """
+    from dask.callbacks import Callback
+
+    state = {"done": 0, "total": 0}
+
+    def start_state(dsk: Mapping[Any, Any], graph_state: Mapping[str, Any]) -> None:
+        state["total"] += sum(len(graph_state.get(k, ())) for k in ("ready", "waiting"))
+
+    def posttask(*_: Any) -> None:
+        state["done"] += 1
+        update(state["done"], max(state["total"], state["done"]))
+
+    with Callback(start_state=start_state, posttask=posttask):
+        yield
+
+
+@contextmanager
 def train_progress() -> Iterator[Callable[[str, int, int, Mapping[str, Any]], None]]:
     """A progress bar for training, showing the stage, loss and validation mIoU."""
     with Progress(

@@ -256,7 +256,11 @@ def evaluate(
             check_report_dir(report_dir)
         # Beside the map when it can be written (same disk); a read-only map is still read.
         scratch = scratch_dir(classmap.parent)
-        with tempfile.TemporaryDirectory(prefix=".eoseg-truth-", dir=scratch) as tmp:
+        with (
+            tempfile.TemporaryDirectory(prefix=".eoseg-truth-", dir=scratch) as tmp,
+            console.progress_bar("evaluate") as bar,
+            console.dask_progress(bar),
+        ):
             result = evaluate_paths(
                 classmap,
                 truth,
