@@ -8,6 +8,7 @@ import pytest
 
 from eoseg.errors import InvalidParameterError
 from eoseg.storage import is_url, location_arg, resolve
+from tests.s3 import S3
 
 
 @pytest.mark.parametrize(
@@ -89,3 +90,20 @@ def test_publish_prefix_copies_everything_marker_last() -> None:
     assert dst.child("zarr.json").read_text() == '{"new": 1}'
     assert dst.child("class", "c", "0", "0").read_bytes() == b"\x01\x02"
     assert not dst.child("class", "c", "9").exists()  # nothing of the old store is left
+
+
+def test_s3_write_list_publish_on_loopback_server(s3: S3) -> None:
+    """The same operations on a real S3 server (moto on 127.0.0.1)."""
+    from eoseg.storage import publish_prefix
+
+    src, dst = resolve(s3.url("a/map.zarr.partial")), resolve(s3.url("a/map.zarr"))
+    assert not src.is_local and not src.exists() and src.names() == []
+    src.child("zarr.json").write_text("{}")
+    src.child("_eoseg_tiles", "r0_c0.json").write_text('{"tile": "r0_c0"}')
+    assert src.child("_eoseg_tiles").names("r*_c*.json") == ["r0_c0.json"]
+    with dst.with_name("map.tif").writing() as local:
+        local.write_bytes(b"tif")
+    assert resolve(s3.url("a/map.tif")).read_bytes() == b"tif"
+    publish_prefix(src, dst)
+    assert dst.child("_eoseg_tiles", "r0_c0.json").read_text() == '{"tile": "r0_c0"}'
+    assert not src.exists()
