@@ -242,13 +242,16 @@ def resolve(where: str | Path | Location, flag: str | None = None) -> Location:
     return Location(text.rstrip("/"), None, fs, path.rstrip("/"))
 
 
-def location_arg(value: str) -> str | Path:
-    """A CLI value as a library location: a `Path` for local paths, the URL text otherwise.
+def location(value: str | Path) -> str | Path:
+    """A CLI or API value as a library location: a `Path` for local paths (``file://``
+    URLs included), the URL text for object storage.
 
-    Typer's ``Path`` options turn ``s3://b/k`` into ``s3:/b/k``; store options are read as
-    text and passed through here instead.
+    Typer's ``Path`` options turn ``s3://b/k`` into ``s3:/b/k``: location options are read
+    as text and passed through here instead.
     """
-    return value if is_url(value) else Path(value.removeprefix("file://"))
+    if isinstance(value, Path):
+        return value
+    return value.rstrip("/") if is_url(value) else Path(value.removeprefix("file://"))
 
 
 def publish_prefix(src: Location, dst: Location) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from eoseg.errors import InvalidParameterError
-from eoseg.storage import is_url, location_arg, resolve
+from eoseg.storage import is_url, location, resolve
 from tests.s3 import S3
 
 
@@ -18,7 +18,7 @@ from tests.s3 import S3
 )
 def test_is_url(given: str, url: bool) -> None:
     assert is_url(given) is url
-    assert isinstance(location_arg(given), str if url else Path)
+    assert isinstance(location(given), str if url else Path)
 
 
 def test_file_url_resolves_to_local_path(tmp_path: Path) -> None:
@@ -26,7 +26,7 @@ def test_file_url_resolves_to_local_path(tmp_path: Path) -> None:
     assert loc.is_local and loc.local == tmp_path / "map.zarr"
     assert loc == resolve(tmp_path / "map.zarr")
     assert str(loc.with_name("map.zarr.partial")) == str(tmp_path / "map.zarr.partial")
-    assert location_arg(f"file://{tmp_path}/a") == tmp_path / "a"
+    assert location(f"file://{tmp_path}/a") == tmp_path / "a"
 
 
 def test_write_read_list_remove_local(tmp_path: Path) -> None:
