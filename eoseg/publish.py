@@ -232,14 +232,14 @@ def evaluate_classmap(
     ).accuracy
 
 
-def query_areas(classmap: Path, aoi: str | None, *, date: DateChoice = None) -> ClassAreas:
+def query_areas(classmap: Path | str, aoi: str | None, *, date: DateChoice = None) -> ClassAreas:
     """Area per class (km², ellipsoidal) inside ``aoi`` (file or lon/lat box; all if None),
     of one ``date`` for a multi-date class map (see `query_areas_by_date` for all)."""
     table = query_table(classmap, aoi=aoi, date=date)
     return table.areas[0][0]
 
 
-def query_areas_by_date(classmap: Path, aoi: str | None) -> dict[str, ClassAreas]:
+def query_areas_by_date(classmap: Path | str, aoi: str | None) -> dict[str, ClassAreas]:
     """`query_areas` of every date of a class map, by ISO day (``{}`` without dates)."""
     table = query_table(classmap, aoi=aoi)
     return {} if table.dates == ("",) else dict(zip(table.dates, table.areas[0], strict=True))
