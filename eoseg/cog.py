@@ -20,8 +20,6 @@ once complete, with a QGIS style (``<name>.qml``, `eoseg.styles`) beside it.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +36,7 @@ from eoseg.classmap import open_classmap
 from eoseg.dates import DATE_FIELD, DateChoice, select_date, selected_date
 from eoseg.grid import crs_of, iter_tiles
 from eoseg.outputs import PRODUCT_KEY, check_output, check_replaceable
+from eoseg.storage import resolve
 from eoseg.styles import check_style, confidence_style, raster_style, write_style
 
 log = logging.getLogger(__name__)
@@ -73,13 +72,13 @@ _FLAGS: dict[CogLayer, str] = {"class": "--cog", "confidence": "--confidence-cog
 
 
 def write_cog(
-    classmap_path: Path,
-    out: Path,
+    classmap_path: Path | str,
+    out: Path | str,
     *,
     layer: CogLayer = "class",
     overwrite: bool = False,
     date: DateChoice = None,
-) -> Path:
+) -> Path | str:
     """Write one layer of a class map (of one date) as a Cloud-Optimized GeoTIFF.
 
     Args:
@@ -103,13 +102,11 @@ def write_cog(
     purpose = f"or put {DATE_FIELD} in the {flag} path to export each"
     ds = select_date(open_classmap(classmap_path), date, purpose=purpose)
     schema = ClassSchema.from_dict(ds.attrs["classes"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        tempfile.TemporaryDirectory(dir=out.parent, prefix=".cog-") as tmp,
-        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB),
-    ):
-        staged = _stage(ds, layer, schema, Path(tmp) / "tiled.tif")
-        final_tmp = Path(tmp) / "cog.tif"
+    target = resolve(out)
+    # Written locally (beside a local out, so the rename is atomic), then moved into
+    # place or uploaded with one PUT (`eoseg.storage.Location.writing`).
+    with target.writing(".tif") as final_tmp, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        staged = _stage(ds, layer, schema, final_tmp.with_name("tiled.tif"))
         layout = _LAYOUTS[layer]
         rasterio.shutil.copy(
             staged,
@@ -121,8 +118,9 @@ def write_cog(
             OVERVIEW_RESAMPLING=layout.resampling,
             BIGTIFF="IF_SAFER",
         )
-        check_replaceable(out, final_tmp)
-        os.replace(final_tmp, out)
+        staged.unlink()
+        if target.local is not None:
+            check_replaceable(target.local, final_tmp)
     write_style(out, raster_style(schema) if layer == "class" else confidence_style())
     log.info("wrote %s COG %s", layer, out)
     return out

@@ -117,7 +117,7 @@ def ingest_tile(
     grid: GeoBox,
     n_bands: int,
     encode: Any,
-    staging: Path,
+    staging: Path | str,
     method: Composite = "first",
 ) -> dict[str, Any]:
     """Composite every time step of one tile and write it; returns its provenance record.

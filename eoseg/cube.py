@@ -51,6 +51,7 @@ from eoseg.ingest_plan import (
 )
 from eoseg.locks import output_lock
 from eoseg.outputs import check_output
+from eoseg.storage import location, resolve
 from eoseg.store import (
     create_store,
     done_tiles,
@@ -68,7 +69,7 @@ class IngestResult:
     """The run report of an ingest: what was written, what was skipped and why, and each
     scene's date with where it was read (``dates``: scene id, ISO date, source)."""
 
-    path: Path
+    path: Path | str
     grid: dict[str, Any]
     bands: tuple[str, ...]
     times: tuple[str, ...]
@@ -134,7 +135,7 @@ def _check_options(
 
 def ingest(
     sources: Sequence[str | Path],
-    out: Path,
+    out: Path | str,
     *,
     crs: str | None = None,
     resolution: float | None = None,
@@ -182,6 +183,7 @@ def ingest(
             CRS far from the scenes, or scenes without a valid pixel (see `eoseg.errors`).
     """
     start = time.perf_counter()
+    out = location(out)
     check_output(out, "cube", overwrite=overwrite, inputs={"SOURCES": sources})
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     _check_options(resolution, tile_size, chunk_size, composite, max_pixels)
@@ -263,13 +265,13 @@ def ingest(
         tiles=len(tiles),
         tiles_written=len(todo),
         valid_fraction=sum(r["valid_fraction"] * r["pixels"] for r in records) / pixels,
-        bytes=sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
+        bytes=_store_bytes(out),
         seconds=time.perf_counter() - start,
     )
 
 
 def _refuse_without_valid_pixel(
-    records: Sequence[dict[str, Any]], staging: Path, scene_ids: Sequence[str]
+    records: Sequence[dict[str, Any]], staging: Path | str, scene_ids: Sequence[str]
 ) -> None:
     """A cube holding no valid pixel is no product: drop its staging store and say why.
 
@@ -358,6 +360,12 @@ def _mtime(scene: Scene) -> float:
     """Newest modification time of a scene's local files (remote assets count as 0)."""
     local = [Path(b.href) for b in scene.bands if "://" not in b.href]
     return max((p.stat().st_mtime for p in local if p.exists()), default=0.0)
+
+
+def _store_bytes(out: Path | str) -> int:
+    """The size of a published store (one listing on object storage)."""
+    loc = resolve(out)
+    return int(loc.fs.du(loc.path, total=True))
 
 
 def open_cube(path: Path | str) -> xr.Dataset:

@@ -117,6 +117,7 @@ def selected_date(ds: xr.Dataset | xr.DataArray) -> str | None:
     return date_labels(ds.expand_dims("time"))[0]
 
 
-def dated_path(path: Path, label: str) -> Path:
-    """``path`` with `DATE_FIELD` replaced by ``label``."""
-    return Path(str(path).replace(DATE_FIELD, label))
+def dated_path(path: Path | str, label: str) -> Path | str:
+    """``path`` (a local path or URL) with `DATE_FIELD` replaced by ``label``."""
+    dated = str(path).replace(DATE_FIELD, label)
+    return dated if isinstance(path, str) else Path(dated)

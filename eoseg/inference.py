@@ -240,7 +240,7 @@ class PredictResult:
         workers: Per worker (``host:pid``): how its tiles ran (`by_worker`).
     """
 
-    path: Path
+    path: Path | str
     model: str
     tiles: int
     megapixels: float

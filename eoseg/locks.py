@@ -30,6 +30,7 @@ from pathlib import Path
 import psutil
 
 from eoseg.errors import OutputExistsError
+from eoseg.storage import is_url
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ def _held_message(path: Path, holder: LockRecord, flag: str, lock: Path) -> str:
 
 @contextmanager
 def output_lock(
-    path: Path, *, run_id: str = "", flag: str = "--out", lock: Path | None = None
+    path: Path | str, *, run_id: str = "", flag: str = "--out", lock: Path | None = None
 ) -> Iterator[LockRecord]:
     """Hold the lock of output ``path`` while the block runs (see the module docstring).
 
@@ -141,8 +142,6 @@ def output_lock(
     Raises:
         OutputExistsError: Another live run holds it, or the lock path holds a foreign file.
     """
-    lock = lock or lock_path(path)
-    lock.parent.mkdir(parents=True, exist_ok=True)
     record = LockRecord(
         pid=os.getpid(),
         host=socket.gethostname(),
@@ -151,6 +150,15 @@ def output_lock(
         command=" ".join(["eoseg", *sys.argv[1:]]) if sys.argv else "eoseg",
         token=uuid.uuid4().hex,
     )
+    if is_url(path):
+        # Object storage has no exclusive create that every S3-compatible server honours:
+        # one run at a time per output is the scheduler's job there (one flow run per map).
+        log.debug("no lock for %s on object storage", path)
+        yield record
+        return
+    path = Path(path)
+    lock = lock or lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
     _acquire(lock, path, record, flag)
     try:
         yield record

@@ -29,10 +29,11 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar, cast
 
 from eoseg.errors import InvalidParameterError, OutputExistsError
 from eoseg.locks import check_unlocked
+from eoseg.storage import Location, is_url, resolve
 
 OutputKind = Literal[
     "cube", "labels", "classmap", "model", "checkpoint", "cog", "polygons", "quicklook", "demo"
@@ -82,9 +83,15 @@ class Found:
     exists: bool = True
 
 
-def staging_path(path: Path) -> Path:
-    """Where a store is written before it is published: ``<out>.partial``."""
-    return path.with_name(path.name + STAGING_SUFFIX)
+_Where = TypeVar("_Where", bound="str | Path")
+
+
+def staging_path(path: _Where) -> _Where:
+    """Where a store is written before it is published: ``<out>.partial`` (on object
+    storage the prefix ``<out>.partial/``)."""
+    if isinstance(path, Path):
+        return cast(_Where, path.with_name(path.name + STAGING_SUFFIX))
+    return cast(_Where, str(path).rstrip("/") + STAGING_SUFFIX)
 
 
 def checkpoint_path(path: Path) -> Path:
@@ -92,8 +99,11 @@ def checkpoint_path(path: Path) -> Path:
     return path.with_name(path.name + CHECKPOINT_SUFFIX)
 
 
-def identify(path: Path) -> Found:
-    """Recognise what ``path`` holds, by content (never by name alone)."""
+def identify(path: Path | str) -> Found:
+    """Recognise what ``path`` (a local path or URL) holds, by content (never by name alone)."""
+    if is_url(path):
+        return _identify_remote(resolve(path))
+    path = Path(path)
     try:
         if not path.exists():
             return Found(None, "nothing", empty=True, exists=False)
@@ -104,6 +114,27 @@ def identify(path: Path) -> Found:
     except PermissionError:  # what cannot be seen is never assumed to be nothing to lose
         return Found(None, "something this user may not read (permission denied)")
     return Found(None, "a special file (not a regular file or folder)")
+
+
+def _identify_remote(loc: Location) -> Found:
+    """What an object-storage location holds: a store is recognised by its root
+    ``zarr.json``; an object by its head (read whole only when it is a small export)."""
+    if loc.child("zarr.json").is_file():
+        try:
+            attrs = json.loads(loc.child("zarr.json").read_text()).get("attributes") or {}
+        except (OSError, ValueError, AttributeError):
+            attrs = {}
+        kind = attrs.get(PRODUCT_KEY)
+        if kind in _STORE_KINDS:
+            return Found(kind, _NAMES[kind], is_dir=True)
+        return Found(None, "a Zarr store not written by eoseg", is_dir=True)
+    if loc.is_file():
+        with loc.reading() as local:  # an export: GDAL, pyarrow and pyogrio read it locally
+            return _identify_file(local)
+    names = loc.names()
+    if not names:
+        return Found(None, "nothing", empty=True, exists=False)
+    return Found(None, f"a prefix of {_entries(names)}", is_dir=True)
 
 
 def _identify_folder(path: Path) -> Found:
@@ -188,7 +219,7 @@ def _file_marker(path: Path, head: bytes) -> tuple[str | None, str | None]:
 
 
 def check_output(
-    path: Path,
+    path: Path | str,
     kind: OutputKind,
     *,
     overwrite: bool,
@@ -214,6 +245,9 @@ def check_output(
         OutputExistsError: ``path`` (or its staging store, checkpoint or lock) holds
             something that may not be replaced.
     """
+    if is_url(path):
+        _check_remote_output(str(path), kind, overwrite, inputs or {}, flag, overwrite_flag)
+        return
     path = Path(path)
     check_not_input(path, inputs or {}, flag)
     check_existing(path, kind, overwrite=overwrite, flag=flag, overwrite_flag=overwrite_flag)
@@ -228,8 +262,38 @@ def check_output(
     check_unlocked(path, flag, demo_lock(path) if kind == "demo" else None)
 
 
+def _check_remote_output(
+    url: str,
+    kind: OutputKind,
+    overwrite: bool,
+    inputs: Inputs,
+    flag: str,
+    overwrite_flag: str | None,
+) -> None:
+    """`check_output` on object storage: the same kind rules; no write probe (a bucket's
+    permissions show on the first write) and no lock (object storage has no exclusive
+    create that every S3-compatible server honours)."""
+    for name, value in inputs.items():
+        given = [value] if isinstance(value, str | os.PathLike) else list(value or [])
+        for one in given:
+            src = str(one).rstrip("/")
+            if url.rstrip("/") == src or src.startswith(url.rstrip("/") + "/"):
+                raise InvalidParameterError(
+                    f"{flag} {url} is or contains the {name} input {one}: writing there would "
+                    f"destroy what the command reads; choose another {flag}"
+                )
+    check_existing(url, kind, overwrite=overwrite, flag=flag, overwrite_flag=overwrite_flag)
+    if kind in _STORE_KINDS:
+        held = identify(staging_path(url))
+        if not (held.empty or held.kind == kind):
+            raise OutputExistsError(
+                f"{staging_path(url)} holds {held.what}, but eoseg keeps {_NAMES[kind]} "
+                f"there while it writes {flag} {url}: move it away, or choose another {flag}"
+            )
+
+
 def check_existing(
-    path: Path,
+    path: Path | str,
     kind: OutputKind,
     *,
     overwrite: bool,

@@ -59,6 +59,7 @@ from eoseg.models.accel import Accelerator, resolve_accelerator
 from eoseg.models.card import ModelCard, adjust_logits, check_bands, normalize
 from eoseg.models.weights import load_model
 from eoseg.outputs import check_output
+from eoseg.storage import location
 from eoseg.store import create_store, done_tiles, open_store, publish, resumable, write_tile
 
 __all__ = [
@@ -190,7 +191,7 @@ def predict_tile(
     *,
     cube_path: str,
     model_dir: str,
-    staging: Path,
+    staging: Path | str,
     settings: PredictSettings,
     provenance: dict[str, Any],
     tasks: int = 1,
@@ -229,9 +230,9 @@ def predict_tile(
 class PredictJob:
     """A predict run whose inputs are checked, ready to start (see `prepare_predict`)."""
 
-    cube_path: Path
+    cube_path: Path | str
     model_dir: Path
-    out: Path
+    out: Path | str
     overwrite: bool
     card: ModelCard
     settings: PredictSettings
@@ -245,9 +246,9 @@ class PredictJob:
 
 
 def prepare_predict(
-    cube_path: Path,
+    cube_path: Path | str,
     model_dir: Path,
-    out: Path,
+    out: Path | str,
     *,
     overwrite: bool = False,
     run_id: str = "",
@@ -297,9 +298,9 @@ def prepare_predict(
         cube, dims, tile_size, card.classes, probabilities=settings.probabilities
     )
     return PredictJob(
-        cube_path=Path(cube_path),
+        cube_path=location(cube_path),
         model_dir=Path(model_dir).resolve(),
-        out=Path(out),
+        out=location(out),
         overwrite=overwrite,
         card=card,
         settings=settings,
@@ -373,9 +374,9 @@ def _provenance(job: PredictJob) -> dict[str, Any]:
 
 
 def predict(
-    cube_path: Path,
+    cube_path: Path | str,
     model_dir: Path,
-    out: Path,
+    out: Path | str,
     *,
     client: Client | None = None,
     overwrite: bool = False,

@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from eoseg.metrics import AccuracyReport
 from eoseg.outputs import OutputKind, check_output
 from eoseg.quicklook import write_quicklook
 from eoseg.stats import ClassAreas
+from eoseg.storage import is_url
 from eoseg.styles import check_style, polygon_style, style_path, write_style
 from eoseg.vectorize import vectorize, write_polygons
 
@@ -37,10 +38,10 @@ log = logging.getLogger(__name__)
 
 
 def export_classmap(
-    classmap: Path,
+    classmap: Path | str,
     *,
-    cog: Path | None = None,
-    confidence_cog: Path | None = None,
+    cog: Path | str | None = None,
+    confidence_cog: Path | str | None = None,
     polygons: Path | None = None,
     quicklook: Path | None = None,
     simplify: float | None = None,
@@ -68,6 +69,12 @@ def export_classmap(
             f"--simplify must be a tolerance >= 0 in map units (e.g. 10 for 10 m); found "
             f"{simplify}: give one, or leave --simplify out to keep the pixel outlines"
         )
+    for flag, target in (("--polygons", polygons), ("--quicklook", quicklook)):
+        if target is not None and is_url(target):
+            raise InvalidParameterError(
+                f"{flag} {target}: polygons and quicklooks are written to local files only "
+                f"for now; give a local {flag} path and upload it, or export --cog to the URL"
+            )
     doc: dict[str, Any] = {"classmap": classmap}
     ds = open_classmap(classmap)
     picks = _export_dates(ds, date)
@@ -75,14 +82,14 @@ def export_classmap(
     sure = _targets(ds, picks, confidence_cog, "--confidence-cog", "export each")
     looks = _targets(ds, picks, quicklook, "--quicklook", "render each")
     shapes = _targets(ds, picks, polygons, "--polygons", None)
-    targets: list[tuple[OutputKind, str, list[tuple[list[int] | None, Path]]]] = [
+    targets: list[tuple[OutputKind, str, list[tuple[list[int] | None, Path | str]]]] = [
         ("cog", "--cog", cogs),
         ("cog", "--confidence-cog", sure),
         ("quicklook", "--quicklook", looks),
         ("polygons", "--polygons", shapes),
     ]
     _check_targets(classmap, targets, overwrite)
-    layers: list[tuple[str, CogLayer, list[tuple[list[int] | None, Path]]]] = [
+    layers: list[tuple[str, CogLayer, list[tuple[list[int] | None, Path | str]]]] = [
         ("cog", "class", cogs),
         ("confidence_cog", "confidence", sure),
     ]
@@ -99,12 +106,12 @@ def export_classmap(
         start = time.perf_counter()
         schema = ClassSchema.from_dict(ds.attrs["classes"])
         frames = [(_polygons(ds, dates, schema, simplify), p) for dates, p in shapes]
-        doc["polygons"] = _one_or_all([_write_styled(f, p, schema) for f, p in frames])
+        doc["polygons"] = _one_or_all([_write_styled(f, Path(p), schema) for f, p in frames])
         doc["polygon_count"] = sum(len(f) for f, _ in frames)
         doc["polygons_seconds"] = round(time.perf_counter() - start, 2)
     if looks:
         doc["quicklook"] = _one_or_all(
-            [write_quicklook(classmap, p, date=_one(i)) for i, p in looks]
+            [write_quicklook(classmap, Path(p), date=_one(i)) for i, p in looks]
         )
     return doc
 
@@ -117,17 +124,17 @@ def _write_styled(frame: gpd.GeoDataFrame, path: Path, schema: ClassSchema) -> P
 
 
 def _check_targets(
-    classmap: Path,
-    targets: list[tuple[OutputKind, str, list[tuple[list[int] | None, Path]]]],
+    classmap: Path | str,
+    targets: list[tuple[OutputKind, str, list[tuple[list[int] | None, Path | str]]]],
     overwrite: bool,
 ) -> None:
     """Every export file may be written (`eoseg.outputs.check_output`), each its own, and
     so may its QGIS style (`eoseg.styles.check_style`), each its own."""
-    seen: dict[Path, str] = {}
-    styles: dict[Path, str] = {}
+    seen: dict[Path | str, str] = {}
+    styles: dict[Path | str, str] = {}
     for kind, flag, files in targets:
         for _, target in files:
-            key = Path(os.path.abspath(target))
+            key = str(target) if is_url(target) else Path(os.path.abspath(target))
             if key in seen:
                 raise InvalidParameterError(
                     f"{target} is given to both {seen[key]} and {flag}: give each export its "
@@ -158,8 +165,8 @@ def _export_dates(ds: xr.Dataset, date: DateChoice) -> list[int] | None:
 
 
 def _targets(
-    ds: xr.Dataset, picks: list[int] | None, path: Path | None, flag: str, each: str | None
-) -> list[tuple[list[int] | None, Path]]:
+    ds: xr.Dataset, picks: list[int] | None, path: Path | str | None, flag: str, each: str | None
+) -> list[tuple[list[int] | None, Path | str]]:
     """``(dates, file)`` per file to write for one kind of export (see `export_classmap`).
 
     ``each`` says what ``{date}`` does for this kind; None: one file may hold every date.
@@ -201,7 +208,7 @@ def _one(dates: list[int] | None) -> int | None:
     return None if dates is None else dates[0]
 
 
-def _one_or_all(paths: list[Path]) -> Path | list[Path]:
+def _one_or_all(paths: Sequence[Path | str]) -> Path | str | Sequence[Path | str]:
     return paths[0] if len(paths) == 1 else paths
 
 
@@ -225,21 +232,21 @@ def evaluate_classmap(
     ).accuracy
 
 
-def query_areas(classmap: Path, aoi: str | None, *, date: DateChoice = None) -> ClassAreas:
+def query_areas(classmap: Path | str, aoi: str | None, *, date: DateChoice = None) -> ClassAreas:
     """Area per class (km², ellipsoidal) inside ``aoi`` (file or lon/lat box; all if None),
     of one ``date`` for a multi-date class map (see `query_areas_by_date` for all)."""
     table = query_table(classmap, aoi=aoi, date=date)
     return table.areas[0][0]
 
 
-def query_areas_by_date(classmap: Path, aoi: str | None) -> dict[str, ClassAreas]:
+def query_areas_by_date(classmap: Path | str, aoi: str | None) -> dict[str, ClassAreas]:
     """`query_areas` of every date of a class map, by ISO day (``{}`` without dates)."""
     table = query_table(classmap, aoi=aoi)
     return {} if table.dates == ("",) else dict(zip(table.dates, table.areas[0], strict=True))
 
 
 def query_table(
-    classmap: Path,
+    classmap: Path | str,
     *,
     aoi: str | None = None,
     regions: Path | None = None,

@@ -15,7 +15,7 @@ from eoseg.outputs import PRODUCT_KEY, check_replaceable
 
 
 def write_quicklook(
-    classmap_path: Path,
+    classmap_path: Path | str,
     out: Path,
     *,
     max_size: int = 1024,

@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import xarray as xr
@@ -40,16 +40,20 @@ from eoseg.errors import (
 from eoseg.grid import Tile
 from eoseg.integrity import ALL_CHUNKS_ATTR, check_chunks, checked_reads
 from eoseg.outputs import PRODUCT_KEY, check_existing, check_replaceable, identify, staging_path
+from eoseg.storage import is_url, publish_prefix, resolve
 
 log = logging.getLogger(__name__)
+
+Where = TypeVar("Where", bound="str | Path")
+"""A store's location: a local path or an fsspec URL (`eoseg.storage`)."""
 
 _TILES_DIR = "_eoseg_tiles"
 """Group inside a store holding one provenance JSON per written tile."""
 
 
 def create_store(
-    path: Path, template: xr.Dataset, *, product: str, signature: str, attrs: Mapping[str, Any]
-) -> Path:
+    path: Where, template: xr.Dataset, *, product: str, signature: str, attrs: Mapping[str, Any]
+) -> Where:
     """Create (or reopen for resuming) the staging store of a product.
 
     Args:
@@ -69,7 +73,7 @@ def create_store(
             is never deleted).
     """
     staging = staging_path(path)
-    if staging.exists():
+    if resolve(staging).exists():
         found = identify(staging)
         if found.kind != product and not found.empty:
             raise OutputExistsError(
@@ -85,7 +89,7 @@ def create_store(
         if old == signature:
             log.info("resuming %s: %d tiles already written", staging, len(done_tiles(staging)))
             return staging
-        shutil.rmtree(staging) if staging.is_dir() else staging.unlink()
+        resolve(staging).remove()
     ds = template.copy()
     ds.attrs = {
         **dict(attrs),
@@ -103,7 +107,7 @@ def create_store(
 
 
 def write_tile(
-    staging: Path, tile: Tile, arrays: Mapping[str, np.ndarray], provenance: Mapping[str, Any]
+    staging: Path | str, tile: Tile, arrays: Mapping[str, np.ndarray], provenance: Mapping[str, Any]
 ) -> None:
     """Write one tile's arrays (already encoded) and its provenance record.
 
@@ -121,28 +125,26 @@ def write_tile(
         index = (slice(None),) * (values.ndim - 2) + (tile.ys, tile.xs)
         target[index] = values
     record = {"tile": tile.name, "y0": tile.y0, "x0": tile.x0, **provenance}
-    marker = staging / _TILES_DIR / f"{tile.name}.json"
-    tmp = marker.with_suffix(f".{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(record, default=str))
-    os.replace(tmp, marker)
+    # Written whole (a rename locally, one PUT on object storage): a marker is never half.
+    resolve(staging).child(_TILES_DIR, f"{tile.name}.json").write_text(
+        json.dumps(record, default=str)
+    )
 
 
-def done_tiles(store: Path) -> set[str]:
-    """Names of the tiles whose writes finished."""
-    folder = store / _TILES_DIR
-    if not folder.is_dir():
-        return set()
-    return {p.stem for p in folder.glob("r*_c*.json")}
+def done_tiles(store: Path | str) -> set[str]:
+    """Names of the tiles whose writes finished (one listing on object storage)."""
+    names = resolve(store).child(_TILES_DIR).names("r*_c*.json")
+    return {n.removesuffix(".json") for n in names}
 
 
-def tile_provenance(store: Path) -> list[dict[str, Any]]:
+def tile_provenance(store: Path | str) -> list[dict[str, Any]]:
     """The provenance records of every written tile, sorted by tile name."""
-    folder = store / _TILES_DIR
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("r*_c*.json"))]
+    folder = resolve(store).child(_TILES_DIR)
+    return [json.loads(folder.child(n).read_text()) for n in folder.names("r*_c*.json")]
 
 
 @contextmanager
-def resumable(staging: Path, total: int) -> Iterator[None]:
+def resumable(staging: Path | str, total: int) -> Iterator[None]:
     """Around the tile writes of a run: what an error or Ctrl-C leaves is a resumable
     staging store, and the message says so.
 
@@ -155,7 +157,7 @@ def resumable(staging: Path, total: int) -> Iterator[None]:
     except EosegError as exc:
         kept = len(done_tiles(staging))
         if not kept:
-            shutil.rmtree(staging, ignore_errors=True)  # nothing worth resuming
+            resolve(staging).remove()  # nothing worth resuming
             raise
         raise type(exc)(
             f"{exc} ({kept} of {total} tiles written are kept in {staging}; once that is "
@@ -173,7 +175,7 @@ class RunInterrupted(KeyboardInterrupt):
     stopped (tiles in flight may still land). The CLI prints it and exits with 130.
     """
 
-    def __init__(self, staging: Path, total: int) -> None:
+    def __init__(self, staging: Path | str, total: int) -> None:
         super().__init__(staging, total)
         self.staging = staging
         self.total = total
@@ -186,23 +188,28 @@ class RunInterrupted(KeyboardInterrupt):
         )
 
 
-def publish(path: Path, *, overwrite: bool) -> Path:
+def publish(path: Where, *, overwrite: bool) -> Where:
     """Mark the staging store complete and move it to ``path``.
 
-    An existing product at ``path`` is replaced only with ``overwrite``; it is moved
-    aside first and deleted only after the new one is in place.
+    An existing product at ``path`` is replaced only with ``overwrite``; locally it is
+    moved aside first and deleted only after the new one is in place. On object storage
+    the staging prefix is copied server-side, its root ``zarr.json`` last
+    (`eoseg.storage.publish_prefix`).
     """
     staging = staging_path(path)
     group = zarr.open_group(str(staging), mode="r+")
     check_existing(path, group.attrs[PRODUCT_KEY], overwrite=overwrite)  # type: ignore[arg-type]
     group.attrs["eoseg_complete"] = True
     consolidate(staging)
-    swap_into_place(staging, path)
+    if is_url(path):
+        publish_prefix(resolve(staging), resolve(path))
+    else:
+        swap_into_place(Path(staging), Path(path))
     log.info("published %s", path)
     return path
 
 
-def consolidate(store: Path) -> None:
+def consolidate(store: Path | str) -> None:
     """Write consolidated metadata, so that opening the store reads one key, not one per array.
 
     On object storage, listing every key of a large store costs seconds; readers that find
@@ -230,7 +237,7 @@ def open_store(path: Path | str, **kwargs: Any) -> xr.Dataset:
         warnings.filterwarnings(
             "ignore", message=".*consolidated metadata", category=RuntimeWarning
         )
-        return xr.open_zarr(str(path), decode_coords="all", zarr_format=3, **kwargs)
+        return xr.open_zarr(str(resolve(path)), decode_coords="all", zarr_format=3, **kwargs)
 
 
 def swap_into_place(src: Path, out: Path) -> None:
@@ -283,11 +290,11 @@ def open_product(path: Path | str, product: str, *, check: bool = True) -> xr.Da
         InputNotFoundError: Nothing at ``path``.
         InvalidStoreError: Not an eoseg store of that product, not complete, or damaged.
     """
-    path = Path(path)
-    if not path.exists():
+    path = resolve(path).url
+    if not resolve(path).exists():
         hint = (
             " (an unfinished run left it at .partial; re-run to finish)"
-            if staging_path(path).exists()
+            if resolve(staging_path(path)).exists()
             else ""
         )
         raise InputNotFoundError(f"no {product} store at {path}{hint}: check the path")
@@ -321,12 +328,12 @@ def open_grid_store(path: Path | str) -> xr.Dataset:
         InputNotFoundError: Nothing at ``path``.
         InvalidStoreError: Not an eoseg store.
     """
-    path = Path(path)
-    if not (path / "zarr.json").exists():
-        if not path.exists():
+    loc = resolve(path)
+    if not loc.child("zarr.json").exists():
+        if not loc.exists():
             raise InputNotFoundError(f"no store at {path}: check the path")
         raise InvalidStoreError(f"{path} is not a Zarr v3 store written by eoseg")
-    product = zarr.open_group(str(path), mode="r").attrs.get(PRODUCT_KEY)
+    product = zarr.open_group(str(loc), mode="r").attrs.get(PRODUCT_KEY)
     if product not in _COMMAND:
         raise InvalidStoreError(f"{path} is not an eoseg store (cube, labels or classmap)")
     return open_product(path, str(product), check=False)  # only the grid is read

@@ -10,14 +10,13 @@ Each style file carries `STYLE_MARK` so that eoseg replaces only its own styles.
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 from typing import Literal
 from xml.sax.saxutils import quoteattr
 
 from eoseg.classes import ClassSchema
 from eoseg.errors import OutputExistsError
+from eoseg.storage import Location, is_url, resolve
 
 StyleKind = Literal["class", "confidence", "polygons"]
 STYLE_MARK = "<!-- eoseg_product: style -->"
@@ -26,18 +25,23 @@ _QGIS_VERSION = "3.28.0"
 """The QGIS version the styles declare (an LTR; later versions read them too)."""
 
 
-def style_path(product: Path) -> Path:
-    """Where QGIS looks for a file's default style: ``<name>.qml`` beside it."""
+def style_path(product: Path | str) -> Path | str:
+    """Where QGIS looks for a file's default style: ``<name>.qml`` beside it (a URL for a
+    product on object storage)."""
+    if is_url(product):
+        stem = str(product).rsplit("/", 1)
+        name = stem[1].rsplit(".", 1)[0] if "." in stem[1] else stem[1]
+        return f"{stem[0]}/{name}.qml"
     return Path(product).with_suffix(".qml")
 
 
-def check_style(product: Path, flag: str) -> None:
+def check_style(product: Path | str, flag: str) -> None:
     """Refuse to write a product whose ``.qml`` path holds a file eoseg did not write.
 
     Raises:
         OutputExistsError: Naming the file and what to do.
     """
-    path = style_path(product)
+    path = resolve(style_path(product))
     if path.is_dir() or (path.exists() and STYLE_MARK not in _head(path)):
         raise OutputExistsError(
             f"{path} is not a style eoseg wrote, but eoseg writes the QGIS style of {flag} "
@@ -45,9 +49,9 @@ def check_style(product: Path, flag: str) -> None:
         )
 
 
-def _head(path: Path) -> str:
-    with path.open("rb") as f:
-        return f.read(4096).decode("utf-8", "replace")
+def _head(path: Location) -> str:
+    with path.fs.open(path.path, "rb") as f:
+        return bytes(f.read(4096)).decode("utf-8", "replace")
 
 
 def raster_style(schema: ClassSchema) -> str:
@@ -125,10 +129,8 @@ def _document(body: str, categories: str) -> str:
     )
 
 
-def write_style(product: Path, qml: str) -> Path:
+def write_style(product: Path | str, qml: str) -> Path | str:
     """Write ``qml`` as the default style of ``product`` (atomically, beside it)."""
     path = style_path(product)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(qml, encoding="utf-8")
-    os.replace(tmp, path)
+    resolve(path).write_text(qml)
     return path

@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 from eoseg.cluster import connect
 from eoseg.cube import ingest
 from eoseg.errors import EosegError
+from eoseg.storage import location
 
 
 def _retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
@@ -83,7 +84,7 @@ def ingest_task(
     with connect(scheduler) as client:
         result = ingest(
             sources,
-            Path(out),
+            location(out),
             crs=crs,
             resolution=resolution,
             bbox=bbox,

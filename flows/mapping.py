@@ -14,6 +14,7 @@ from eoseg.outputs import scratch_dir
 from eoseg.predict import open_classmap, predict
 from eoseg.publish import evaluate_classmap, export_classmap, query_areas, query_areas_by_date
 from eoseg.registry import fetch_model
+from eoseg.storage import location
 
 
 @task(name="predict", retries=1)
@@ -29,7 +30,12 @@ def predict_task(
     """Tiled inference on the cluster; an interrupted run resumes its missing tiles."""
     with connect(scheduler) as client:
         result = predict(
-            Path(cube), Path(model), Path(out), client=client, overwrite=overwrite, run_id=run_id
+            location(cube),
+            Path(model),
+            location(out),
+            client=client,
+            overwrite=overwrite,
+            run_id=run_id,
         )
     return result.to_dict()
 
@@ -47,7 +53,7 @@ def export_task(
     each = date is None and len(date_labels(open_classmap(classmap))) > 1
     suffix = f"_{DATE_FIELD}" if each else ""
     doc = export_classmap(
-        Path(classmap),
+        location(classmap),
         cog=out / f"classmap{suffix}.tif",
         polygons=out / "polygons.parquet",
         quicklook=out / f"quicklook{suffix}.png",
@@ -80,9 +86,9 @@ def areas_task(classmap: str, aoi: str | None = None, date: str | None = None) -
     """Class areas in km² on the ellipsoid (whole map, or inside an AOI); of each date of a
     multi-date map (under ``dates``) unless ``date`` names one."""
     if date is None and len(date_labels(open_classmap(classmap))) > 1:
-        by_date = query_areas_by_date(Path(classmap), aoi)
+        by_date = query_areas_by_date(location(classmap), aoi)
         return {"dates": {day: areas.to_dict() for day, areas in by_date.items()}}
-    return query_areas(Path(classmap), aoi, date=date).to_dict()
+    return query_areas(location(classmap), aoi, date=date).to_dict()
 
 
 def _jsonable(value: Any) -> Any:

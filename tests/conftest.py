@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from tests.s3 import s3, s3_endpoint  # noqa: F401  (object-storage fixtures)
+
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
 

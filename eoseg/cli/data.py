@@ -29,7 +29,9 @@ def ingest(
             "(x_B02.tif x_B03.tif, USGS Landsat files) are one scene."
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", help="Cube store to write (a .zarr folder).")],
+    out: Annotated[
+        str, typer.Option("--out", help="Cube store to write: a .zarr folder or URL (s3://...).")
+    ],
     crs: Annotated[
         str | None, typer.Option(help="Grid CRS, e.g. EPSG:32632. Default: first source's.")
     ] = None,
@@ -100,15 +102,17 @@ def ingest(
     from eoseg.cube import ingest as run
     from eoseg.grid import parse_bbox
     from eoseg.outputs import check_output
+    from eoseg.storage import location
 
     def body() -> None:
         box = parse_bbox(bbox, "--bbox") if bbox else None
+        target = location(out)
         # Outputs are checked before any cluster starts.
-        check_output(out, "cube", overwrite=overwrite, inputs={"SOURCES": sources})
+        check_output(target, "cube", overwrite=overwrite, inputs={"SOURCES": sources})
         with dask_client(scheduler) as client, console.progress_bar("ingest") as bar:
             result = run(
                 sources,
-                out,
+                target,
                 crs=crs,
                 resolution=resolution,
                 bbox=box,

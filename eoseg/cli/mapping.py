@@ -52,9 +52,9 @@ RegionFieldOpt = Annotated[
 
 
 def predict(
-    cube: Annotated[Path, typer.Option("--cube", help="Cube to map.")],
+    cube: Annotated[str, typer.Option("--cube", help="Cube to map (path or URL, s3://...).")],
     model: Annotated[Path, typer.Option("--model", help="Model folder (weights + model card).")],
-    out: Annotated[Path, typer.Option("--out", help="Class map store to write.")],
+    out: Annotated[str, typer.Option("--out", help="Class map store to write (path or URL).")],
     chip_size: Annotated[
         int | None,
         typer.Option(
@@ -111,6 +111,7 @@ def predict(
     from eoseg.cluster import local_workers
     from eoseg.contexts import parse_contexts
     from eoseg.predict import PredictOptions, prepare_predict, run_predict
+    from eoseg.storage import location
 
     def body() -> None:
         # Bad input (cube, model, output, options) is refused before the cluster starts.
@@ -119,7 +120,12 @@ def predict(
             parse_contexts(contexts),
         )  # fmt: skip
         job = prepare_predict(
-            cube, model, out, overwrite=overwrite, run_id=new_run_id(), options=options
+            location(cube),
+            model,
+            location(out),
+            overwrite=overwrite,
+            run_id=new_run_id(),
+            options=options,
         )
         # A local cluster has no more workers than tiles: the cores go to torch threads.
         workers = local_workers(len(job.tiles))
@@ -135,13 +141,15 @@ def predict(
 
 
 def export(
-    classmap: Annotated[Path, typer.Argument(help="Class map store.")],
+    classmap: Annotated[str, typer.Argument(help="Class map store (path or URL, s3://...).")],
     cog: Annotated[
-        Path | None,
-        typer.Option(help="Class COG to write (ids, nodata 255, colours, mode overviews)."),
+        str | None,
+        typer.Option(
+            help="Class COG to write (ids, nodata 255, colours, mode overviews); path or URL."
+        ),
     ] = None,
     confidence_cog: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--confidence-cog",
             help="Confidence COG to write (top-class probability x 255, nodata 0).",
@@ -171,6 +179,7 @@ def export(
       eoseg export monthly.zarr --cog 'map_{date}.tif' --polygons polygons.parquet
     """
     from eoseg.publish import export_classmap
+    from eoseg.storage import location
 
     def body() -> None:
         if not (cog or confidence_cog or polygons or quicklook):
@@ -181,9 +190,9 @@ def export(
                 "and/or --quicklook FILE"
             )
         doc = export_classmap(
-            classmap,
-            cog=cog,
-            confidence_cog=confidence_cog,
+            location(classmap),
+            cog=location(cog) if cog else None,
+            confidence_cog=location(confidence_cog) if confidence_cog else None,
             polygons=polygons,
             quicklook=quicklook,
             simplify=simplify,
@@ -293,7 +302,7 @@ def evaluate(
 
 
 def query(
-    classmap: Annotated[Path, typer.Argument(help="Class map store.")],
+    classmap: Annotated[str, typer.Argument(help="Class map store (path or URL, s3://...).")],
     aoi: Annotated[
         str | None,
         typer.Option(
@@ -343,11 +352,12 @@ def query(
     """
     from eoseg.area_table import write_table
     from eoseg.publish import query_table
+    from eoseg.storage import location
 
     def body() -> None:
         with console.progress_bar("query") as bar:
             table = query_table(
-                classmap,
+                location(classmap),
                 aoi=aoi,
                 regions=regions,
                 region_field=region_field,
