@@ -289,3 +289,17 @@ def test_empty_map_writes_a_readable_empty_table(tmp_path: Path) -> None:
     gdf = vectorize(da, schema=DEMO_CLASSES)
     path = write_polygon_product(gdf, tmp_path / "p.parquet")
     assert len(gpd.read_parquet(path)) == 0
+
+
+def test_partitions_are_written_on_the_cluster(client: object, tmp_path: Path) -> None:
+    """With a distributed client current, vectorising and writing run as its tasks."""
+    from distributed import get_task_stream
+
+    cls, conf = _maps(utm_grid(96, 80), 32)
+    with get_task_stream(client) as stream:  # type: ignore[arg-type]
+        gdf = vectorize(cls, schema=DEMO_CLASSES, confidence=conf)
+        write_polygon_product(gdf, tmp_path / "p.parquet")
+    names = [t["key"][0] if isinstance(t["key"], tuple) else t["key"] for t in stream.data]
+    assert sum(str(n).startswith("_write_part") for n in names) == 3  # one per tile row
+    assert sum(str(n).startswith("_vectorize_tile") for n in names) == 9  # one per tile
+    assert len(gpd.read_parquet(tmp_path / "p.parquet")) == len(gdf)

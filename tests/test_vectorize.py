@@ -82,6 +82,17 @@ def test_tiled_polygons_equal_whole_map_polygons(
     np.testing.assert_array_equal(tiled["class_id"], whole["class_id"])
     for a, b in zip(tiled.geometry, whole.geometry, strict=True):
         assert a.symmetric_difference(b).area == 0
+    # Statistics of pieces merged across seams add up to those of the whole polygon.
+    np.testing.assert_allclose(tiled["area_m2"], whole["area_m2"], rtol=1e-9)
+
+
+def test_confidence_and_tile_row_of_tiled_polygons(landscape: xr.DataArray) -> None:
+    conf = xr.full_like(landscape, 51)  # 0.2 everywhere
+    tiled = vectorize(_chunked(landscape, 32), schema=DEMO_CLASSES, confidence=conf.chunk(32))
+    np.testing.assert_allclose(tiled["confidence"], 0.2, rtol=1e-6)
+    top_rows = (5_300_000 - tiled.geometry.bounds["maxy"].to_numpy()) / 10
+    np.testing.assert_array_equal(tiled["tile_row"], top_rows // 32)
+    assert set(tiled["tile_row"]) == {0, 1, 2}
 
 
 def test_block_across_tile_corner_is_one_polygon() -> None:
