@@ -90,10 +90,10 @@ def write_polygon_product(
 def _write_partitions(gdf: gpd.GeoDataFrame, folder: Path, marker: dict[str, str]) -> None:
     """One GeoParquet file per tile row, written in parallel, then the marker file."""
     folder.mkdir()
-    groups = list(gdf.groupby(PARTITION, sort=True)) if len(gdf) else [(0, gdf)]
+    groups = _partitions(gdf)
     attrs = {**gdf.attrs, **marker}
     tasks = [
-        dask.delayed(_write_part)(part, folder / f"{PARTITION}={int(row):04d}", attrs)
+        dask.delayed(_write_part)(part, folder / f"{PARTITION}={row:04d}", attrs)
         for row, part in groups
     ]
     dask.compute(*tasks)
@@ -114,12 +114,19 @@ def _write_geopackage(
     gdf: gpd.GeoDataFrame, path: Path, layer: str, marker: dict[str, str]
 ) -> None:
     """One writer, one tile row (partition) after the other, into one layer."""
-    groups = list(gdf.groupby(PARTITION, sort=True)) if len(gdf) else [(0, gdf)]
-    for i, (_, part) in enumerate(groups):
+    for i, (_, part) in enumerate(_partitions(gdf)):
         if i == 0:
             part.to_file(path, driver="GPKG", layer=layer, metadata=marker)
         else:
             part.to_file(path, driver="GPKG", layer=layer, mode="a")
+
+
+def _partitions(gdf: gpd.GeoDataFrame) -> list[tuple[int, gpd.GeoDataFrame]]:
+    """The polygons by tile row, in row order (one partition 0 without ``tile_row``; an
+    empty one for no polygons, so the product still reads as an empty table)."""
+    if PARTITION not in gdf.columns or len(gdf) == 0:
+        return [(0, gdf)]
+    return [(int(row), part) for row, part in gdf.groupby(PARTITION, sort=True)]
 
 
 def _move_into_place(new: Path, path: Path) -> None:
