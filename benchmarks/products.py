@@ -15,8 +15,17 @@ Usage::
     python -m benchmarks.products --workdir /tmp/products [--small] [--json]
 
 ``--small``: 1x is 1024 x 1024 px (16x: 4096 x 4096); default 4096 x 4096 (16x: 16384 x
-16384, 268 Mpx, about 2 minutes to generate). Other parts of issue 13 (polygons, area
-queries) may add their own sections here.
+16384, 268 Mpx, about 2 minutes to generate). Other parts of issue 13 (area queries) may
+add their own sections here.
+
+Polygons (``--only polygons``, or both by default): the same kind of map, exported as
+partitioned GeoParquet (`eoseg.publish.export_classmap`: vectorised tile by tile with
+per-polygon areas and confidence, merged across tile seams, written one file per tile
+row) at 1x and 16x of a smaller base (1024 x 1024 px, ``--small``: 512 x 512), since the
+generated map's 8-40 px patches make about 2,500 polygons a megapixel. Unlike the COG,
+the polygons of the whole map are gathered in the exporting process (seams and the
+min-area merge need them together), so its peak memory grows with the polygon count:
+the table shows by how much.
 """
 
 from __future__ import annotations
@@ -49,6 +58,24 @@ if mode != "baseline":
     write_cog(map_path, out, layer=mode, overwrite=True)
 print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
+
+_POLYGON_CHILD = """
+import resource, sys, time
+from pathlib import Path
+import dask
+from eoseg.classmap import open_classmap
+from eoseg.publish import export_classmap
+mode, map_path, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+open_classmap(map_path)
+start = time.perf_counter()
+count = 0
+if mode != "baseline":
+    with dask.config.set(scheduler="threads", num_workers=2):
+        count = export_classmap(map_path, polygons=out, overwrite=True)["polygon_count"]
+print(count, time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+POLYGON_BASE = 1024
+"""1x side of the polygon benchmark (``--small``: half)."""
 
 
 def grid_of_size(side: int) -> GeoBox:
@@ -113,6 +140,46 @@ def measure(workdir: Path, base: int) -> list[dict[str, Any]]:
     return rows
 
 
+def run_polygon_child(mode: str, classmap: Path, out: Path) -> tuple[int, float, float]:
+    """Polygons, seconds and peak RSS (MiB) of one polygon export in its own process."""
+    done = subprocess.run(
+        [sys.executable, "-c", _POLYGON_CHILD, mode, str(classmap), str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    count, seconds, kib = done.stdout.split()[-3:]
+    return int(count), float(seconds), int(kib) / 1024
+
+
+def measure_polygons(workdir: Path, base: int) -> list[dict[str, Any]]:
+    """One row per scale: polygons, seconds, Mpx/s and peak RSS of a GeoParquet export."""
+    rows = []
+    for scale in SCALES:
+        side = base * int(scale**0.5)
+        classmap, made = generate(workdir, side)
+        _, _, baseline = run_polygon_child("baseline", classmap, workdir / "none.parquet")
+        out = workdir / f"polygons-{scale}x.parquet"
+        count, seconds, peak = run_polygon_child("polygons", classmap, out)
+        mpx = side * side / 1e6
+        rows.append(
+            {
+                "scale": f"{scale}x",
+                "pixels": f"{side} x {side}",
+                "mpx": round(mpx, 1),
+                "polygons": count,
+                "generate_s": round(made, 1),
+                "export_s": round(seconds, 2),
+                "mpx_per_s": round(mpx / seconds, 2),
+                "polygons_per_s": round(count / seconds),
+                "peak_mib": round(peak, 1),
+                "over_baseline_mib": round(peak - baseline, 1),
+                "partitions": len(list(out.glob("tile_row=*"))),
+            }
+        )
+    return rows
+
+
 def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
     """16x/1x of the export process's peak memory, per layer (streaming: near 1)."""
     out = {}
@@ -136,19 +203,32 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--small", action="store_true", help="1x = 1024 px a side")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--only", choices=("cog", "polygons"), help="measure one product only")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    rows = measure(args.workdir, 1024 if args.small else 4096)
-    doc = {
-        "cog": rows,
-        "peak_ratio_16x_1x": ratios(rows),
-        "ru_maxrss_self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+    doc: dict[str, Any] = {}
+    if args.only in (None, "cog"):
+        rows = measure(args.workdir, 1024 if args.small else 4096)
+        doc["cog"] = rows
+        doc["peak_ratio_16x_1x"] = ratios(rows)
+    if args.only in (None, "polygons"):
+        base = POLYGON_BASE // 2 if args.small else POLYGON_BASE
+        poly = measure_polygons(args.workdir, base)
+        doc["polygons"] = poly
+        doc["polygons_peak_over_baseline_ratio_16x_1x"] = round(
+            poly[1]["over_baseline_mib"] / max(poly[0]["over_baseline_mib"], 1e-3), 2
+        )
+    doc["ru_maxrss_self_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.json:
         sys.stdout.write(json.dumps(doc, indent=1) + "\n")
-    else:
-        print(format_table(rows))
+        return
+    if "cog" in doc:
+        print(format_table(doc["cog"]))
         print(f"16x/1x peak memory: {doc['peak_ratio_16x_1x']} (seconds: machine shared)")
+    if "polygons" in doc:
+        print(format_table(doc["polygons"]))
+        ratio = doc["polygons_peak_over_baseline_ratio_16x_1x"]
+        print(f"polygons: 16x/1x peak over baseline: {ratio} (seconds: machine shared)")
 
 
 if __name__ == "__main__":

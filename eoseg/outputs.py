@@ -44,6 +44,8 @@ STAGING_SUFFIX = ".partial"
 CHECKPOINT_SUFFIX = ".ckpt"
 DEMO_MARKER = "eoseg-demo.json"
 """The file that makes a folder the demo's work dir."""
+POLYGONS_MARKER = "_eoseg.json"
+"""The file that makes a folder a partitioned polygon product (`eoseg.polygon_io`)."""
 
 _NAMES: dict[str, str] = {
     "cube": "a cube store",
@@ -152,6 +154,8 @@ def _identify_folder(path: Path) -> Found:
         return Found(None, "a Zarr store not written by eoseg", is_dir=True)
     if (path / DEMO_MARKER).is_file():
         return Found("demo", _NAMES["demo"], is_dir=True)
+    if _folder_marker(path / POLYGONS_MARKER) == "polygons":  # partitioned GeoParquet
+        return Found("polygons", "a class map's polygons folder", is_dir=True)
     names = sorted(p.name for p in path.iterdir())
     folders = {"model": {CARD_FILE, WEIGHTS_FILE}, "checkpoint": {STATE_FILE, TENSORS_FILE}}
     for kind, files in folders.items():
@@ -164,6 +168,14 @@ def _identify_folder(path: Path) -> Found:
     if not names:
         return Found(None, "an empty folder", empty=True, is_dir=True)
     return Found(None, f"a folder of {_entries(names)}", is_dir=True)
+
+
+def _folder_marker(path: Path) -> str | None:
+    """The product kind a folder's marker file names, if it has one."""
+    try:
+        return json.loads(path.read_text()).get(PRODUCT_KEY) if path.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _entries(names: list[str]) -> str:

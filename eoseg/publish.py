@@ -28,11 +28,12 @@ from eoseg.errors import InvalidParameterError
 from eoseg.evaluation import evaluate_paths
 from eoseg.metrics import AccuracyReport
 from eoseg.outputs import OutputKind, check_output
+from eoseg.polygon_io import write_polygon_product
 from eoseg.quicklook import write_quicklook
 from eoseg.stats import ClassAreas
 from eoseg.storage import is_url
 from eoseg.styles import check_style, polygon_style, style_path, write_style
-from eoseg.vectorize import vectorize, write_polygons
+from eoseg.vectorize import vectorize
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ def export_classmap(
     polygons: Path | None = None,
     quicklook: Path | None = None,
     simplify: float | None = None,
+    min_area: float | None = None,
     overwrite: bool = False,
     date: DateChoice = None,
 ) -> dict[str, Any]:
@@ -59,16 +61,23 @@ def export_classmap(
     file with a ``date`` column; a COG or quicklook path without it is an error that
     names ``--date``. Polygons of a multi-date map always carry their ``date``.
 
+    Polygons (`eoseg.vectorize.vectorize`, written by `eoseg.polygon_io`) keep the pixel
+    outlines unless ``simplify`` (metres) is given, so by default they rasterize back to
+    the class map exactly; ``min_area`` (m²) merges smaller polygons into their largest
+    neighbour. They carry ``class_id``, ``class_name``, ``area_m2``, ``confidence`` (mean,
+    0-1), ``model_version``, ``tile_row`` and, for a multi-date map, ``date``.
+
     Raises:
         InvalidParameterError: See above, a ``date`` the map lacks, a ``simplify``
-            tolerance that is negative or not finite, or two outputs whose styles would
-            share one .qml file.
+            tolerance or ``min_area`` that is negative or not finite, or two outputs whose
+            styles would share one .qml file.
     """
-    if simplify is not None and not (math.isfinite(simplify) and simplify >= 0):
-        raise InvalidParameterError(
-            f"--simplify must be a tolerance >= 0 in map units (e.g. 10 for 10 m); found "
-            f"{simplify}: give one, or leave --simplify out to keep the pixel outlines"
-        )
+    for flag, value, unit in (("--simplify", simplify, "m"), ("--min-area", min_area, "m²")):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise InvalidParameterError(
+                f"{flag} must be a number >= 0 in {unit} (e.g. 10); found {value}: give "
+                f"one, or leave {flag} out"
+            )
     for flag, target in (("--polygons", polygons), ("--quicklook", quicklook)):
         if target is not None and is_url(target):
             raise InvalidParameterError(
@@ -105,7 +114,7 @@ def export_classmap(
     if shapes:
         start = time.perf_counter()
         schema = ClassSchema.from_dict(ds.attrs["classes"])
-        frames = [(_polygons(ds, dates, schema, simplify), p) for dates, p in shapes]
+        frames = [(_polygons(ds, dates, schema, simplify, min_area), p) for dates, p in shapes]
         doc["polygons"] = _one_or_all([_write_styled(f, Path(p), schema) for f, p in frames])
         doc["polygon_count"] = sum(len(f) for f, _ in frames)
         doc["polygons_seconds"] = round(time.perf_counter() - start, 2)
@@ -118,7 +127,7 @@ def export_classmap(
 
 def _write_styled(frame: gpd.GeoDataFrame, path: Path, schema: ClassSchema) -> Path:
     """Write polygons and their QGIS style (``<name>.qml`` beside them)."""
-    write_polygons(frame, path)
+    write_polygon_product(frame, path)
     write_style(path, polygon_style(schema))
     return path
 
@@ -190,18 +199,35 @@ def _targets(
 
 
 def _polygons(
-    ds: xr.Dataset, dates: list[int] | None, schema: ClassSchema, simplify: float | None
+    ds: xr.Dataset,
+    dates: list[int] | None,
+    schema: ClassSchema,
+    simplify: float | None,
+    min_area: float | None,
 ) -> gpd.GeoDataFrame:
     """Polygons of the map, or of the given dates with a ``date`` column."""
-    if dates is None:
-        return vectorize(ds["class"], schema=schema, simplify_tolerance=simplify)
-    labels = date_labels(ds)
     frames = []
-    for i in dates:
-        frame = vectorize(ds["class"].isel(time=i), schema=schema, simplify_tolerance=simplify)
-        frame.insert(0, "date", labels[i])
+    picks: list[int | None] = list(dates) if dates is not None else [None]
+    for i in picks:
+        one = ds if i is None else ds.isel(time=i)
+        frame = vectorize(
+            one["class"],
+            schema=schema,
+            confidence=one.get("confidence"),
+            simplify_m=simplify,
+            min_area_m2=min_area,
+        )
+        frame.insert(frame.columns.get_loc("tile_row"), "model_version", _model_version(ds))
+        if i is not None:
+            frame.insert(0, "date", date_labels(ds)[i])
         frames.append(frame)
+    if len(frames) == 1:
+        return frames[0]
     return gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs)
+
+
+def _model_version(ds: xr.Dataset) -> str:
+    return str(ds.attrs.get("model_version", ""))
 
 
 def _one(dates: list[int] | None) -> int | None:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import uuid
 import warnings
-from collections import defaultdict
 from pathlib import Path
 
 import dask
@@ -24,19 +24,25 @@ import dask.array
 import geopandas as gpd
 import numpy as np
 import odc.geo.xr  # noqa: F401  (registers the .odc accessor)
+import pyproj
 import rasterio.errors
 import rasterio.features
+import scipy.ndimage
 import scipy.sparse
 import scipy.sparse.csgraph
 import shapely
 import xarray as xr
+from odc.geo.geobox import GeoBox
 from rasterio.transform import Affine
 
+from eoseg.aoi import grid_crs
 from eoseg.classes import IGNORE_ID, ClassSchema
 from eoseg.dates import check_one_date
 from eoseg.errors import InvalidParameterError
 from eoseg.grid import raster_tiles
 from eoseg.outputs import PRODUCT_KEY, check_replaceable
+from eoseg.polygon_merge import Pieces, combine, concat, empty, merge_small
+from eoseg.stats import pixel_areas
 
 log = logging.getLogger(__name__)
 
@@ -48,52 +54,49 @@ def vectorize(
     classmap: xr.DataArray,
     *,
     schema: ClassSchema,
-    simplify_tolerance: float | None = None,
+    confidence: xr.DataArray | None = None,
+    simplify_m: float | None = None,
+    min_area_m2: float | None = None,
 ) -> gpd.GeoDataFrame:
     """Polygons of each class of a class map, without seams at tile borders.
 
     Args:
         classmap: ``(y, x)`` uint8 class ids, 255 = nodata (no polygon), georeferenced
-            (``.odc.geobox``); a Dask-backed map is vectorised one chunk per task.
+            (``.odc.geobox``); a Dask-backed map is vectorised one chunk (tile) per task.
         schema: The classes of the map (gives ``class_name``).
-        simplify_tolerance: If given, simplify the whole coverage with
-            ``shapely.coverage_simplify`` (map CRS units; roughly the square root of the
-            area of the triangles removed). Shared edges stay shared: no gaps.
+        confidence: The map's ``confidence`` (top-class probability x 255) on the same
+            grid; gives the ``confidence`` column (mean over each polygon's pixels, 0-1).
+        simplify_m: If given, simplify the whole coverage with ``shapely.coverage_simplify``
+            with this tolerance in metres (`map_tolerance` converts it to the map's units;
+            roughly the square root of the area of the triangles removed). Shared edges stay
+            shared: no gaps, no overlaps. None keeps the pixel outlines.
+        min_area_m2: If given, polygons smaller than this (m², on the ellipsoid) are merged
+            into a neighbour (`eoseg.polygon_merge.merge_small`); the coverage stays
+            gap-free.
 
     Returns:
-        GeoDataFrame with ``class_id`` (int32), ``class_name`` and ``geometry`` (one
-        Polygon per row), in the map's CRS, sorted by class and position.
+        GeoDataFrame with ``class_id`` (int32), ``class_name``, ``area_m2`` (float64, the
+        area of the polygon's pixels on the WGS84 ellipsoid: exact for the pixel outlines,
+        and kept as it is after simplification), ``confidence`` (float32, with
+        ``confidence``), ``tile_row`` (int32, the tile row of the polygon's top pixel row:
+        its partition) and ``geometry`` (one Polygon per row), in the map's CRS, sorted
+        by class and position.
 
     Raises:
         GeoreferenceError: The map has no CRS/transform.
-        InvalidParameterError: ``simplify_tolerance`` is negative.
+        InvalidParameterError: ``simplify_m`` or ``min_area_m2`` is negative.
     """
     check_one_date(classmap, "vectorize")
-    if simplify_tolerance is not None and simplify_tolerance < 0:
-        raise InvalidParameterError(f"simplify_tolerance must be >= 0; found {simplify_tolerance}")
+    for name, value in (("simplify_m", simplify_m), ("min_area_m2", min_area_m2)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise InvalidParameterError(f"{name} must be a number >= 0; found {value}")
     geobox, data, slices = raster_tiles(classmap)
-    ny, nx = geobox.shape
-    tasks = [
-        dask.delayed(_vectorize_tile)(block, ys.start, xs.start, (ny, nx))
-        for (ys, xs), block in zip(slices, data.to_delayed().ravel(), strict=True)
-    ]
-    ids: list[int] = []
-    geoms: list[shapely.Geometry] = []
-    seam_pieces: dict[int, list[shapely.Geometry]] = defaultdict(list)
-    for final, on_seam in dask.compute(*tasks):
-        for cid, g in final:
-            ids.append(cid)
-            geoms.append(g)
-        for cid, g in on_seam:
-            seam_pieces[cid].append(g)
-    for cid, pieces in seam_pieces.items():
-        merged = _merge_touching(pieces)
-        ids.extend([cid] * len(merged))
-        geoms.extend(merged)
-    log.debug("vectorised %d tiles into %d polygons", len(tasks), len(geoms))
-
-    geometry = np.array(geoms, dtype=object)
-    if simplify_tolerance:
+    pieces = _tile_pieces(geobox, data, slices, confidence)
+    if min_area_m2:
+        pieces = merge_small(pieces, min_area_m2)
+    tile_rows = (shapely.bounds(pieces.geometry)[:, 1] // data.chunks[0][0]).astype(np.int32)
+    geometry = pieces.geometry
+    if simplify_m:
         # A coverage must be edge-matched: put a vertex on every pixel corner along each
         # edge (exact in pixel units), so neighbours share every vertex, T-junctions too.
         geometry = shapely.segmentize(geometry, 1.0)
@@ -104,10 +107,19 @@ def vectorize(
             (a.a * c[:, 0] + a.b * c[:, 1] + a.c, a.d * c[:, 0] + a.e * c[:, 1] + a.f)
         ),
     )
-    if simplify_tolerance:
-        geometry = shapely.coverage_simplify(geometry, simplify_tolerance)
+    if simplify_m:
+        geometry = shapely.coverage_simplify(geometry, map_tolerance(geobox, simplify_m))
+    columns: dict[str, object] = {
+        "class_id": pieces.class_id.astype(np.int32),
+        "class_name": _names(pieces.class_id.tolist(), schema),
+        "area_m2": pieces.area_m2.astype(np.float64),
+    }
+    if confidence is not None:
+        mean = pieces.confidence / np.maximum(pieces.pixels, 1) / 255.0
+        columns["confidence"] = mean.astype(np.float32)
+    columns["tile_row"] = tile_rows
     gdf = gpd.GeoDataFrame(
-        {"class_id": np.array(ids, dtype=np.int32), "class_name": _names(ids, schema)},
+        columns,
         geometry=gpd.GeoSeries(geometry),
         crs=geobox.crs.proj if geobox.crs is not None else None,
     )
@@ -115,6 +127,58 @@ def vectorize(
     bounds = gdf.geometry.bounds
     order = np.lexsort((bounds["minx"].to_numpy(), -bounds["maxy"].to_numpy(), gdf["class_id"]))
     return gdf.iloc[order].reset_index(drop=True)
+
+
+def map_tolerance(geobox: GeoBox, metres: float) -> float:
+    """A length in metres in the units of the map's CRS.
+
+    Projected CRSs convert by their axis unit (1 for metres). On a geographic CRS (e.g.
+    EPSG:4326) a degree is a different length north-south and east-west; the tolerance of
+    ``coverage_simplify`` bounds an area (triangles of about ``tolerance²``), so metres are
+    divided by the geometric mean of the lengths of a degree of latitude and of longitude
+    at the map's centre, on the CRS's ellipsoid.
+    """
+    crs = grid_crs(geobox)
+    if not crs.is_geographic:
+        return metres / crs.axis_info[0].unit_conversion_factor
+    lon, lat = geobox.extent.centroid.points[0]
+    geod = crs.get_geod() or pyproj.Geod(ellps="WGS84")
+    lat = min(max(lat, -89.0), 89.0)
+    m_lat = geod.inv(lon, lat - 0.5, lon, lat + 0.5)[2]
+    m_lon = geod.inv(lon - 0.5, lat, lon + 0.5, lat)[2]
+    return metres / math.sqrt(m_lat * m_lon)
+
+
+def _tile_pieces(
+    geobox: GeoBox,
+    data: dask.array.Array,
+    slices: list[tuple[slice, slice]],
+    confidence: xr.DataArray | None,
+) -> Pieces:
+    """Vectorise every tile (one task each), then merge the pieces across tile seams."""
+    ny, nx = geobox.shape
+    if confidence is None:
+        conf_blocks = [None] * len(slices)
+    else:
+        conf = confidence.data
+        if not isinstance(conf, dask.array.Array):
+            conf = dask.array.from_array(np.asarray(conf))
+        conf_blocks = list(conf.rechunk(data.chunks).to_delayed().ravel())
+    tasks = [
+        dask.delayed(_vectorize_tile)(block, cblock, geobox[ys, xs], ys.start, xs.start, (ny, nx))
+        for (ys, xs), block, cblock in zip(
+            slices, data.to_delayed().ravel(), conf_blocks, strict=True
+        )
+    ]
+    finals: list[Pieces] = []
+    seams: list[Pieces] = []
+    for final, on_seam in dask.compute(*tasks):
+        finals.append(final)
+        seams.append(on_seam)
+    seam = concat(seams)
+    merged = [_merge_touching(seam.take(seam.class_id == cid)) for cid in np.unique(seam.class_id)]
+    log.debug("vectorised %d tiles", len(tasks))
+    return concat(finals + merged)
 
 
 def write_polygons(
@@ -164,59 +228,76 @@ def write_polygons(
 
 
 def _vectorize_tile(
-    block: np.ndarray, row0: int, col0: int, grid_shape: tuple[int, int]
-) -> tuple[list[tuple[int, shapely.Geometry]], list[tuple[int, shapely.Geometry]]]:
-    """Polygons of one tile in grid pixel coordinates (x = column, y = row).
+    block: np.ndarray,
+    conf: np.ndarray | None,
+    tile: GeoBox,
+    row0: int,
+    col0: int,
+    grid_shape: tuple[int, int],
+) -> tuple[Pieces, Pieces]:
+    """Polygons of one tile in grid pixel coordinates (x = column, y = row), with their
+    pixel counts, ellipsoidal areas and confidence sums.
 
-    Returns the final polygons and, apart, those reaching an inner tile edge (a side of
-    the tile that is not the grid's border), to be merged with their neighbours.
+    Each class's 4-connected components are labelled first (the polygons
+    ``rasterio.features.shapes`` makes with 4-connectivity, one label each), so the
+    statistics of each polygon are sums over its label. Returns the final pieces and,
+    apart, those reaching an inner tile edge (a side of the tile that is not the grid's
+    border), to be merged with their neighbours.
     """
     block = np.asarray(block)
-    final: list[tuple[int, shapely.Geometry]] = []
-    on_seam: list[tuple[int, shapely.Geometry]] = []
-    mask = block != IGNORE_ID
-    if not mask.any():
-        return final, on_seam
-    h, w = block.shape
-    ny, nx = grid_shape
-    edges = (
-        col0 if col0 > 0 else None,
-        row0 if row0 > 0 else None,
-        col0 + w if col0 + w < nx else None,
-        row0 + h if row0 + h < ny else None,
-    )
+    labels = np.zeros(block.shape, np.int32)
+    label_class = [IGNORE_ID]
+    for cid in np.unique(block[block != IGNORE_ID]):
+        lab, n = scipy.ndimage.label(block == cid)  # default structure: 4-connectivity
+        labels[lab > 0] = lab[lab > 0] + len(label_class) - 1
+        label_class.extend([int(cid)] * n)
+    if len(label_class) == 1:
+        return empty(), empty()
+    flat = labels.ravel()
+    pixels = np.bincount(flat, minlength=len(label_class))
+    area = np.bincount(flat, weights=pixel_areas(tile).ravel(), minlength=len(label_class))
+    conf_sum: np.ndarray = np.zeros(len(label_class))
+    if conf is not None:
+        weights = np.asarray(conf).ravel().astype(np.float64)
+        conf_sum = np.bincount(flat, weights=weights, minlength=len(label_class))
     offset = Affine.translation(col0, row0)
     with warnings.catch_warnings():
         # Pixel coordinates are intended here: the map transform is applied once at the end.
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        shapes = list(rasterio.features.shapes(block, mask=mask, connectivity=4, transform=offset))
-    for geojson, value in shapes:
-        geom = shapely.make_valid(shapely.geometry.shape(geojson))
-        b = geom.bounds  # (minx, miny, maxx, maxy): (col, row, col, row)
-        seam = any(e is not None and b[i] == e for i, e in enumerate(edges))
-        for part in _polygons(geom):
-            (on_seam if seam else final).append((int(value), part))
-    return final, on_seam
+        shapes = rasterio.features.shapes(labels, mask=labels > 0, connectivity=4, transform=offset)
+        found = [(int(v), shapely.geometry.shape(g)) for g, v in shapes]
+    index = np.array([v for v, _ in found])
+    geoms = shapely.make_valid(np.array([g for _, g in found], dtype=object))
+    pieces = Pieces(
+        geoms, np.asarray(label_class)[index], pixels[index], area[index], conf_sum[index]
+    )
+    h, w = block.shape
+    ny, nx = grid_shape
+    b = shapely.bounds(geoms)  # (minx, miny, maxx, maxy): (col, row, col, row)
+    seam = (
+        ((b[:, 0] == col0) & (col0 > 0))
+        | ((b[:, 1] == row0) & (row0 > 0))
+        | ((b[:, 2] == col0 + w) & (col0 + w < nx))
+        | ((b[:, 3] == row0 + h) & (row0 + h < ny))
+    )
+    return pieces.take(~seam), pieces.take(seam)
 
 
-def _merge_touching(pieces: list[shapely.Geometry]) -> list[shapely.Geometry]:
-    """Union the pieces (one class) that touch, returned as single polygons."""
-    tree = shapely.STRtree(pieces)
-    left, right = tree.query(pieces, predicate="intersects")
-    n = len(pieces)
+def _merge_touching(pieces: Pieces) -> Pieces:
+    """Union the pieces (one class) that share an edge, adding up their statistics.
+
+    Pieces meeting at a corner only stay apart (4-connectivity).
+    """
+    geoms = pieces.geometry
+    n = len(geoms)
+    left, right = shapely.STRtree(geoms).query(geoms, predicate="intersects")
+    keep = left < right
+    left, right = left[keep], right[keep]
+    shared = shapely.length(shapely.intersection(geoms[left], geoms[right])) > 0
+    left, right = left[shared], right[shared]
     graph = scipy.sparse.coo_matrix((np.ones(len(left)), (left, right)), shape=(n, n))
-    n_groups, labels = scipy.sparse.csgraph.connected_components(graph, directed=False)
-    out: list[shapely.Geometry] = []
-    for group in range(n_groups):
-        members = [pieces[i] for i in np.flatnonzero(labels == group)]
-        merged = members[0] if len(members) == 1 else shapely.union_all(members)
-        # Pieces meeting at a corner only stay apart (4-connectivity): explode.
-        out.extend(_polygons(merged))
-    return out
-
-
-def _polygons(geom: shapely.Geometry) -> list[shapely.Geometry]:
-    return [p for p in shapely.get_parts(geom) if p.geom_type == "Polygon" and not p.is_empty]
+    n_groups, group = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    return combine(pieces, group, n_groups)
 
 
 def _names(ids: list[int], schema: ClassSchema) -> list[str]:

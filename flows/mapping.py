@@ -44,10 +44,11 @@ def predict_task(
 def export_task(
     classmap: str, outdir: str, *, overwrite: bool = False, date: str | None = None
 ) -> dict[str, Any]:
-    """COG, polygons (GeoParquet) and a quicklook PNG of the class map.
+    """COG, polygons (GeoParquet folder, one file per tile row) and a quicklook PNG of the
+    class map.
 
     A multi-date map exports ``date``, or each date (``classmap_<day>.tif``, ...; the
-    polygons of every date in one file with a ``date`` column).
+    polygons of every date in one table with a ``date`` column).
     """
     out = Path(outdir)
     each = date is None and len(date_labels(open_classmap(classmap))) > 1

@@ -68,7 +68,7 @@ def test_rasterize_back_reproduces_map(
     assert gdf.geometry.is_valid.all()
     assert set(gdf.geom_type) == {"Polygon"}
     assert gdf.crs == CRS
-    assert list(gdf.columns) == ["class_id", "class_name", "geometry"]
+    assert list(gdf.columns) == ["class_id", "class_name", "area_m2", "tile_row", "geometry"]
     assert (gdf["class_name"] == [DEMO_CLASSES.names[i] for i in gdf["class_id"]]).all()
 
 
@@ -82,6 +82,17 @@ def test_tiled_polygons_equal_whole_map_polygons(
     np.testing.assert_array_equal(tiled["class_id"], whole["class_id"])
     for a, b in zip(tiled.geometry, whole.geometry, strict=True):
         assert a.symmetric_difference(b).area == 0
+    # Statistics of pieces merged across seams add up to those of the whole polygon.
+    np.testing.assert_allclose(tiled["area_m2"], whole["area_m2"], rtol=1e-9)
+
+
+def test_confidence_and_tile_row_of_tiled_polygons(landscape: xr.DataArray) -> None:
+    conf = xr.full_like(landscape, 51)  # 0.2 everywhere
+    tiled = vectorize(_chunked(landscape, 32), schema=DEMO_CLASSES, confidence=conf.chunk(32))
+    np.testing.assert_allclose(tiled["confidence"], 0.2, rtol=1e-6)
+    top_rows = (5_300_000 - tiled.geometry.bounds["maxy"].to_numpy()) / 10
+    np.testing.assert_array_equal(tiled["tile_row"], top_rows // 32)
+    assert set(tiled["tile_row"]) == {0, 1, 2}
 
 
 def test_block_across_tile_corner_is_one_polygon() -> None:
@@ -112,7 +123,7 @@ def test_nodata_makes_no_polygon(chunks: int | None) -> None:
     empty = wrap_xr(np.full((8, 8), 255, np.uint8), _geobox(8, 8))
     gdf = vectorize(_chunked(empty, chunks), schema=DEMO_CLASSES)
     assert gdf.empty
-    assert list(gdf.columns) == ["class_id", "class_name", "geometry"]
+    assert list(gdf.columns) == ["class_id", "class_name", "area_m2", "tile_row", "geometry"]
 
     cls = np.zeros((8, 8), np.uint8)
     cls[2:6, 2:6] = 255
@@ -125,7 +136,7 @@ def test_nodata_makes_no_polygon(chunks: int | None) -> None:
 @pytest.mark.parametrize("chunks", [None, 32], ids=["numpy", "dask"])
 def test_simplify_keeps_a_coverage(landscape: xr.DataArray, chunks: int | None) -> None:
     exact = vectorize(landscape, schema=DEMO_CLASSES)
-    simple = vectorize(_chunked(landscape, chunks), schema=DEMO_CLASSES, simplify_tolerance=15)
+    simple = vectorize(_chunked(landscape, chunks), schema=DEMO_CLASSES, simplify_m=15)
     assert simple.geometry.is_valid.all()
     assert bool(shapely.coverage_is_valid(simple.geometry.to_numpy()))  # no gaps/overlaps
     assert shapely.get_num_coordinates(simple.geometry.to_numpy()).sum() < (
@@ -139,8 +150,8 @@ def test_simplify_keeps_a_coverage(landscape: xr.DataArray, chunks: int | None) 
 
 
 def test_invalid_inputs_raise(landscape: xr.DataArray) -> None:
-    with pytest.raises(InvalidParameterError, match="simplify_tolerance must be >= 0"):
-        vectorize(landscape, schema=DEMO_CLASSES, simplify_tolerance=-1)
+    with pytest.raises(InvalidParameterError, match="simplify_m must be a number >= 0"):
+        vectorize(landscape, schema=DEMO_CLASSES, simplify_m=-1)
     bare = xr.DataArray(np.zeros((4, 4), np.uint8), dims=("y", "x"))
     with pytest.raises(GeoreferenceError, match="no CRS"):
         vectorize(bare, schema=DEMO_CLASSES)

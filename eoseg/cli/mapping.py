@@ -157,11 +157,31 @@ def export(
         ),
     ] = None,
     polygons: Annotated[
-        Path | None, typer.Option(help="Polygons: .parquet, .gpkg or .geojson.")
+        Path | None,
+        typer.Option(
+            help="Polygons: .parquet (a folder of GeoParquet files, one per tile row), "
+            ".gpkg or .geojson (small areas)."
+        ),
     ] = None,
     quicklook: Annotated[Path | None, typer.Option(help="Quicklook PNG with legend.")] = None,
     simplify: Annotated[
-        float | None, typer.Option(help="Polygon simplification tolerance (map units).")
+        float | None,
+        typer.Option(
+            metavar="M",
+            help="Simplify the polygons with this tolerance in metres, keeping shared edges "
+            "(on any map CRS). Default: pixel outlines, which rasterize back to the map.",
+            show_default=False,
+        ),
+    ] = None,
+    min_area: Annotated[
+        float | None,
+        typer.Option(
+            "--min-area",
+            metavar="M2",
+            help="Merge polygons smaller than this (m², on the ellipsoid) into their "
+            "largest neighbour; polygons with no neighbour stay. Default: keep all.",
+            show_default=False,
+        ),
     ] = None,
     date: DateOpt = None,
     overwrite: OverwriteOpt = False,
@@ -196,6 +216,7 @@ def export(
             polygons=polygons,
             quicklook=quicklook,
             simplify=simplify,
+            min_area=min_area,
             overwrite=overwrite,
             date=date,
         )
