@@ -15,8 +15,13 @@ Usage::
     python -m benchmarks.products --workdir /tmp/products [--small] [--json]
 
 ``--small``: 1x is 1024 x 1024 px (16x: 4096 x 4096); default 4096 x 4096 (16x: 16384 x
-16384, 268 Mpx, about 2 minutes to generate). Other parts of issue 13 (area queries) may
-add their own sections here.
+16384, 268 Mpx, about 2 minutes to generate).
+
+Area queries (``--only query``): class areas inside a disc AOI over the middle of the same
+maps (`eoseg.publish.query_table`: only the tiles the disc touches, border pixels by their
+exact covered fraction, areas on the ellipsoid) beside exactextract's zonal statistics
+on the class COG of the same map (what a user of exactextract alone runs), each in its
+own process.
 
 Polygons (``--only polygons``, or both by default): the same kind of map, exported as
 partitioned GeoParquet (`eoseg.publish.export_classmap`: vectorised tile by tile with
@@ -76,6 +81,27 @@ print(count, time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SEL
 """
 POLYGON_BASE = 1024
 """1x side of the polygon benchmark (``--small``: half)."""
+
+_QUERY_CHILD = """
+import resource, sys, time
+from pathlib import Path
+from eoseg.classmap import open_classmap
+mode, map_path, aoi = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+open_classmap(map_path)
+start = time.perf_counter()
+tiles, km2 = 0, 0.0
+if mode == "eoseg":
+    from eoseg.publish import query_table
+    table = query_table(map_path, aoi=aoi)
+    tiles, km2 = table.tiles, table.areas[0][0].total_km2
+elif mode == "exactextract":
+    import geopandas as gpd
+    from exactextract import exact_extract
+    cog = map_path.with_suffix(".tif")
+    out = exact_extract(str(cog), gpd.read_file(aoi), ["unique", "frac"], output="pandas")
+    km2 = float(len(out["unique"][0]))
+print(tiles, km2, time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
 
 
 def grid_of_size(side: int) -> GeoBox:
@@ -180,6 +206,68 @@ def measure_polygons(workdir: Path, base: int) -> list[dict[str, Any]]:
     return rows
 
 
+def disc_aoi(workdir: Path, side: int) -> Path:
+    """A GeoJSON disc over the middle of the map (diameter 0.8 of its side), in lon/lat."""
+    import geopandas as gpd
+    import shapely
+
+    grid = grid_of_size(side)
+    x, y = grid.affine * (side / 2, side / 2)
+    disc = shapely.Point(x, y).buffer(0.4 * side * 10.0, quad_segs=64)
+    path = workdir / f"aoi-{side}.geojson"
+    gpd.GeoDataFrame(geometry=[disc], crs=grid.crs.proj).to_crs(4326).to_file(path)
+    return path
+
+
+def run_query_child(mode: str, classmap: Path, aoi: Path) -> tuple[int, float, float, float]:
+    """Tiles read, km² counted, seconds and peak RSS (MiB) of one query in its own process."""
+    done = subprocess.run(
+        [sys.executable, "-c", _QUERY_CHILD, mode, str(classmap), str(aoi)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    tiles, km2, seconds, kib = done.stdout.split()[-4:]
+    return int(tiles), float(km2), float(seconds), int(kib) / 1024
+
+
+def measure_query(workdir: Path, base: int) -> list[dict[str, Any]]:
+    """One row per scale and tool: class areas inside a disc AOI (exact border fractions).
+
+    eoseg's query (`eoseg.publish.query_table`, tile by tile from the Zarr map, areas on
+    the ellipsoid) beside exactextract's own zonal statistics (``unique`` + ``frac``) on
+    the class COG of the same map, when the COG part wrote it (same fractions, planar).
+    """
+    from eoseg.cog import write_cog
+
+    rows = []
+    for scale in SCALES:
+        side = base * int(scale**0.5)
+        classmap, _ = generate(workdir, side)
+        aoi = disc_aoi(workdir, side)
+        cog = classmap.with_suffix(".tif")
+        if not cog.exists():
+            write_cog(classmap, cog, layer="class", overwrite=True)
+        _, _, _, baseline = run_query_child("baseline", classmap, aoi)
+        for tool in ("eoseg", "exactextract"):
+            tiles, km2, seconds, peak = run_query_child(tool, classmap, aoi)
+            mpx = side * side / 1e6
+            rows.append(
+                {
+                    "scale": f"{scale}x",
+                    "tool": tool,
+                    "pixels": f"{side} x {side}",
+                    "tiles_read": tiles if tool == "eoseg" else "",
+                    "aoi_km2": round(km2, 3) if tool == "eoseg" else "",
+                    "query_s": round(seconds, 2),
+                    "map_mpx_per_s": round(mpx / seconds, 1),
+                    "peak_mib": round(peak, 1),
+                    "over_baseline_mib": round(peak - baseline, 1),
+                }
+            )
+    return rows
+
+
 def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
     """16x/1x of the export process's peak memory, per layer (streaming: near 1)."""
     out = {}
@@ -203,7 +291,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--small", action="store_true", help="1x = 1024 px a side")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
-    parser.add_argument("--only", choices=("cog", "polygons"), help="measure one product only")
+    parser.add_argument(
+        "--only", choices=("cog", "polygons", "query"), help="measure one product only"
+    )
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {}
@@ -218,6 +308,8 @@ def main() -> None:
         doc["polygons_peak_over_baseline_ratio_16x_1x"] = round(
             poly[1]["over_baseline_mib"] / max(poly[0]["over_baseline_mib"], 1e-3), 2
         )
+    if args.only in (None, "query"):
+        doc["query"] = measure_query(args.workdir, 1024 if args.small else 4096)
     doc["ru_maxrss_self_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.json:
         sys.stdout.write(json.dumps(doc, indent=1) + "\n")
@@ -229,6 +321,8 @@ def main() -> None:
         print(format_table(doc["polygons"]))
         ratio = doc["polygons_peak_over_baseline_ratio_16x_1x"]
         print(f"polygons: 16x/1x peak over baseline: {ratio} (seconds: machine shared)")
+    if "query" in doc:
+        print(format_table(doc["query"]))
 
 
 if __name__ == "__main__":

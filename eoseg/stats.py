@@ -8,6 +8,7 @@ by tile (one Dask task per chunk), so the class map is never loaded whole.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -101,24 +102,40 @@ def pixel_areas(geobox: GeoBox, *, step: int | None = None) -> np.ndarray:
         ``float64`` array of shape ``geobox.shape`` in m².
     """
     ny, nx = geobox.shape
+    a = geobox.affine
+    if nx > 1 and a.b == 0 and a.d == 0 and grid_crs(geobox).is_geographic:
+        # On a lon/lat grid a pixel's area depends on its row alone: one exact column.
+        return np.repeat(pixel_areas(geobox[:, :1], step=1), nx, axis=1)
     if step is None:
         step = 1 if (ny + 1) * (nx + 1) <= _EXACT_MAX_CORNERS else _STEP
     if step < 1:
         raise InvalidParameterError(f"step must be >= 1; found {step}")
-    rows = _sample_index(ny, step)
-    cols = _sample_index(nx, step)
-    a = geobox.affine
+    to_laea = _to_laea(geobox)
+    if step == 1:
+        return _shoelace(*_corners(a, np.arange(ny + 1), np.arange(nx + 1), to_laea))
+    # The area is smooth over a tile: exact at every step-th pixel, bilinear in between
+    # (one small matrix product instead of projecting and interpolating every corner).
+    rows, cols = _sample_index(ny - 1, step), _sample_index(nx - 1, step)
+    px, py = _corners(a, np.append(rows, rows + 1), np.append(cols, cols + 1), to_laea)
+    n, m = len(rows), len(cols)
+    quad = [np.ix_(np.r_[i : i + n], np.r_[j : j + m]) for i in (0, n) for j in (0, m)]
+    xs = [px[q] for q in quad]  # corners (top-left, top-right, bottom-left, bottom-right)
+    ys = [py[q] for q in quad]
+    sampled = 0.5 * np.abs((xs[3] - xs[0]) * (ys[2] - ys[1]) - (xs[2] - xs[1]) * (ys[3] - ys[0]))
+    return _interp_weights(rows, ny).T @ sampled @ _interp_weights(cols, nx)
+
+
+def _corners(
+    a: Any, rows: np.ndarray, cols: np.ndarray, to_laea: pyproj.Transformer
+) -> tuple[np.ndarray, np.ndarray]:
+    """LAEA coordinates of the pixel corners at grid ``rows`` x ``cols``."""
     cc, rr = np.meshgrid(cols.astype(np.float64), rows.astype(np.float64))
-    gx = a.a * cc + a.b * rr + a.c
-    gy = a.d * cc + a.e * rr + a.f
-    to_laea = pyproj.Transformer.from_crs(grid_crs(geobox), _laea_for(geobox), always_xy=True)
-    px, py = to_laea.transform(gx, gy)
-    if step > 1:
-        wy = _interp_weights(rows, ny + 1)
-        wx = _interp_weights(cols, nx + 1)
-        px = wy.T @ px @ wx
-        py = wy.T @ py @ wx
-    # Shoelace of a quadrilateral: half the cross product of its diagonals.
+    return to_laea.transform(a.a * cc + a.b * rr + a.c, a.d * cc + a.e * rr + a.f)
+
+
+def _shoelace(px: np.ndarray, py: np.ndarray) -> np.ndarray:
+    """Areas of the quadrilaterals of a grid of corners: half the cross product of the
+    diagonals."""
     dx1 = px[1:, 1:] - px[:-1, :-1]
     dy1 = py[1:, 1:] - py[:-1, :-1]
     dx2 = px[1:, :-1] - px[:-1, 1:]
@@ -244,7 +261,12 @@ def _tile_sums(
     if shapes is None:
         return np.stack([np.bincount(d, weights=areas, minlength=256) for d in flat])[None]
     out = np.zeros((len(shapes), flat.shape[0], 256))
-    for k, cover in enumerate(tile_covers(tile, shapes)):
+    box = shapely.box(*tile.extent.geom.bounds)
+    inside = [bool(shapely.contains_properly(s, box)) for s in shapes]
+    for k in (k for k, full in enumerate(inside) if full):
+        out[k] = [np.bincount(d, weights=areas, minlength=256) for d in flat]
+    partial = [k for k, full in enumerate(inside) if not full]
+    for k, cover in zip(partial, tile_covers(tile, [shapes[k] for k in partial]), strict=True):
         if cover.index.size == 0:
             continue
         weights = areas[cover.index] * cover.fraction
@@ -271,11 +293,25 @@ def _interp_weights(samples: np.ndarray, n: int) -> np.ndarray:
     return w
 
 
-def _laea_for(geobox: GeoBox) -> pyproj.CRS:
-    """An ellipsoidal LAEA projection centred on the grid."""
+def _to_laea(geobox: GeoBox) -> pyproj.Transformer:
+    """From the grid's CRS to an ellipsoidal LAEA projection centred near the grid (to a
+    tenth of a degree, so neighbouring tiles share one transformer: building one costs
+    more than projecting a tile's corners)."""
     ny, nx = geobox.shape
     cx, cy = geobox.affine * (nx / 2, ny / 2)
-    lon, lat = pyproj.Transformer.from_crs(grid_crs(geobox), 4326, always_xy=True).transform(cx, cy)
+    crs = grid_crs(geobox)
+    lon, lat = _to_lonlat(crs.to_wkt()).transform(cx, cy)
     if not (math.isfinite(lon) and math.isfinite(lat)):
         raise GeoreferenceError(f"grid centre ({cx}, {cy}) in {geobox.crs} has no lon/lat")
-    return pyproj.CRS.from_proj4(f"+proj=laea +lat_0={lat} +lon_0={lon} +ellps=WGS84 +units=m")
+    return _laea_transformer(crs.to_wkt(), round(lat, 1), round(lon, 1))
+
+
+@functools.lru_cache(maxsize=64)
+def _to_lonlat(wkt: str) -> pyproj.Transformer:
+    return pyproj.Transformer.from_crs(pyproj.CRS.from_wkt(wkt), 4326, always_xy=True)
+
+
+@functools.lru_cache(maxsize=256)
+def _laea_transformer(wkt: str, lat: float, lon: float) -> pyproj.Transformer:
+    laea = pyproj.CRS.from_proj4(f"+proj=laea +lat_0={lat} +lon_0={lon} +ellps=WGS84 +units=m")
+    return pyproj.Transformer.from_crs(pyproj.CRS.from_wkt(wkt), laea, always_xy=True)
