@@ -80,6 +80,15 @@ def _same_map(a: Path, b: Path) -> None:
         np.testing.assert_array_equal(x[name].values, y[name].values)
 
 
+def _as_foreground_job() -> None:
+    """In the child before exec: SIGINT back to its default action. A job started in the
+    background of a non-interactive shell (``make test > log &``) ignores SIGINT, the
+    ignored signal survives fork and exec, and Python then installs no KeyboardInterrupt
+    handler: Ctrl-C would be ignored by the run under test, while a terminal's
+    foreground job gets it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_predict(cube: Path, model: Path, out: Path) -> subprocess.Popen[str]:
     """``eoseg predict`` in its own process group, as a terminal's foreground job."""
     args = ["predict", "--cube", str(cube), "--model", str(model), "--out", str(out), *FLAGS]
@@ -89,6 +98,7 @@ def _start_predict(cube: Path, model: Path, out: Path) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=_as_foreground_job,
         env=ENV,
     )
 
