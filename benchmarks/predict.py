@@ -30,7 +30,13 @@ its cube and TorchGeo reads as it is. Figures (keys of ``--json``):
     Peak resident memory of the whole process tree (the child holding client and local
     scheduler, nannies, workers; summed RSS) during the timed run on the scene, and on a
     scene of ``--scale`` times its area (default 16: 4x wider and taller) with the same
-    tiles, right after it on the same cluster (target: big / 1x <= 1.2).
+    tiles, each on a cluster sized as the CLI sizes it (the same one, right after the
+    scene, where both get the same size) (target: big / 1x <= 1.2).
+    A one-tile scene gets one worker (all cores to its torch threads), a larger one a
+    worker per core: the tree then holds more busy workers, whatever the area. Where the
+    memory is: ``memory_worker_1x_mb``/``memory_worker_big_mb`` (the busiest worker's
+    peak, ``ru_maxrss``) and ``memory_client_1x_mb``/``memory_client_big_mb`` (the
+    process of client and local scheduler, which holds the plan).
     ``torchgeo_memory_mb``: the same for the TorchGeo loop's process on the scene (its
     output array grows with the area).
 ``agreement``
@@ -79,7 +85,13 @@ import numpy as np
 import torch
 
 from benchmarks import predict_scale, predict_setup, predict_torchgeo
-from benchmarks.predict_eoseg import SETTINGS, end_to_end_child, model_only, predict_kwargs
+from benchmarks.predict_eoseg import (
+    SETTINGS,
+    cluster_size,
+    end_to_end_child,
+    model_only,
+    predict_kwargs,
+)
 from eoseg.grid import DEFAULT_TILE_SIZE
 from eoseg.predict import open_classmap
 
@@ -89,18 +101,27 @@ def predict_options(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in SETTINGS if getattr(args, k) is not None}
 
 
-def end_to_end(spec: dict[str, Any]) -> dict[str, Any]:
-    """`benchmarks.predict_eoseg.end_to_end_child` in a fresh process (no memory inherited
-    from this one); its figures."""
+def end_to_end(base: dict[str, Any], runs: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """`benchmarks.predict_eoseg.end_to_end_child` in fresh processes (no memory inherited
+    from this one): one per cluster size, so cubes that get the same cluster share one
+    (and its warm-up); the figures of each run, by name."""
     root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "benchmarks.predict", "--end-to-end-child", json.dumps(spec)]
     path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": path}
-    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"end-to-end run failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    groups: dict[int, dict[str, dict[str, str]]] = {}
+    for name, run in runs.items():
+        size = 0 if base["scheduler"] else cluster_size(Path(run["cube"]), base["tile_size"])
+        groups.setdefault(size, {})[name] = run
+    figures: dict[str, Any] = {}
+    for group in groups.values():
+        spec = json.dumps({**base, "runs": list(group.values())})
+        cmd = [sys.executable, "-m", "benchmarks.predict", "--end-to-end-child", spec]
+        done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"end-to-end run failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        docs = json.loads(done.stdout.strip().splitlines()[-1])
+        figures.update(zip(group, docs, strict=True))
+    return figures
 
 
 def prepare(args: argparse.Namespace, side: int) -> tuple[Path, Path]:
@@ -153,11 +174,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "warm_cube": str(cube),
         "warm_out": str(work / "warm-up.zarr"),
     }
-    doc["end_to_end"] = end_to_end({**base, "cube": str(cube), "out": str(work / "map-1x.zarr")})
+    runs = {"end_to_end": {"cube": str(cube), "out": str(work / "map-1x.zarr")}}
     if big_cube is not None:
-        doc["end_to_end_big"] = end_to_end(
-            {**base, "cube": str(big_cube), "out": str(work / "map-big.zarr")}
-        )
+        runs["end_to_end_big"] = {"cube": str(big_cube), "out": str(work / "map-big.zarr")}
+    doc.update(end_to_end(base, runs))
     if not args.no_torchgeo:
         doc["torchgeo"] = _torchgeo(args, scene, spec, card.chip_size)
     return summarize(doc)
@@ -195,6 +215,10 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
         memory_1x_mb=e2e["peak_tree_mb"],
         memory_big_mb=big["peak_tree_mb"] if big else None,
         memory_big_over_1x=big["peak_tree_mb"] / e2e["peak_tree_mb"] if big else None,
+        memory_worker_1x_mb=max(e2e["peak_worker_mb"]),
+        memory_worker_big_mb=max(big["peak_worker_mb"]) if big else None,
+        memory_client_1x_mb=e2e["peak_client_mb"],
+        memory_client_big_mb=big["peak_client_mb"] if big else None,
         torchgeo_mpx_s=tg["mpx_s"] if tg else None,
         ratio=e2e["mpx_s"] / tg["mpx_s"] if tg else None,
         torchgeo_memory_mb=tg["peak_tree_mb"] if tg else None,
@@ -237,6 +261,17 @@ def format_report(doc: dict[str, Any]) -> str:
     if tg:
         memory += f"; TorchGeo loop 1x {doc['torchgeo_memory_mb']:.0f} MB"
     lines.append(memory)
+    parts = f"  of which the busiest worker 1x {doc['memory_worker_1x_mb']:.0f} MB"
+    parts += f" ({e2e['workers']} workers)"
+    if doc["memory_big_mb"]:
+        parts += (
+            f", x{doc['scale']:g} {doc['memory_worker_big_mb']:.0f} MB "
+            f"({doc['end_to_end_big']['workers']} workers)"
+        )
+    parts += f"; client and scheduler 1x {doc['memory_client_1x_mb']:.0f} MB"
+    if doc["memory_big_mb"]:
+        parts += f", x{doc['scale']:g} {doc['memory_client_big_mb']:.0f} MB"
+    lines.append(parts)
     return "\n".join(lines)
 
 

@@ -77,54 +77,65 @@ def model_only(
     }
 
 
-def end_to_end_child(spec: dict[str, Any]) -> None:
-    """Time `predict` of one cube on a fresh local cluster; prints one JSON line.
+def cluster_size(cube_path: Path, tile_size: int) -> int:
+    """Workers of the local cluster eoseg's CLI starts for a cube (one per core, no more
+    than its tiles: `eoseg.cluster.local_workers`)."""
+    return local_workers(len(list(iter_tiles(open_cube(cube_path).odc.geobox, tile_size))))
 
-    The cluster is the one eoseg's CLI would start for the cube's tiles. A first predict
-    of ``spec["warm_cube"]`` loads the model on the workers and warms them up; then the
-    timed one, with the peak memory of this process's tree (client, local scheduler,
-    nannies, workers) during it.
+
+def end_to_end_child(spec: dict[str, Any]) -> None:
+    """Time `predict` of each cube of ``spec["runs"]`` on one fresh local cluster; prints
+    one JSON line, a list of figures (one per run).
+
+    The cluster is the one eoseg's CLI would start for the first cube's tiles (the caller
+    groups cubes that get the same one). A first predict of ``spec["warm_cube"]`` loads
+    the model on the workers and warms them up; then the timed ones, each with the peak
+    memory of this process's tree (client, local scheduler, nannies, workers) during it.
     """
     from eoseg.cluster import connect
 
     kwargs = predict_kwargs(spec["options"])
-    cube, model = Path(spec["cube"]), Path(spec["model"])
-    tiles = len(list(iter_tiles(open_cube(cube).odc.geobox, spec["tile_size"])))
-    extra: dict[str, Any] = {"n_workers": local_workers(tiles)}  # as the CLI sizes it
+    model = Path(spec["model"])
+    first = Path(spec["runs"][0]["cube"])
+    extra: dict[str, Any] = {"n_workers": cluster_size(first, spec["tile_size"])}
     if spec["scheduler"] == "cuda":
         extra = {"gpu_threads": spec["gpu_threads"]}
+    docs = []
     with (
         TreeMemory() as memory,
+        TreeMemory(tree=False) as own,
         connect(spec["scheduler"], local_directory=Path(spec["dask_dir"]), **extra) as client,
     ):
-        warm_out = Path(spec["warm_out"])
         warm = predict(
-            Path(spec["warm_cube"]),
-            model,
-            warm_out,
-            client=client,
-            **kwargs,
-            overwrite=True,
-            run_id="bench-warm-up",
-        )
+            Path(spec["warm_cube"]), model, Path(spec["warm_out"]), client=client, **kwargs,
+            overwrite=True, run_id="bench-warm-up",
+        )  # fmt: skip
         idle = memory.now()
-        memory.reset()
-        timed = predict(
-            cube, model, Path(spec["out"]), client=client, **kwargs, overwrite=True, run_id="bench"
-        )
-        peak = max(memory.peak, memory.now())
         threads = client.nthreads()
         torch_threads = client.run(torch.get_num_threads)
-    doc = {
-        "megapixels": timed.megapixels,
-        "seconds": timed.seconds,
-        "mpx_s": timed.megapixels / timed.seconds,
-        "tiles": timed.tiles,
-        "first_mpx_s": warm.megapixels / warm.seconds,
-        "workers": len(threads),
-        "threads_per_worker": sorted(set(threads.values())),
-        "torch_threads_per_worker": sorted(set(torch_threads.values())),
-        "idle_tree_mb": idle / 2**20,
-        "peak_tree_mb": peak / 2**20,
-    }
-    print(json.dumps(doc))
+        for run in spec["runs"]:
+            memory.reset()
+            own.reset()
+            timed = predict(
+                Path(run["cube"]), model, Path(run["out"]), client=client, **kwargs,
+                overwrite=True, run_id="bench",
+            )  # fmt: skip
+            docs.append(
+                {
+                    "megapixels": timed.megapixels,
+                    "seconds": timed.seconds,
+                    "mpx_s": timed.megapixels / timed.seconds,
+                    "tiles": timed.tiles,
+                    "first_mpx_s": warm.megapixels / warm.seconds,
+                    "workers": len(threads),
+                    "threads_per_worker": sorted(set(threads.values())),
+                    "torch_threads_per_worker": sorted(set(torch_threads.values())),
+                    "idle_tree_mb": idle / 2**20,
+                    "peak_tree_mb": max(memory.peak, memory.now()) / 2**20,
+                    # Where the tree's memory is: the process of client and local scheduler,
+                    # and each worker that computed a tile (its lifetime peak, ru_maxrss).
+                    "peak_client_mb": max(own.peak, own.now()) / 2**20,
+                    "peak_worker_mb": sorted(timed.to_dict()["peak_memory_mib"].values()),
+                }
+            )
+    print(json.dumps(docs))

@@ -1,4 +1,9 @@
-"""Mapping flow: predict a class map, export it, evaluate it and compute class areas."""
+"""Mapping flow: predict a class map, export it, evaluate it and compute class areas.
+
+The predict options (chip size, overlap, precision, probabilities, contexts) are flow
+parameters; one left ``None`` takes the library's default (`eoseg.inference.PredictOptions`,
+where the card's choice applies), so a deployment states only what it changes.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ from prefect import flow, task
 
 from eoseg.cluster import connect
 from eoseg.dates import DATE_FIELD, date_labels
+from eoseg.inference import PredictOptions
+from eoseg.models.accel import Precision
 from eoseg.outputs import scratch_dir
 from eoseg.predict import open_classmap, predict
 from eoseg.publish import evaluate_classmap, export_classmap, query_areas, query_areas_by_date
@@ -26,6 +33,7 @@ def predict_task(
     scheduler: str | None,
     overwrite: bool = False,
     run_id: str = "",
+    options: PredictOptions | None = None,
 ) -> dict[str, Any]:
     """Tiled inference on the cluster; an interrupted run resumes its missing tiles."""
     with connect(scheduler) as client:
@@ -36,8 +44,29 @@ def predict_task(
             client=client,
             overwrite=overwrite,
             run_id=run_id,
+            options=options,
         )
     return result.to_dict()
+
+
+def predict_options(
+    *,
+    chip_size: int | None = None,
+    overlap: int | None = None,
+    precision: Precision | None = None,
+    probabilities: bool | None = None,
+    contexts: list[int] | None = None,
+) -> PredictOptions:
+    """`PredictOptions` from flow parameters: those given, the library's default for each
+    left ``None``."""
+    given: dict[str, Any] = {
+        "chip_size": chip_size,
+        "overlap": overlap,
+        "precision": precision,
+        "probabilities": probabilities,
+        "contexts": tuple(contexts) if contexts is not None else None,
+    }
+    return PredictOptions(**{k: v for k, v in given.items() if v is not None})
 
 
 @task(name="export")
@@ -109,6 +138,11 @@ def mapping_flow(
     registry: str | None = None,
     version: str | None = None,
     date: str | None = None,
+    chip_size: int | None = None,
+    overlap: int | None = None,
+    precision: Precision | None = None,
+    probabilities: bool | None = None,
+    contexts: list[int] | None = None,
 ) -> dict[str, Any]:
     """Predict, export, evaluate (if ``truth``) and compute areas for one cube.
 
@@ -118,10 +152,21 @@ def mapping_flow(
     ``model`` is a model folder, or with ``registry`` (a folder or fsspec URL) a model
     name whose production version (or ``version``) is used, so a scheduled run picks
     up a newly promoted model without changing its deployment.
+
+    ``chip_size``, ``overlap``, ``precision``, ``probabilities`` and ``contexts`` are
+    ``eoseg predict``'s options (`eoseg.inference.PredictOptions`); ``None`` keeps the
+    default (the model card's choice where it has one).
     """
     if registry:
         model = str(fetch_model(registry, model, version))
-    pred = predict_task(cube, model, out, scheduler=scheduler, overwrite=overwrite)
+    options = predict_options(
+        chip_size=chip_size,
+        overlap=overlap,
+        precision=precision,
+        probabilities=probabilities,
+        contexts=contexts,
+    )
+    pred = predict_task(cube, model, out, scheduler=scheduler, overwrite=overwrite, options=options)
     result: dict[str, Any] = {"predict": pred, "model": model}
     result["export"] = export_task(
         pred["classmap"], str(Path(out).parent), overwrite=overwrite, date=date

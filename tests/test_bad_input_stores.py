@@ -1,37 +1,25 @@
-"""Bad-input table (issue 10): corrupted stores, broken models, worker errors, Ctrl-C.
+"""Bad-input table (issue 10): corrupted stores, broken models, worker errors (Ctrl-C
+during predict: tests/test_predict_resume.py).
 
 Every case spoils a copy of the valid workspace (tests/badinput.py) and must end with
 exit status 2, one message naming what is wrong and the fix, no traceback, and every
 file as it was. Most run the CLI in-process; the few that need a real process (Dask
-worker output, a signal, Prefect's server) run ``python -m eoseg``.
+worker output, Prefect's server) run ``python -m eoseg``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load, save_file
 
-from eoseg.classes import IGNORE_ID
 from eoseg.models import ModelCard, UNet, save_model
-from eoseg.predict import open_classmap, predict
 from eoseg.registry import register, set_production
-from eoseg.store import staging_path
-from tests.badinput import Case, run_case, run_inprocess, run_subprocess
+from tests.badinput import Case, run_case, run_subprocess
 
 CLASS_CHUNK = "map.zarr/class/c/0/0"
 CUBE_CHUNK = "cube.zarr/data/c/0/0/0/0"
@@ -312,88 +300,3 @@ def test_bad_input_in_a_process(
     outcome = run_case(case, bad_input_template, tmp_path, run=run_subprocess)
     for noise in WORKER_LOG:
         assert noise not in outcome.output, outcome.output
-
-
-def heavy_model(ws: Path, base_width: int = 32) -> Path:
-    """A wider untrained model for the workspace's cube: tiles take long enough to be
-    interrupted between them."""
-    card = ModelCard.from_dict(json.loads((ws / "model" / "model.json").read_text()))
-    torch.manual_seed(0)
-    net = UNet(len(card.bands), len(card.classes), base_width, card.architecture["depth"])
-    arch = {**card.architecture, "base_width": base_width}
-    save_model(net, dataclasses.replace(card, name="heavy", architecture=arch), ws / "heavy")
-    return ws / "heavy"
-
-
-def wait_for_tile(folder: Path, proc: subprocess.Popen[str], timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not (folder.is_dir() and any(folder.glob("r*_c*.json"))):
-        assert proc.poll() is None, f"predict ended before writing a tile: {proc.communicate()}"
-        assert time.monotonic() < deadline, "no tile written in time"
-        time.sleep(0.02)
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="racy since issue 11 made prediction fast: the workspace's 6 tiles of ~84 px "
-    "finish within milliseconds of the first, so on a loaded machine Ctrl-C can land after "
-    "the last tile, while the cluster closes with SIGINT ignored, and the run ends 0 with "
-    "a complete map; passes on a quiet machine. Needs a slower tile, not a wider model.",
-)
-def test_predict_ctrl_c_keeps_tiles_and_resumes(
-    bad_input_template: Path, tmp_path: Path, client: Any
-) -> None:
-    """predict-ctrl-c: Ctrl-C after the first tiles prints one line (what is kept, how to
-    resume) and exits 130 (128 + SIGINT, what shells report); the same command resumes
-    from the kept tiles to the map an uninterrupted run makes."""
-    ws = tmp_path / "ws"
-    shutil.copytree(bad_input_template, ws)
-    model = heavy_model(ws)
-    out = ws / "out.zarr"
-    args = ["predict", "--cube", str(ws / "cube.zarr"), "--model", str(model), "--out", str(out)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "eoseg", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group, as a terminal's foreground job
-    )
-    try:
-        wait_for_tile(staging_path(out) / "_eoseg_tiles", proc)
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the client and every worker get it
-        output = proc.communicate(timeout=120)[0]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, output
-    lines = [ln for ln in output.splitlines() if ln.strip() and not ln.startswith("predict ")]
-    text = " ".join(" ".join(lines).split())
-    assert text.startswith("interrupted: "), output
-    assert text.endswith("; run the same command again to resume from them"), output
-    assert len(text) < 300 and "Traceback" not in output, output
-    kept = {p.name: p.stat().st_mtime_ns for p in (staging_path(out) / "_eoseg_tiles").glob("r*")}
-    assert f"interrupted: {len(kept)} of 6 tiles are written and kept in" in text
-    assert 0 < len(kept) < 6 and not out.exists()
-
-    # Resumed in-process on the session's threaded cluster: no second process to start.
-    resumed = run_inprocess([*args, "--scheduler", client.scheduler.address])
-    assert resumed.exit_code == 0, resumed.output
-    markers = out / "_eoseg_tiles"
-    assert {n: (markers / n).stat().st_mtime_ns for n in kept} == kept  # not computed again
-    with torch_threads(1):  # as on the workers: the same sums in the same order
-        reference = predict(ws / "cube.zarr", model, tmp_path / "reference.zarr")
-    got, want = open_classmap(out), open_classmap(reference.path)
-    for name in ("class", "confidence"):
-        np.testing.assert_array_equal(got[name].values, want[name].values)
-    assert (got["class"].values != IGNORE_ID).mean() > 0.5
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -188,12 +188,14 @@ def _with_tile_size(cube: Path, size: int, where: Path) -> Path:
     return copy
 
 
-@pytest.mark.parametrize("contexts", [(2,), (4,), (1, 2, 4)], ids=["c2", "c4", "c124"])
+@pytest.mark.parametrize("contexts", [(4,), (1, 2, 4)], ids=["c4", "c124"])
 def test_prediction_is_seamless_at_every_context(
     contexts: tuple[int, ...], cube_path: Path, trained: Path, tmp_path: Path
 ) -> None:
     """Tiles of 96 px, of 40 px and one whole-grid tile give the same class map (each
-    context on its own global lattice, the halo covering the widest window)."""
+    context on its own global lattice, the halo covering the widest window). One context
+    asked alone (the widest: 4) and the card's fusion; every context's own lattice is
+    checked to 3e-5 by `test_tile_probabilities_match_the_whole_grid`."""
     maps = {}
     for size in (96, 40, 4096):
         cube = cube_path if size == 96 else _with_tile_size(cube_path, size, tmp_path)
@@ -256,11 +258,12 @@ def test_multi_context_beats_single_context_where_only_surroundings_tell(
     assert result.fusion["weights"] and set(result.fusion["val_miou"]) == {"1", "2", "4", "fused"}
 
 
-@pytest.mark.parametrize("contexts", [(2,), (1, 2, 4)], ids=["c2", "c124"])
-def test_tile_probabilities_match_the_whole_grid(
-    contexts: tuple[int, ...], cube_path: Path, trained: Path
-) -> None:
-    """Fused probabilities of 40 px tiles equal those of one tile over the whole grid."""
+def test_tile_probabilities_match_the_whole_grid(cube_path: Path, trained: Path) -> None:
+    """Fused probabilities of 40 px tiles equal those of one tile over the whole grid.
+
+    Contexts 1, 2 and 4 with equal weights: each context's log-probabilities enter the
+    fusion with weight 1/3, so a seam of any one context shows (one run checks them all;
+    the tolerance is a third of what one context alone was held to)."""
     from eoseg.contexts import context_probabilities
     from eoseg.cube import open_cube
     from eoseg.grid import iter_tiles
@@ -269,7 +272,7 @@ def test_tile_probabilities_match_the_whole_grid(
 
     model, card = load_model(trained)
     cube = open_cube(cube_path)
-    fusion = resolve_fusion(card, contexts)
+    fusion = Fusion((1, 2, 4), (1 / 3, 1 / 3, 1 / 3))
     grid = cube.odc.geobox
     steps = slice(0, 1)
     (whole,) = iter_tiles(grid, 4096)
@@ -278,7 +281,7 @@ def test_tile_probabilities_match_the_whole_grid(
     for tile in iter_tiles(grid, 40):
         probs, _ = context_probabilities(model, card, cube, tile, steps, fusion, predict_window)
         tiled[:, tile.y0 : tile.y0 + tile.height, tile.x0 : tile.x0 + tile.width] = probs
-    np.testing.assert_allclose(tiled, ref, atol=1e-4)
+    np.testing.assert_allclose(tiled, ref, atol=3e-5)  # 1.8e-7 here: float rounding
     assert ref.std(axis=(1, 2)).max() > 0.01  # the model's output varies over the grid
 
 

@@ -21,6 +21,10 @@ def test_mapping_flow_run(
     client,
     tmp_path: Path,
 ) -> None:
+    from eoseg.cube import open_cube
+    from eoseg.inference import PredictOptions, resolve_settings
+    from eoseg.models import load_model
+    from eoseg.predict import open_classmap
     from eoseg.registry import register, set_production
     from flows.mapping import mapping_flow
 
@@ -36,7 +40,16 @@ def test_mapping_flow_run(
         truth=str(demo_data.holdout_truth),
         scheduler=client.scheduler.address,
         registry=str(registry),
+        chip_size=64,
+        probabilities=True,
     )
+    # The options given reach the class map; those left out are the library's defaults.
+    classmap = open_classmap(out)
+    asked = PredictOptions(chip_size=64, probabilities=True)
+    grid = open_cube(cube_path).odc.geobox.shape.yx
+    expected = resolve_settings(load_model(model_dir)[1], grid, asked).to_dict()
+    assert classmap.attrs["predict_settings"] == expected
+    assert expected["chip_size"] == 64 and "probabilities" in classmap
     assert result["model"] == str(registry / card.name / card.version)
     assert result["predict"]["model"] == f"{card.name}@{card.version}"
     assert Path(result["export"]["cog"]).exists()
@@ -44,6 +57,17 @@ def test_mapping_flow_run(
     assert 0 <= result["evaluate"]["overall_accuracy"] <= 1
     areas = result["areas"]
     assert sum(c["km2"] for c in areas["classes"]) == pytest.approx(areas["valid_km2"])
+
+
+def test_predict_options_from_flow_parameters() -> None:
+    """Flow parameters left None take PredictOptions' defaults; contexts become a tuple."""
+    from eoseg.inference import PredictOptions
+    from flows.mapping import predict_options
+
+    assert predict_options() == PredictOptions()
+    assert predict_options(overlap=8, precision="fp32", contexts=[1, 2]) == PredictOptions(
+        overlap=8, precision="fp32", contexts=(1, 2)
+    )
 
 
 def test_demo_quick_writes_only_inside_workdir(tmp_path: Path) -> None:

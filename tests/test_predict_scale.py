@@ -91,6 +91,9 @@ def test_benchmark_small_json_has_its_figures(tmp_path: Path) -> None:
     )
     assert 100 < doc["memory_1x_mb"] < 20_000 and 100 < doc["memory_big_mb"] < 20_000
     assert doc["memory_big_over_1x"] == pytest.approx(doc["memory_big_mb"] / doc["memory_1x_mb"])
+    for size in ("1x", "big"):  # the tree's parts: the busiest worker, client and scheduler
+        worker, client = doc[f"memory_worker_{size}_mb"], doc[f"memory_client_{size}_mb"]
+        assert 100 < worker < doc[f"memory_{size}_mb"] and 100 < client < doc[f"memory_{size}_mb"]
     if "--no-torchgeo" in cmd:
         assert doc["ratio"] is None and doc["torchgeo_mpx_s"] is None
     else:
