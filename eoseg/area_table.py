@@ -72,6 +72,17 @@ class AreaTable:
                 )
         return pd.DataFrame(rows)
 
+    def to_markdown(self) -> str:
+        """A Markdown table: one row per region and date, km² of each class and nodata."""
+        names = self.areas[0][0].class_names
+        head = ["region", "date", *names, "nodata", "total km²"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for region, row in zip(self.regions, self.areas, strict=True):
+            for date, a in zip(self.dates, row, strict=True):
+                cells = [f"{v:.4f}" for v in (*a.class_km2, a.nodata_km2, a.total_km2)]
+                lines.append("| " + " | ".join([region, date or "-", *cells]) + " |")
+        return "\n".join(lines)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: regions, each with its dates, each the `ClassAreas` dict."""
         return {

@@ -34,6 +34,7 @@ from eoseg.stats import ClassAreas
 from eoseg.storage import is_url
 from eoseg.styles import check_style, polygon_style, style_path, write_style
 from eoseg.vectorize import vectorize
+from eoseg.versions import LATEST, is_repository, open_version
 
 log = logging.getLogger(__name__)
 
@@ -278,12 +279,29 @@ def query_table(
     regions: Path | None = None,
     region_field: str | None = None,
     date: DateChoice = None,
+    version: str = LATEST,
     progress: Callable[[int, int], None] | None = None,
 ) -> AreaTable:
     """Class areas (km², ellipsoidal, border pixels by their covered fraction) inside an
     AOI, per region of a regions layer, or over the whole map; every date, or one
-    ``date``. Reads only the tiles the AOI or regions touch (see `eoseg.area_table`)."""
-    ds = open_classmap(classmap)
+    ``date``. Reads only the tiles the AOI or regions touch (see `eoseg.area_table`).
+
+    ``classmap`` is a class map store, or a product repository (`eoseg.versions`) read
+    at ``version`` (latest, a tag, an id or a number).
+
+    Raises:
+        InvalidParameterError: A ``version`` other than latest of a class map store.
+    """
+    if is_repository(classmap):
+        ds = open_version(classmap, version)
+    elif version != LATEST:
+        raise InvalidParameterError(
+            f"--version {version}: {classmap} is a class map store, which has one version; "
+            "give a product repository (eoseg products publish MAP --to REPO) or leave "
+            "--version out"
+        )
+    else:
+        ds = open_classmap(classmap)
     if date is not None or "time" not in ds.dims:
         ds = select_date(ds, date, purpose="or leave it out to get every date")
     schema = ClassSchema.from_dict(ds.attrs["classes"])

@@ -110,6 +110,11 @@ def is_local(location: str | Path) -> bool:
     return urlparse(str(location)).scheme in ("", "file")
 
 
+def is_repository(location: str | Path) -> bool:
+    """Whether a product repository exists at ``location``."""
+    return bool(icechunk.Repository.exists(product_storage(location)))
+
+
 def open_repository(location: str | Path, *, create: bool = False) -> icechunk.Repository:
     """Open a product repository; with ``create``, create it when it does not exist.
 

@@ -30,7 +30,7 @@ DEPLOY = ROOT / "deploy"
 PREFECT_FILES = ("prefect.yaml", "prefect.local.yaml")
 DOCKERFILES = {"cpu": DEPLOY / "docker/Dockerfile.cpu", "cuda": DEPLOY / "docker/Dockerfile.cuda"}
 PLANNED = {  # flows the issue asks for; once written they must be deployed (see prefect.yaml)
-    "flows/mapping.py:area_query": ("flows.mapping", "area_query"),
+    "flows/query.py:area_query": ("flows.query", "area_query"),
     "flows/regenerate.py:regenerate": ("flows.regenerate", "regenerate"),
 }
 
@@ -157,7 +157,9 @@ def test_local_override_mirrors_the_deployments():
         assert deployment["entrypoint"] == main[name]["entrypoint"]
         assert deployment.get("schedules") == main[name].get("schedules")
         assert set(deployment["parameters"]) == set(main[name]["parameters"])
-        paths = [v for k, v in deployment["parameters"].items() if k in ("cube", "out")]
+        paths = [
+            v for k, v in deployment["parameters"].items() if k in ("cube", "out", "source")
+        ]
         assert paths and not any("://" in p for p in paths), name
 
 

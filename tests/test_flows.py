@@ -148,3 +148,49 @@ def test_train_flow_run_registers_and_promotes(
     assert [(m.name, m.version) for m in list_models(registry)] == [(card["name"], card["version"])]
     _, loaded = load_model(fetch_model(registry, card["name"]))
     assert loaded.version == card["version"] and result["registered"]["production"]
+
+
+def test_area_query_flow_reads_a_product_version(prefect_server, tmp_path: Path) -> None:
+    """The ad-hoc query as a flow run: one version of a product repository, a stored
+    table, the same figures as the library's query, and a Markdown artifact."""
+    import numpy as np
+    import pandas as pd
+    from prefect.client.orchestration import get_client
+
+    from eoseg.errors import InvalidParameterError
+    from eoseg.publish import query_table
+    from eoseg.version_publish import publish_classmap
+    from flows.query import area_query
+    from tests.classmaps import schema_of, utm_grid, write_classmap
+
+    grid = utm_grid(64, 64)
+    schema = schema_of(("water", "forest", "crops"))
+    rng = np.random.default_rng(5)
+    first = rng.integers(0, 3, size=(64, 64), dtype=np.uint8)
+    second = np.where(first == 0, 1, first).astype(np.uint8)  # water became forest
+    repo = tmp_path / "product"
+    for tag, classes in (("v1", first), ("v2", second)):
+        path = write_classmap(tmp_path / f"{tag}.zarr", classes, grid, schema)
+        publish_classmap(path, repo, tag=tag, compare="pixels")  # same records: pixels decide
+    aoi = "9.0,47.8,9.1,47.9"  # a lon/lat box over part of the map
+    out = tmp_path / "areas.csv"
+    doc = area_query(str(repo), aoi=aoi, map_version="v1", out=str(out))
+    expected = query_table(repo, aoi=aoi, version="v1").to_dict()
+    assert doc == expected
+    areas = doc["regions"]["aoi"]["all"]
+    assert areas["classes"][0]["km2"] > 0  # v1 still has its water
+    latest = area_query(str(repo), aoi=aoi)["regions"]["aoi"]["all"]
+    assert latest["classes"][0]["km2"] == 0.0
+    assert latest["total_km2"] == pytest.approx(areas["total_km2"], rel=1e-12)
+    assert pd.read_csv(out)["km2"].sum() == pytest.approx(areas["total_km2"], rel=1e-6)
+    with pytest.raises(InvalidParameterError, match="--version v1: .* is a class map store"):
+        query_table(tmp_path / "v1.zarr", aoi=aoi, version="v1")
+
+    async def artifacts() -> list[object]:
+        async with get_client() as prefect:
+            return await prefect.read_artifacts()
+
+    import asyncio
+
+    found = [a for a in asyncio.run(artifacts()) if getattr(a, "key", None) == "area-query"]
+    assert found and "water" in str(found[0].data)

@@ -323,7 +323,10 @@ def evaluate(
 
 
 def query(
-    classmap: Annotated[str, typer.Argument(help="Class map store (path or URL, s3://...).")],
+    classmap: Annotated[
+        str,
+        typer.Argument(help="Class map store or product repository (path or URL, s3://...)."),
+    ],
     aoi: Annotated[
         str | None,
         typer.Option(
@@ -349,6 +352,14 @@ def query(
         ),
     ] = None,
     date: DateOpt = None,
+    version: Annotated[
+        str,
+        typer.Option(
+            "--version",
+            help="Version of a product repository (eoseg products): latest, a tag, an id "
+            "or a number.",
+        ),
+    ] = "latest",
     out: Annotated[
         Path | None,
         typer.Option(
@@ -383,6 +394,7 @@ def query(
                 regions=regions,
                 region_field=region_field,
                 date=date,
+                version=version,
                 progress=bar,
             )
         if out is not None:
