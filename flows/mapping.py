@@ -12,15 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
 
 from eoseg.cluster import connect
 from eoseg.dates import DATE_FIELD, date_labels
+from eoseg.evaluation import evaluate_paths
 from eoseg.inference import PredictOptions
 from eoseg.models.accel import Precision
 from eoseg.outputs import scratch_dir
 from eoseg.predict import open_classmap, predict
-from eoseg.publish import evaluate_classmap, export_classmap, query_areas, query_areas_by_date
+from eoseg.publish import export_classmap, query_areas, query_areas_by_date
 from eoseg.registry import fetch_model
+from eoseg.report import write_report
 from eoseg.storage import location
 
 
@@ -95,19 +98,33 @@ def export_task(
 
 @task(name="evaluate")
 def evaluate_task(
-    classmap: str, truth: str, *, class_field: str = "class_id", date: str | None = None
+    classmap: str,
+    truth: str,
+    *,
+    class_field: str = "class_id",
+    date: str | None = None,
+    report_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Accuracy report against reference labels; of each date of a multi-date map (under
-    ``dates``) unless ``date`` names one."""
+    """Accuracy against reference labels; of each date of a multi-date map (under
+    ``dates``) unless ``date`` names one. With ``report_dir``, the Markdown/HTML report
+    of each (`eoseg.report`; per date in ``report_dir/<date>``), its paths under
+    ``report``."""
     days = date_labels(open_classmap(classmap))
     picks: list[str | None] = list(days) if date is None and len(days) > 1 else [date]
     reports = {}
     scratch = scratch_dir(Path(classmap).parent)  # beside the map, if it can be written
     with tempfile.TemporaryDirectory(dir=scratch, prefix=".truth-") as tmp:
         for pick in picks:
-            reports[pick] = evaluate_classmap(
+            result = evaluate_paths(
                 Path(classmap), Path(truth), class_field=class_field, workdir=Path(tmp), date=pick
-            ).to_dict()
+            )
+            doc = result.to_dict()
+            if report_dir:
+                folder = Path(report_dir) / (pick or "") if len(picks) > 1 else Path(report_dir)
+                sources = {"class map": classmap, "truth": truth}
+                paths = write_report(folder, result, title=Path(classmap).name, sources=sources)
+                doc["report"] = {k: str(v) for k, v in paths.items()}
+            reports[pick] = doc
     return reports[date] if picks == [date] else {"dates": reports}
 
 
@@ -172,6 +189,51 @@ def mapping_flow(
         pred["classmap"], str(Path(out).parent), overwrite=overwrite, date=date
     )
     if truth:
-        result["evaluate"] = evaluate_task(pred["classmap"], truth, date=date)
+        report_dir = str(Path(out).parent / "report")
+        result["evaluate"] = evaluate_task(
+            pred["classmap"], truth, date=date, report_dir=report_dir
+        )
     result["areas"] = areas_task(pred["classmap"], date=date)
+    create_markdown_artifact(
+        run_summary(result), key="mapping-run", description=f"mapping run of {cube}"
+    )
     return result
+
+
+def run_summary(result: dict[str, Any]) -> str:
+    """The run's Markdown summary: tiles and timing, model, accuracy, class areas, and
+    where the exports and the report are."""
+    pred = result["predict"]
+    lines = [
+        f"# Mapping run {pred.get('run_id', '')}",
+        "",
+        f"- class map: `{pred['classmap']}`; model: `{result['model']}`",
+        f"- tiles: {pred['tiles']} ({pred.get('tiles_written', 0)} written, the rest "
+        f"kept from an earlier run); {pred['seconds']} s, {pred.get('mpx_per_s')} Mpx/s",
+        f"- exports: {', '.join(f'`{v}`' for k, v in result['export'].items() if k in _FILES)}",
+    ]
+    for day, acc in _by_date(result.get("evaluate")):
+        report = acc.get("report", {}).get("html", "")
+        lines.append(
+            f"- accuracy{day}: OA {acc['overall_accuracy']:.3f}, mIoU {acc['miou']:.3f}"
+            + (f" (report: `{report}`)" if report else "")
+        )
+    for day, areas in _by_date(result["areas"]):
+        lines += ["", f"## Class areas{day} (km²)", "", "| class | km² | share |", "|---|---|---|"]
+        for c in areas["classes"]:
+            share = "" if c["fraction"] is None else f"{c['fraction']:.3f}"
+            lines.append(f"| {c['name']} | {c['km2']:.4f} | {share} |")
+        lines.append(f"| nodata | {areas['nodata_km2']:.4f} | |")
+    return "\n".join(lines) + "\n"
+
+
+_FILES = ("cog", "confidence_cog", "polygons", "quicklook")
+
+
+def _by_date(doc: dict[str, Any] | None) -> list[tuple[str, dict[str, Any]]]:
+    """``[(" on DAY", doc), ...]`` of a per-date document, ``[("", doc)]`` of one."""
+    if doc is None:
+        return []
+    if "dates" in doc:
+        return [(f" on {day}", d) for day, d in doc["dates"].items()]
+    return [("", doc)]

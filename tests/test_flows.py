@@ -26,7 +26,7 @@ def test_mapping_flow_run(
     from eoseg.models import load_model
     from eoseg.predict import open_classmap
     from eoseg.registry import register, set_production
-    from flows.mapping import mapping_flow
+    from flows.mapping import mapping_flow, run_summary
 
     # The scheduled-run way: the production version of a model name in a registry.
     registry = tmp_path / "registry"
@@ -57,6 +57,15 @@ def test_mapping_flow_run(
     assert 0 <= result["evaluate"]["overall_accuracy"] <= 1
     areas = result["areas"]
     assert sum(c["km2"] for c in areas["classes"]) == pytest.approx(areas["valid_km2"])
+    # The report beside the products, holding the run's figures, and the run's summary.
+    report = result["evaluate"]["report"]
+    assert Path(report["html"]).parent == tmp_path / "report"
+    oa = f"{result['evaluate']['overall_accuracy']:.3f}"
+    table = f"| overall accuracy | {result['evaluate']['overall_accuracy']:.4f} |"
+    assert table in Path(report["markdown"]).read_text()
+    summary = run_summary(result)
+    assert f"OA {oa}" in summary and "## Class areas (km²)" in summary
+    assert all(c["name"] in summary for c in areas["classes"])
 
 
 def test_predict_options_from_flow_parameters() -> None:
@@ -183,7 +192,7 @@ def test_area_query_flow_reads_a_product_version(prefect_server, tmp_path: Path)
     assert latest["classes"][0]["km2"] == 0.0
     assert latest["total_km2"] == pytest.approx(areas["total_km2"], rel=1e-12)
     assert pd.read_csv(out)["km2"].sum() == pytest.approx(areas["total_km2"], rel=1e-6)
-    with pytest.raises(InvalidParameterError, match="--version v1: .* is a class map store"):
+    with pytest.raises(InvalidParameterError, match=r"--version v1: .* is a class map store"):
         query_table(tmp_path / "v1.zarr", aoi=aoi, version="v1")
 
     async def artifacts() -> list[object]:
