@@ -157,9 +157,7 @@ def test_local_override_mirrors_the_deployments():
         assert deployment["entrypoint"] == main[name]["entrypoint"]
         assert deployment.get("schedules") == main[name].get("schedules")
         assert set(deployment["parameters"]) == set(main[name]["parameters"])
-        paths = [
-            v for k, v in deployment["parameters"].items() if k in ("cube", "out", "source")
-        ]
+        paths = [v for k, v in deployment["parameters"].items() if k in ("cube", "out", "source")]
         assert paths and not any("://" in p for p in paths), name
 
 
