@@ -124,6 +124,11 @@ def evaluate_task(
                 sources = {"class map": classmap, "truth": truth}
                 paths = write_report(folder, result, title=Path(classmap).name, sources=sources)
                 doc["report"] = {k: str(v) for k, v in paths.items()}
+                create_markdown_artifact(
+                    paths["markdown"].read_text(),
+                    key="accuracy-report",
+                    description=f"accuracy of {Path(classmap).name} {pick or ''}".strip(),
+                )
             reports[pick] = doc
     return reports[date] if picks == [date] else {"dates": reports}
 

@@ -209,17 +209,18 @@ def export(
                 "nothing to export: give --cog FILE, --confidence-cog FILE, --polygons FILE "
                 "and/or --quicklook FILE"
             )
-        doc = export_classmap(
-            location(classmap),
-            cog=location(cog) if cog else None,
-            confidence_cog=location(confidence_cog) if confidence_cog else None,
-            polygons=polygons,
-            quicklook=quicklook,
-            simplify=simplify,
-            min_area=min_area,
-            overwrite=overwrite,
-            date=date,
-        )
+        with console.progress_bar("export") as bar, console.dask_progress(bar):
+            doc = export_classmap(
+                location(classmap),
+                cog=location(cog) if cog else None,
+                confidence_cog=location(confidence_cog) if confidence_cog else None,
+                polygons=polygons,
+                quicklook=quicklook,
+                simplify=simplify,
+                min_area=min_area,
+                overwrite=overwrite,
+                date=date,
+            )
         report("export", doc, json_out)
 
     guard(body)
