@@ -26,7 +26,7 @@ demo: $(STAMP)
 
 # Everything CI runs: all tests that need no GPU (slow and real-data ones included).
 test: $(STAMP)
-	$(PY) -m pytest -m "not gpu" -q
+	$(PY) -m pytest -m "not gpu" -q --durations=25
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
