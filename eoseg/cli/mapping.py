@@ -379,8 +379,10 @@ def query(
     multi-date class map gives every date (a region x date table), or one --date. Only
     the map tiles the AOI or regions touch are read.
 
-    Examples:
+    A box in lon/lat, or a table per state written as CSV:
+
       eoseg query map.zarr --aoi 8.5,47.0,9.5,48.0
+
       eoseg query map.zarr --regions states.gpkg --region-field name --out areas.csv
     """
     from eoseg.area_table import write_table
