@@ -111,7 +111,12 @@ def is_local(location: str | Path) -> bool:
 
 
 def is_repository(location: str | Path) -> bool:
-    """Whether a product repository exists at ``location``."""
+    """Whether a product repository exists at ``location`` (creating nothing)."""
+    if is_local(location):
+        # Asking icechunk would create a missing folder (and warn on every local open):
+        # a local repository is a folder with its `refs` and `snapshots`.
+        folder = Path(urlparse(str(location)).path if "://" in str(location) else location)
+        return (folder / "refs").is_dir() and (folder / "snapshots").is_dir()
     return bool(icechunk.Repository.exists(product_storage(location)))
 
 
