@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from eoseg.errors import InvalidParameterError
+from eoseg.metrics import as_floats, nan_to_none, safe_ratio
 
 Z95 = 1.96
 """Normal quantile of the 95% intervals (the value Olofsson et al. 2014 use)."""
@@ -81,26 +82,26 @@ class AreaEstimate:
                     "id": k,
                     "name": name,
                     "sample_points": int(sum(self.sample_counts[k])),
-                    f"mapped_{unit}": _none(self.mapped_area[k]),
-                    f"adjusted_{unit}": _none(self.area[k]),
-                    f"adjusted_{unit}_se": _none(self.area_se[k]),
-                    f"adjusted_{unit}_ci95": [_none(low), _none(high)],
-                    "users_accuracy": _none(self.users_accuracy[k]),
-                    "users_accuracy_se": _none(self.users_accuracy_se[k]),
-                    "producers_accuracy": _none(self.producers_accuracy[k]),
-                    "producers_accuracy_se": _none(self.producers_accuracy_se[k]),
+                    f"mapped_{unit}": nan_to_none(self.mapped_area[k]),
+                    f"adjusted_{unit}": nan_to_none(self.area[k]),
+                    f"adjusted_{unit}_se": nan_to_none(self.area_se[k]),
+                    f"adjusted_{unit}_ci95": [nan_to_none(low), nan_to_none(high)],
+                    "users_accuracy": nan_to_none(self.users_accuracy[k]),
+                    "users_accuracy_se": nan_to_none(self.users_accuracy_se[k]),
+                    "producers_accuracy": nan_to_none(self.producers_accuracy[k]),
+                    "producers_accuracy_se": nan_to_none(self.producers_accuracy_se[k]),
                 }
             )
         return {
             "sample_points": int(np.sum(self.sample_counts)),
-            "overall_accuracy": _none(self.overall_accuracy),
-            "overall_accuracy_se": _none(self.overall_accuracy_se),
+            "overall_accuracy": nan_to_none(self.overall_accuracy),
+            "overall_accuracy_se": nan_to_none(self.overall_accuracy_se),
             "confidence": 0.95 if self.z == Z95 else None,
             "z": self.z,
             f"total_{unit}": float(sum(self.mapped_area)),
             "classes": classes,
             "sample_counts": [list(row) for row in self.sample_counts],
-            "proportions": [[_none(v) for v in row] for row in self.proportions],
+            "proportions": [[nan_to_none(v) for v in row] for row in self.proportions],
         }
 
 
@@ -143,22 +144,22 @@ def stratified_estimate(
 
     p_col = p.sum(axis=0)
     var_p = (w[:, None] ** 2 * frac * (1 - frac) / dof[:, None]).sum(axis=0)
-    ua = _ratio(np.diag(p), p.sum(axis=1))
+    ua = safe_ratio(np.diag(p), p.sum(axis=1))
     ua_var = ua * (1 - ua) / dof
-    pa = _ratio(np.diag(p), p_col)
+    pa = safe_ratio(np.diag(p), p_col)
     oa = float(np.trace(p))
     oa_var = float(np.nansum(w**2 * ua * (1 - ua) / dof))
     return AreaEstimate(
         class_names=tuple(class_names),
         sample_counts=tuple(tuple(int(v) for v in row) for row in np.asarray(counts)),
-        mapped_area=_floats(area_i),
-        proportions=tuple(_floats(row) for row in p),
-        area=_floats(total * p_col),
-        area_se=_floats(total * np.sqrt(var_p)),
-        users_accuracy=_floats(ua),
-        users_accuracy_se=_floats(np.sqrt(ua_var)),
-        producers_accuracy=_floats(pa),
-        producers_accuracy_se=_floats(_producers_se(n, n_i, area_i, ua, pa, dof)),
+        mapped_area=as_floats(area_i),
+        proportions=tuple(as_floats(row) for row in p),
+        area=as_floats(total * p_col),
+        area_se=as_floats(total * np.sqrt(var_p)),
+        users_accuracy=as_floats(ua),
+        users_accuracy_se=as_floats(np.sqrt(ua_var)),
+        producers_accuracy=as_floats(pa),
+        producers_accuracy_se=as_floats(_producers_se(n, n_i, area_i, ua, pa, dof)),
         overall_accuracy=oa,
         overall_accuracy_se=math.sqrt(oa_var),
         z=z,
@@ -203,20 +204,6 @@ def _check_strata(n_i: np.ndarray, area_i: np.ndarray, names: tuple[str, ...]) -
             "a stratified estimate needs at least 2 per mapped class: draw a sample with "
             "eoseg sample --min-per-class 50 (or more), and label every point"
         )
-
-
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    out = np.full(num.shape, np.nan)
-    np.divide(num, den, out=out, where=den > 0)
-    return out
-
-
-def _floats(a: np.ndarray) -> tuple[float, ...]:
-    return tuple(float(v) for v in a)
-
-
-def _none(v: float) -> float | None:
-    return None if math.isnan(v) else float(v)
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,11 +101,11 @@ class AccuracyReport:
         support = self.support
         return {
             "n_pixels": self.n_pixels,
-            "overall_accuracy": _nan_to_none(self.overall_accuracy),
-            "miou": _nan_to_none(self.miou),
-            "macro_f1": _nan_to_none(self.macro_f1),
-            "miou_reference_classes": _nan_to_none(self.miou_reference),
-            "miou_all_classes": _nan_to_none(self.miou_all),
+            "overall_accuracy": nan_to_none(self.overall_accuracy),
+            "miou": nan_to_none(self.miou),
+            "macro_f1": nan_to_none(self.macro_f1),
+            "miou_reference_classes": nan_to_none(self.miou_reference),
+            "miou_all_classes": nan_to_none(self.miou_all),
             "quantity_disagreement": self.quantity_disagreement,
             "allocation_disagreement": self.allocation_disagreement,
             "class_names": list(self.class_names),
@@ -114,10 +114,10 @@ class AccuracyReport:
                 {
                     "id": i,
                     "name": name,
-                    "precision": _nan_to_none(self.precision[i]),
-                    "recall": _nan_to_none(self.recall[i]),
-                    "f1": _nan_to_none(self.f1[i]),
-                    "iou": _nan_to_none(self.iou[i]),
+                    "precision": nan_to_none(self.precision[i]),
+                    "recall": nan_to_none(self.recall[i]),
+                    "f1": nan_to_none(self.f1[i]),
+                    "iou": nan_to_none(self.iou[i]),
                     "support": support[i],
                 }
                 for i, name in enumerate(self.class_names)
@@ -233,8 +233,8 @@ def report_from_confusion(cm: np.ndarray, class_names: tuple[str, ...]) -> Accur
     tp = np.diag(cm).astype(np.float64)
     fp = cm.sum(axis=0) - tp
     fn = cm.sum(axis=1) - tp
-    iou = _ratio(tp, tp + fp + fn)
-    f1 = _ratio(2 * tp, 2 * tp + fp + fn)
+    iou = safe_ratio(tp, tp + fp + fn)
+    f1 = safe_ratio(2 * tp, 2 * tp + fp + fn)
     present = ~np.isnan(iou)  # in truth or prediction
     in_truth = cm.sum(axis=1) > 0
     # Pontius and Millones (2011) on proportions: rows truth, columns prediction.
@@ -244,10 +244,10 @@ def report_from_confusion(cm: np.ndarray, class_names: tuple[str, ...]) -> Accur
         class_names=tuple(class_names),
         confusion=tuple(tuple(int(v) for v in row) for row in cm),
         overall_accuracy=float(tp.sum() / n),
-        precision=_floats(_ratio(tp, tp + fp)),
-        recall=_floats(_ratio(tp, tp + fn)),
-        f1=_floats(f1),
-        iou=_floats(iou),
+        precision=as_floats(safe_ratio(tp, tp + fp)),
+        recall=as_floats(safe_ratio(tp, tp + fn)),
+        f1=as_floats(f1),
+        iou=as_floats(iou),
         miou=float(iou[present].mean()),
         macro_f1=float(f1[present].mean()),
         miou_reference=float(iou[in_truth].mean()) if in_truth.any() else math.nan,
@@ -349,18 +349,21 @@ def _check_same_grid(pred: ArrayLike, truth: ArrayLike) -> None:
             )
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` elementwise, NaN where ``den`` is 0 (a score with no support)."""
     out = np.full(num.shape, np.nan)
     np.divide(num, den, out=out, where=den > 0)
     return out
 
 
-def _floats(a: np.ndarray) -> tuple[float, ...]:
+def as_floats(a: np.ndarray) -> tuple[float, ...]:
+    """A numpy vector as a tuple of Python floats (for frozen, JSON-ready values)."""
     return tuple(float(v) for v in a)
 
 
-def _nan_to_none(v: float) -> float | None:
-    return None if math.isnan(v) else v
+def nan_to_none(v: float) -> float | None:
+    """JSON has no NaN: an undefined score is ``None``."""
+    return None if math.isnan(v) else float(v)
 
 
 def _fmt(v: float) -> str:

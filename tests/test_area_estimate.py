@@ -250,7 +250,7 @@ def test_cli_sample_then_areas(mapped: Path, tmp_path: Path) -> None:
     table.to_csv(out, index=False)
     result = runner.invoke(app, ["areas", str(mapped), "--reference", str(out), "--json"])
     assert result.exit_code == 0, result.output
-    doc = json.loads(result.output)
+    doc = json.loads(result.stdout)
     assert doc["sample_points"] == 45
     counts = np.zeros((3, 3), dtype=int)
     for m, r in zip(table["map_class"], table["reference"], strict=True):

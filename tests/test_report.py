@@ -120,7 +120,7 @@ def test_report_holds_the_json_figures(workspace: dict[str, Path], tmp_path: Pat
     regions = ["--regions", str(workspace["root"] / "regions.gpkg"), "--region-field", "state"]
     result = CliRunner().invoke(app, [*args, *regions, "--report", str(out), "--json"])
     assert result.exit_code == 0, result.output
-    doc = json.loads(result.output)
+    doc = json.loads(result.stdout)  # progress goes to stderr
     assert doc["report"]["html"] == str(out / "report.html")
     md = (out / "report.md").read_text()
     summary = _markdown_table(md, "## Summary")

@@ -116,7 +116,7 @@ def test_cli_sample_writes_a_readable_file(
     args = ["sample", str(store), "--out", str(out), "--n", "60", "--min-per-class", "5"]
     result = CliRunner().invoke(app, [*args, "--seed", "2", "--json"])
     assert result.exit_code == 0, result.output
-    doc = json.loads(result.output)
+    doc = json.loads(result.stdout)
     assert doc["points"] == 60 and sum(doc["classes"].values()) == 60
     x, y, labels = read_sample(out, "reference", grid.crs.proj)
     table = pd.read_csv(out) if suffix == ".csv" else gpd.read_file(out)
