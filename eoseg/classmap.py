@@ -102,7 +102,7 @@ def classmap_template(
 
 
 def create_classmap(
-    out: Path,
+    out: Path | str,
     grid: GeoBox,
     tile_size: int,
     classes: ClassSchema,
@@ -110,7 +110,7 @@ def create_classmap(
     signature: str,
     attrs: dict[str, Any],
     extra: dict[str, str] | None = None,
-) -> Path:
+) -> Path | str:
     """Create (or reopen to resume) the staging store of a ``(y, x)`` class map on ``grid``
     for products made without a cube (a mosaic, a generated map); see
     `eoseg.store.create_store`.
