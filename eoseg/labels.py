@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +61,7 @@ from eoseg.label_sources import (
 )
 from eoseg.locks import output_lock
 from eoseg.outputs import check_output
-from eoseg.storage import Location, resolve
+from eoseg.storage import Location, is_url, resolve
 from eoseg.store import (
     create_store,
     done_tiles,
@@ -220,11 +221,18 @@ def rasterize_labels(
         "grid_store": str(grid_path),
     }
     template = labels_template(grid, tile_size)
-    with output_lock(out, run_id=run_id):
+    with (
+        output_lock(out, run_id=run_id),
+        tempfile.TemporaryDirectory(prefix="eoseg-osm-") as aside,
+    ):
         staging = create_store(out, template, product="labels", signature=signature, attrs=attrs)
+        # GDAL reads the classified OSM features from a local file: kept in a local staging
+        # store (reused on resume), else aside for this run.
+        features = Path(aside) if is_url(staging) else Path(staging)
         try:
             if source is None:  # OSM: source_kind refused it without a schema
-                source = prepare_osm_source(source_path, cast(ClassSchema, schema), grid, staging)
+                osm_schema = cast(ClassSchema, schema)
+                source = prepare_osm_source(source_path, osm_schema, grid, features)
             todo = [t for t in iter_tiles(grid, tile_size) if t.name not in done_tiles(staging)]
             counts_per_tile = run_tiles(
                 client,
@@ -286,7 +294,7 @@ def labels_template(grid: GeoBox, tile_size: int) -> xr.Dataset:
     return template
 
 
-def _read_counts(path: Path) -> tuple[np.ndarray, dict[str, int]]:
+def _read_counts(path: Path | str) -> tuple[np.ndarray, dict[str, int]]:
     """The class histogram and unmapped-value pixels of a published store, from its tiles'
     provenance records (all tiles, also those written by an earlier, interrupted run)."""
     counts = np.zeros(256, dtype="int64")

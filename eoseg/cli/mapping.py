@@ -300,16 +300,14 @@ def evaluate(
     from eoseg.storage import check_reachable, location
 
     def body() -> None:
-        where = {"CLASSMAP": location(classmap), "--truth": location(truth),
-                 "--report": location(report_dir) if report_dir else None}  # fmt: skip
-        check_reachable(where)
-        report_at = where["--report"]
+        mapped, reference = location(classmap), location(truth)
+        report_at = location(report_dir) if report_dir else None
+        check_reachable({"CLASSMAP": mapped, "--truth": reference, "--report": report_at})
         if isinstance(report_at, Path):
             from eoseg.report import check_report_dir
 
             check_report_dir(report_at)
         # Beside the map when it can be written (same disk); a read-only map is still read.
-        mapped = where["CLASSMAP"]
         scratch = scratch_dir(mapped.parent) if isinstance(mapped, Path) else None
         with (
             tempfile.TemporaryDirectory(prefix=".eoseg-truth-", dir=scratch) as tmp,
@@ -318,7 +316,7 @@ def evaluate(
         ):
             result = evaluate_paths(
                 mapped,
-                where["--truth"],
+                reference,
                 class_field=class_field,
                 code_map=code_map_option(code_map, class_map),
                 workdir=Path(tmp),
@@ -330,7 +328,7 @@ def evaluate(
             if report_at is not None:
                 from eoseg.report import write_report_to
 
-                sources = {"class map": str(mapped), "truth": str(where["--truth"])}
+                sources = {"class map": str(mapped), "truth": str(reference)}
                 doc["report"] = write_report_to(report_at, result, sources=sources)
         if json_out:
             console.emit_json(doc)

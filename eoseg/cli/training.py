@@ -224,19 +224,19 @@ def train(
             seed=seed,
             time=time,
         )
+        grid, noisy = location(cube), location(labels)
         clean = location(finetune_labels) if finetune_labels else None
-        stores = {"--cube": location(cube), "--labels": location(labels),
-                  "--finetune-labels": clean}  # fmt: skip
+        stores = {"--cube": grid, "--labels": noisy, "--finetune-labels": clean}
         check_reachable({**stores, "--out": location(out)})
         inputs = {**stores, "--classes": classes, "--config": config}
         check_output(location(out), "model", overwrite=overwrite, inputs=inputs)
         # On object storage the model is written to a local folder and uploaded at the end.
         with console.train_progress() as bar, resolve(out, "--out").staged(CARD_FILE) as folder:
             card = train_from_stores(
-                stores["--cube"],
-                stores["--labels"],
+                grid,
+                noisy,
                 folder,
-                finetune_labels=stores["--finetune-labels"],
+                finetune_labels=clean,
                 config=options,
                 classes=classes,
                 progress=bar,
