@@ -234,3 +234,22 @@ def test_regenerate_flow_runs_and_reports_the_change(
 
     found = [a for a in asyncio.run(artifacts()) if getattr(a, "key", None) == "regenerate"]
     assert found and "| **sum** |" in str(found[0].data) and "4 of 16 tiles" in str(found[0].data)
+
+
+def test_cli_regenerates_and_prints_json(world: dict[str, Path], repo: Path, client: Any) -> None:
+    from typer.testing import CliRunner
+
+    from eoseg.cli import app
+
+    args = ["products", "regenerate", str(repo), "--cube", str(world["cube2"])]
+    args += ["--model", str(world["m1"]), "--scheduler", client.scheduler.address]
+    run = CliRunner().invoke(app, [*args, "--json"])
+    assert run.exit_code == 0, run.output
+    doc = json.loads(run.stdout)
+    assert (doc["tiles_recomputed"], doc["tiles_skipped"], doc["reasons"]) == (4, 12, {"input": 4})
+    assert doc["before"] != doc["after"] and doc["committed"]
+    assert abs(sum(c["km2_change"] for c in doc["changes"]["classes"])) < 1e-9
+    again = CliRunner().invoke(app, args)  # nothing new since: no version
+    assert again.exit_code == 0 and "up to date" in again.stdout
+    missing = CliRunner().invoke(app, [*args[:3], "--cube", str(repo / "nope.zarr"), *args[5:]])
+    assert missing.exit_code == 2 and "no cube store" in missing.output
