@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from eoseg.classes import IGNORE_ID, ClassSchema
+from eoseg.dates import DateChoice, select_date
 from eoseg.grid import grid_of
 from eoseg.stats import pixel_areas
 from eoseg.version_diff import VersionDiff, diff_versions
@@ -56,6 +57,7 @@ class ChangeReport:
         rows: One per class, then ``nodata``.
         map_km2: The whole map's area on the ellipsoid.
         changed_km2: The area of the changed tiles.
+        date: The date compared, for a per-date class map.
     """
 
     before: str
@@ -65,6 +67,7 @@ class ChangeReport:
     rows: tuple[ChangeRow, ...]
     map_km2: float
     changed_km2: float
+    date: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (what ``--json`` prints and ``areas.json`` holds)."""
@@ -75,6 +78,7 @@ class ChangeReport:
             "changed_tiles": list(self.changed_tiles),
             "map_km2": self.map_km2,
             "changed_km2": self.changed_km2,
+            "date": self.date,
             "classes": [
                 {
                     "class": r.name,
@@ -122,17 +126,23 @@ def markdown_of(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def change_report(location: str | Path, before: str, after: str = "latest") -> ChangeReport:
+def change_report(
+    location: str | Path, before: str, after: str = "latest", *, date: DateChoice = None
+) -> ChangeReport:
     """The area-change report between two versions of a product (ids, tags, numbers).
 
+    Args:
+        date: For a per-date class map, the date to compare (`eoseg.dates.select_date`).
+
     Raises:
-        InvalidParameterError: No such version, or versions on different grids.
+        InvalidParameterError: No such version, versions on different grids, or a
+            multi-date map without ``date``.
     """
-    diff = diff_versions(location, before, after)
-    return report_of(diff, location)
+    diff = diff_versions(location, before, after, date=date)
+    return report_of(diff, location, None if date is None else str(date))
 
 
-def report_of(diff: VersionDiff, location: str | Path) -> ChangeReport:
+def report_of(diff: VersionDiff, location: str | Path, date: str | None = None) -> ChangeReport:
     """A `ChangeReport` from a version diff (``location``: its repository)."""
     rows = tuple(
         ChangeRow(name, float(diff.km2[i, :].sum()), float(diff.km2[:, i].sum()))
@@ -150,6 +160,7 @@ def report_of(diff: VersionDiff, location: str | Path) -> ChangeReport:
         rows=rows,
         map_km2=float(pixel_areas(coarse).sum() / 1e6),
         changed_km2=float(diff.km2.sum()),
+        date=date,
     )
 
 
@@ -175,11 +186,18 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def write_change_quicklook(
-    location: str | Path, before: str, after: str, out: Path, *, max_size: int = 1024
+    location: str | Path,
+    before: str,
+    after: str,
+    out: Path,
+    *,
+    max_size: int = 1024,
+    date: DateChoice = None,
 ) -> Path:
     """A PNG of what changed: each changed pixel in its new class's colour, the rest grey.
 
-    The versions are decimated by striding (nearest), so memory stays small for any map.
+    The versions (of one ``date`` for a per-date map) are decimated by striding
+    (nearest), so memory stays small for any map.
     """
     import matplotlib  # local: plotting is only needed here
 
@@ -188,7 +206,9 @@ def write_change_quicklook(
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    old, new = open_version(location, before), open_version(location, after)
+    purpose = "the versions are compared on one date"
+    old = select_date(open_version(location, before), date, purpose=purpose)
+    new = select_date(open_version(location, after), date, purpose=purpose)
     schema = ClassSchema.from_dict(new.attrs["classes"])
     step = max(1, -(-max(new.sizes["y"], new.sizes["x"]) // max_size))
     a = np.asarray(old["class"][::step, ::step].values)

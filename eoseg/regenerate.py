@@ -36,6 +36,7 @@ from distributed import Client
 from eoseg.change_report import change_report, write_change_quicklook, write_change_report
 from eoseg.cluster import ProgressFn
 from eoseg.cube import open_cube
+from eoseg.dates import date_labels
 from eoseg.grid import grid_of, iter_tiles
 from eoseg.inference import PredictOptions, resolve_settings
 from eoseg.input_signature import INPUT_KEY
@@ -47,6 +48,7 @@ from eoseg.versions import (
     is_repository,
     list_versions,
     open_repository,
+    open_version,
     read_dataset,
     tile_records,
 )
@@ -290,12 +292,22 @@ def regenerate(
 
 def _report(
     repository: str | Path, before: str, after: str, folder: Path | None
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """The area-change report, and its files when ``folder`` is given."""
-    report = change_report(repository, before, after)
+) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """The area-change report, and its files when ``folder`` is given. A per-date map is
+    compared on the last date both versions have (no report when they share none)."""
+    old, new = (date_labels(open_version(repository, v)) for v in (before, after))
+    date = None
+    if old or new:
+        common = sorted(set(old) & set(new))
+        if not common:
+            why = "%s: versions %s and %s share no date: no change report"
+            log.warning(why, repository, before, after)
+            return None, {}
+        date = common[-1]
+    report = change_report(repository, before, after, date=date)
     files: dict[str, str] = {}
     if folder is not None:
         files = write_change_report(report, folder)
-        png = write_change_quicklook(repository, before, after, folder / "change.png")
-        files["png"] = str(png)
+        png = folder / "change.png"
+        files["png"] = str(write_change_quicklook(repository, before, after, png, date=date))
     return report.to_dict(), files

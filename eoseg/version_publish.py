@@ -337,7 +337,9 @@ def _layout(ds: xr.Dataset) -> tuple[Any, ...]:
 
 
 def _root_attrs(ds: xr.Dataset) -> dict[str, Any]:
-    return {**ds.attrs, "eoseg_published_by": __version__}
+    # A version holds every tile: the partial map's list of its own is not the version's.
+    attrs = {k: v for k, v in ds.attrs.items() if k != PARTIAL_KEY}
+    return {**attrs, "eoseg_published_by": __version__}
 
 
 def _put_attrs(session: icechunk.Session, path: str, attrs: dict[str, Any]) -> None:

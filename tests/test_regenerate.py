@@ -143,6 +143,7 @@ def test_new_scene_recomputes_only_the_touched_tiles(
     )
     assert result.reasons == {"input": 4} and set(result.recomputed) == TOUCHED
     assert result.to_dict()["tiles_skipped"] == 12
+    assert "eoseg_partial_tiles" not in open_version(repo).attrs  # the version is whole
     assert result.predict["tiles_written"] == 4  # only those were predicted
     assert result.publish["tiles_unchanged"] == 12
     # The chunks grow by the touched tiles' (measured 25.3%: 4 of 16 tiles); manifests,
@@ -253,3 +254,24 @@ def test_cli_regenerates_and_prints_json(world: dict[str, Path], repo: Path, cli
     assert again.exit_code == 0 and "up to date" in again.stdout
     missing = CliRunner().invoke(app, [*args[:3], "--cube", str(repo / "nope.zarr"), *args[5:]])
     assert missing.exit_code == 2 and "no cube store" in missing.output
+
+
+def test_per_date_map_gets_a_new_date_and_is_compared_on_the_shared_one(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    """A --by-date cube with scene B's date added: every tile's inputs change (the cube has
+    one more date), the map gets a new layout (two dates) and is published whole; the
+    change report compares the date both versions have, which is unchanged."""
+    a, b = world["m1"].parent / "a_20240612.tif", world["m1"].parent / "b_20240701.tif"
+    one = ingest([a], tmp_path / "one.zarr", tile_size=TILE, by_date=True).path
+    two = ingest([b, a], tmp_path / "two.zarr", tile_size=TILE, by_date=True).path
+    model = save_untrained_model(tmp_path / "m", BANDS, time="per-date")
+    repo = tmp_path / "product"
+    regenerate(repo, one, model)
+    result = regenerate(repo, two, model)
+    assert result.reasons == {"input": 16} and result.committed
+    assert open_version(repo)["class"].sizes["time"] == 2
+    assert open_version(repo, "1")["class"].sizes["time"] == 1
+    changes = result.changes or {}
+    assert changes["date"] == "2024-06-12"
+    assert all(c["km2_change"] == 0 for c in changes["classes"])
