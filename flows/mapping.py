@@ -22,9 +22,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from eoseg.cluster import connect
-from eoseg.cube import DEFAULT_TILE_SIZE
 from eoseg.dates import DATE_FIELD, date_labels
 from eoseg.evaluation import evaluate_paths
+from eoseg.grid import DEFAULT_TILE_SIZE
 from eoseg.inference import PredictOptions
 from eoseg.models.accel import Precision
 from eoseg.outputs import scratch_dir
