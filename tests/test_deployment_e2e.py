@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.metadata
 import json
 import os
 import re
@@ -206,7 +207,7 @@ def _env(work: Path, api: str) -> dict[str, str]:
         OMP_NUM_THREADS="1",
         MKL_NUM_THREADS="1",
         MPLCONFIGDIR=str(work / "mpl"),
-        PYTHONPATH=str(ROOT),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     )
     return env
 
@@ -490,6 +491,15 @@ def test_killed_run_publishes_nothing_and_the_next_resumes(
     assert f"published as version `{after[0]}`" in stack.summary(resumed)
 
 
+SQLALCHEMY = tuple(int(p) for p in importlib.metadata.version("sqlalchemy").split(".")[:2])
+
+
+@pytest.mark.skipif(
+    SQLALCHEMY >= (2, 1),
+    reason="Prefect 3.8's scheduler service bulk-inserts the scheduled runs with a hybrid "
+    "property ('state') that SQLAlchemy 2.1 refuses ('Can't evaluate bulk DML statement'): "
+    "no schedule ever fires; install what pyproject.toml pins (sqlalchemy<2.1)",
+)
 def test_interval_schedule_fires_and_its_run_completes(
     stack: Stack, first_run: dict[str, Any]
 ) -> None:
