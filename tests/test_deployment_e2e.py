@@ -16,20 +16,15 @@ a run is still predicting when a signal follows its first tiles' records.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.metadata
 import json
 import os
 import re
 import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import numpy as np
@@ -39,105 +34,15 @@ import yaml
 
 from eoseg.outputs import staging_path
 from eoseg.store import tile_provenance
+from tests.loopback import BIN, ROOT, Services, free_port, healthy, quiet, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.flow]
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 DEPLOYMENT = "eoseg-mapping/monthly-landcover"
 INTERVAL = "e2e-interval"
 INTERVAL_S = 15
 TILE = 32
 WIDTH = 32
-T = TypeVar("T")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(
-    what: str, check: Callable[[], T | None], timeout: float, logs: Callable[[], str] = str
-) -> T:
-    """Poll ``check`` until it returns something other than None or False; fail after
-    ``timeout`` seconds saying what was awaited, with ``logs()`` (the services' logs)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{logs()}")
-        time.sleep(0.05)
-
-
-class Services:
-    """Processes started by the test, each in its own session with a log file; `stop`
-    ends them and everything they started."""
-
-    def __init__(self, folder: Path, env: dict[str, str]) -> None:
-        self.folder, self.env = folder, env
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        log = (self.folder / f"{name}.log").open("wb")
-        proc = subprocess.Popen(
-            args,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            cwd=ROOT,
-            start_new_session=True,
-        )
-        self.procs[name] = proc
-        return proc
-
-    def tail(self, *names: str, chars: int = 4000) -> str:
-        """The end of each named service's log (all of them by default)."""
-        text = []
-        for name in names or tuple(self.procs):
-            log = self.folder / f"{name}.log"
-            body = log.read_text(errors="replace")[-chars:] if log.exists() else ""
-            text.append(f"--- {name} (last {chars} chars) ---\n{body}")
-        return "\n".join(text)
-
-    def cli(self, *args: str, timeout: float = 120) -> str:
-        """A `prefect` command against the server; its output."""
-        done = subprocess.run(
-            [str(BIN / "prefect"), "--no-prompt", *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            cwd=ROOT,
-            timeout=timeout,
-            check=False,
-        )
-        assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{done.stdout}{done.stderr}"
-        return done.stdout
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs.values()):
-            try:
-                family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(True)]
-            except psutil.NoSuchProcess:
-                family = []
-            for member in family:
-                with _quiet():
-                    member.send_signal(signal.SIGTERM)
-            _, alive = psutil.wait_procs(family, timeout=10)
-            for member in alive:
-                with _quiet():
-                    member.kill()
-            with _quiet():
-                os.killpg(proc.pid, signal.SIGKILL)  # anything left in its session
-            proc.wait(timeout=30)
-
-
-def _quiet() -> contextlib.suppress:
-    """Ignore a process that is already gone."""
-    return contextlib.suppress(psutil.Error, ProcessLookupError)
 
 
 @dataclasses.dataclass
@@ -260,9 +165,9 @@ def _override(work: Path, params: dict[str, Any], run_params: dict[str, Any]) ->
 def stack(demo_data, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
     """Server, work pool, worker, Dask scheduler and two workers, the mapping deployment."""
     work = tmp_path_factory.mktemp("e2e")
-    api = f"http://127.0.0.1:{_free_port()}/api"
+    api = f"http://127.0.0.1:{free_port()}/api"
     services = Services(work, _env(work, api))
-    scheduler = f"tcp://127.0.0.1:{_free_port()}"
+    scheduler = f"tcp://127.0.0.1:{free_port()}"
     try:
         port = api.split(":")[2].split("/")[0]
         services.start(
@@ -305,7 +210,7 @@ def stack(demo_data, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
         override = _override(work, params, run_params)
         wait_for(
             "the Prefect server's health check",
-            lambda: _healthy(api),
+            lambda: healthy(api),
             180,
             lambda: services.tail("server"),
         )
@@ -352,13 +257,6 @@ def _dask_worker(services: Services, name: str, scheduler: str, work: Path) -> A
     )
 
 
-def _healthy(api: str) -> bool:
-    try:
-        return httpx.get(f"{api}/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def _tile_count(cube: Path) -> int:
     from eoseg.cube import open_cube
     from eoseg.grid import iter_tiles
@@ -376,7 +274,7 @@ def _flow_run_process(stack: Stack, run_id: str) -> psutil.Process | None:
     """The process the worker started for the flow run (it carries the run's id)."""
     worker = psutil.Process(stack.services.procs["worker"].pid)
     for proc in worker.children(recursive=True):
-        with _quiet():
+        with quiet():
             if proc.environ().get("PREFECT__FLOW_RUN_ID") == run_id:
                 return proc
     return None
@@ -461,7 +359,7 @@ def test_killed_run_publishes_nothing_and_the_next_resumes(
         logs,
     )
     for member in [proc, *proc.children(recursive=True)]:
-        with _quiet():
+        with quiet():
             member.kill()
     state = stack.wait_final(run_id, timeout=120)
     assert state in ("CRASHED", "FAILED"), state
