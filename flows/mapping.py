@@ -1,4 +1,10 @@
-"""Mapping flow: predict a class map, export it, evaluate it and compute class areas.
+"""Mapping flow: a mapping run from scenes to a published version of the class map.
+
+Ingest (when the cube is not there yet, or ``reingest``: a STAC API search or static
+catalogs, over ``area`` and ``period``), predict, export, evaluate, compute class areas
+and publish the map as a new version of a product repository (with ``product``). Each
+stage is one task over the library; tile work runs on the Dask cluster at ``scheduler``.
+A killed run publishes nothing, and the next run resumes its tiles.
 
 The predict options (chip size, overlap, precision, probabilities, contexts) are flow
 parameters; one left ``None`` takes the library's default (`eoseg.inference.PredictOptions`,
@@ -13,10 +19,12 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 
 from eoseg.cluster import connect
 from eoseg.dates import DATE_FIELD, date_labels
 from eoseg.evaluation import evaluate_paths
+from eoseg.grid import DEFAULT_TILE_SIZE
 from eoseg.inference import PredictOptions
 from eoseg.models.accel import Precision
 from eoseg.outputs import scratch_dir
@@ -24,7 +32,9 @@ from eoseg.predict import open_classmap, predict
 from eoseg.publish import export_classmap, query_areas, query_areas_by_date
 from eoseg.registry import fetch_model
 from eoseg.report import write_report
-from eoseg.storage import location
+from eoseg.storage import location, resolve
+from eoseg.version_publish import publish_classmap
+from flows.ingest import ingest_task, search_task
 
 
 @task(name="predict", retries=1)
@@ -149,6 +159,19 @@ def _jsonable(value: Any) -> Any:
     return str(value) if isinstance(value, Path) else value
 
 
+@task(name="publish", retries=1, retry_delay_seconds=10)
+def publish_task(
+    classmap: str, product: str, *, scheduler: str | None, tag: str | None = None
+) -> dict[str, Any]:
+    """Publish the class map as the product's new version (only changed tiles are written;
+    nothing is visible before the commit, so a failed try leaves the product as it was)."""
+    if not scheduler:  # the tile copy is light: threads here rather than a new local cluster
+        return publish_classmap(location(classmap), location(product), tag=tag).to_dict()
+    with connect(scheduler) as client:
+        result = publish_classmap(location(classmap), location(product), tag=tag, client=client)
+    return result.to_dict()
+
+
 @flow(name="eoseg-mapping")
 def mapping_flow(
     cube: str,
@@ -165,8 +188,19 @@ def mapping_flow(
     precision: Precision | None = None,
     probabilities: bool | None = None,
     contexts: list[int] | None = None,
+    area: tuple[float, float, float, float] | None = None,
+    period: str | None = None,
+    sensors: list[str] | None = None,
+    sources: list[str] | None = None,
+    stac_api: str | None = None,
+    collections: list[str] | None = None,
+    max_cloud: float | None = None,
+    tile_size: int | None = None,
+    reingest: bool = False,
+    product: str | None = None,
+    tag: str | None = None,
 ) -> dict[str, Any]:
-    """Predict, export, evaluate (if ``truth``) and compute areas for one cube.
+    """A mapping run: (ingest), predict, export, evaluate (if ``truth``), areas, (publish).
 
     A per-date model maps every date of the cube; exports, accuracy and areas are then
     of each date, or of ``date`` (ISO day, a prefix naming one, or an index) when given.
@@ -178,7 +212,33 @@ def mapping_flow(
     ``chip_size``, ``overlap``, ``precision``, ``probabilities`` and ``contexts`` are
     ``eoseg predict``'s options (`eoseg.inference.PredictOptions`); ``None`` keeps the
     default (the model card's choice where it has one).
+
+    Ingest: when ``cube`` does not exist yet (or ``reingest``) and scenes are named, the
+    run first ingests them into ``cube``: a search of the STAC API ``stac_api``
+    (``collections``, ``area`` as a lon/lat box, ``period`` as an RFC 3339 interval such
+    as ``2026-06-01/2026-08-31``, ``max_cloud`` in %) and/or the static catalogs or
+    files ``sources``, keeping scenes of ``sensors`` and clipping the grid to ``area``;
+    ``tile_size`` sets the cube's tiles (the library's default when ``None``).
+
+    Publish: with ``product`` (a product repository, folder or URL) the class map becomes
+    the product's new version, tagged ``tag`` if given; the run summary names it. A run
+    that is killed publishes nothing; the next one resumes the tiles it left (give
+    ``overwrite`` so that each run replaces the working class map ``out``).
     """
+    run_id = str(flow_run.id or "")
+    result: dict[str, Any] = {"run_id": run_id, "cube": cube}
+    scenes = _scenes(cube, sources, stac_api, collections, area, period, max_cloud, reingest)
+    if scenes:
+        result["ingest"] = ingest_task(
+            scenes,
+            cube,
+            scheduler=scheduler,
+            bbox=area,
+            sensors=sensors,
+            overwrite=reingest,
+            run_id=run_id,
+            tile_size=tile_size or DEFAULT_TILE_SIZE,
+        )
     if registry:
         model = str(fetch_model(registry, model, version))
     options = predict_options(
@@ -188,8 +248,10 @@ def mapping_flow(
         probabilities=probabilities,
         contexts=contexts,
     )
-    pred = predict_task(cube, model, out, scheduler=scheduler, overwrite=overwrite, options=options)
-    result: dict[str, Any] = {"predict": pred, "model": model}
+    pred = predict_task(
+        cube, model, out, scheduler=scheduler, overwrite=overwrite, run_id=run_id, options=options
+    )
+    result.update(predict=pred, model=model)
     result["export"] = export_task(
         pred["classmap"], str(Path(out).parent), overwrite=overwrite, date=date
     )
@@ -199,10 +261,42 @@ def mapping_flow(
             pred["classmap"], truth, date=date, report_dir=report_dir
         )
     result["areas"] = areas_task(pred["classmap"], date=date)
+    if product:
+        result["publish"] = publish_task(pred["classmap"], product, scheduler=scheduler, tag=tag)
     create_markdown_artifact(
         run_summary(result), key="mapping-run", description=f"mapping run of {cube}"
     )
     return result
+
+
+def _scenes(
+    cube: str,
+    sources: list[str] | None,
+    stac_api: str | None,
+    collections: list[str] | None,
+    area: tuple[float, float, float, float] | None,
+    period: str | None,
+    max_cloud: float | None,
+    reingest: bool,
+) -> list[str]:
+    """What to ingest into ``cube`` (empty when it is there and no re-ingest is asked):
+    the static ``sources``, and the catalog saved from a search of ``stac_api``."""
+    if not (sources or stac_api) or (resolve(cube).exists() and not reingest):
+        return []
+    scenes = list(sources or [])
+    if stac_api:
+        items = str(cube).rstrip("/").removesuffix(".zarr") + ".items"
+        scenes.append(
+            search_task(
+                stac_api,
+                items,
+                collections=list(collections or []),
+                bbox=area,
+                dates=period,
+                max_cloud=max_cloud,
+            )
+        )
+    return scenes
 
 
 def run_summary(result: dict[str, Any]) -> str:
@@ -210,13 +304,30 @@ def run_summary(result: dict[str, Any]) -> str:
     where the exports and the report are."""
     pred = result["predict"]
     lines = [
-        f"# Mapping run {pred.get('run_id', '')}",
+        f"# Mapping run {result.get('run_id') or pred.get('run_id', '')}",
         "",
         f"- class map: `{pred['classmap']}`; model: `{result['model']}`",
         f"- tiles: {pred['tiles']} ({pred.get('tiles_written', 0)} written, the rest "
         f"kept from an earlier run); {pred['seconds']} s, {pred.get('mpx_per_s')} Mpx/s",
         f"- exports: {', '.join(f'`{v}`' for k, v in result['export'].items() if k in _FILES)}",
     ]
+    if result.get("ingest"):
+        ing = result["ingest"]
+        lines.insert(
+            2,
+            f"- ingested `{ing['cube']}`: {len(ing['scenes'])} scenes used, "
+            f"{len(ing['skipped'])} skipped; tiles {ing['tiles_written']} written of "
+            f"{ing['tiles']}; {ing['seconds']} s",
+        )
+    if result.get("publish"):
+        pub = result["publish"]
+        what = "published as version" if pub["committed"] else "unchanged: still version"
+        tag = f" (tag `{pub['tag']}`)" if pub.get("tag") else ""
+        lines.append(
+            f"- product `{pub['repository']}`: {what} `{pub['version']}`{tag}, after "
+            f"`{pub['parent']}`; tiles {pub['tiles_written']} written, "
+            f"{pub['tiles_unchanged']} unchanged, {pub['tiles_recorded']} re-recorded"
+        )
     for day, acc in _by_date(result.get("evaluate")):
         report = acc.get("report", {}).get("html", "")
         lines.append(

@@ -203,3 +203,57 @@ def test_area_query_flow_reads_a_product_version(prefect_server, tmp_path: Path)
 
     found = [a for a in asyncio.run(artifacts()) if getattr(a, "key", None) == "area-query"]
     assert found and "water" in str(found[0].data)
+
+
+def test_mapping_run_ingests_only_a_missing_cube_or_when_asked(tmp_path: Path) -> None:
+    """The mapping run's ingest stage: scenes named and the cube absent (or ``reingest``);
+    nothing to ingest otherwise."""
+    from flows.mapping import _scenes
+
+    cube = tmp_path / "cube.zarr"
+    catalog = str(tmp_path / "catalog.json")
+    args = (None, None, None, None, None)  # stac_api, collections, area, period, max_cloud
+    assert _scenes(str(cube), [catalog], *args, reingest=False) == [catalog]
+    assert _scenes(str(cube), None, *args, reingest=True) == []  # nothing named
+    cube.mkdir()
+    assert _scenes(str(cube), [catalog], *args, reingest=False) == []
+    assert _scenes(str(cube), [catalog], *args, reingest=True) == [catalog]
+
+
+def test_run_summary_names_the_published_version() -> None:
+    from flows.mapping import run_summary
+
+    result = {
+        "run_id": "r-1",
+        "model": "m",
+        "predict": {"classmap": "map.zarr", "tiles": 4, "tiles_written": 1, "seconds": 2.0},
+        "export": {"cog": "map.tif"},
+        "areas": {"classes": [], "nodata_km2": 0.0},
+        "ingest": {
+            "cube": "c.zarr",
+            "scenes": ["a", "b"],
+            "skipped": [],
+            "tiles": 4,
+            "tiles_written": 4,
+            "seconds": 1.0,
+        },
+        "publish": {
+            "repository": "prod",
+            "version": "V2",
+            "parent": "V1",
+            "committed": True,
+            "tag": "2026-06",
+            "tiles_written": 1,
+            "tiles_unchanged": 3,
+            "tiles_recorded": 0,
+        },
+    }
+    text = run_summary(result)
+    assert text.startswith("# Mapping run r-1\n")
+    assert "- ingested `c.zarr`: 2 scenes used, 0 skipped; tiles 4 written of 4" in text
+    assert (
+        "- product `prod`: published as version `V2` (tag `2026-06`), after `V1`; "
+        "tiles 1 written, 3 unchanged, 0 re-recorded"
+    ) in text
+    result["publish"] = {**result["publish"], "committed": False, "version": "V1"}
+    assert "unchanged: still version `V1`" in run_summary(result)
