@@ -24,6 +24,10 @@ from eoseg.store import create_store, open_product
 
 CLASS_AXIS = "class_id"
 """The dimension of ``probabilities`` (one entry per class id)."""
+PARTIAL_KEY = "eoseg_partial_tiles"
+"""Attribute of a class map holding only some tiles (``eoseg predict``'s ``tiles=``):
+their names. Such a map is published only on top of a version that has the others
+(`eoseg.version_publish.publish_classmap` with ``partial``)."""
 
 
 def class_map_dims(time: TimeMode, cube: xr.Dataset) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -102,7 +106,7 @@ def classmap_template(
 
 
 def create_classmap(
-    out: Path,
+    out: Path | str,
     grid: GeoBox,
     tile_size: int,
     classes: ClassSchema,
@@ -110,7 +114,7 @@ def create_classmap(
     signature: str,
     attrs: dict[str, Any],
     extra: dict[str, str] | None = None,
-) -> Path:
+) -> Path | str:
     """Create (or reopen to resume) the staging store of a ``(y, x)`` class map on ``grid``
     for products made without a cube (a mosaic, a generated map); see
     `eoseg.store.create_store`.

@@ -46,10 +46,12 @@ EMPTY = "no valid pixel on the grid (all nodata or clouded)"
 
 @dataclass(frozen=True, slots=True)
 class TileJob:
-    """One tile and the scenes touching it, per time step of the cube."""
+    """One tile and the scenes touching it, per time step of the cube, and the digest of
+    those inputs (`eoseg.input_signature`) its record keeps."""
 
     tile: Tile
     steps: tuple[tuple[Scene, ...], ...]
+    signature: str = ""
 
 
 def composite_first(scenes: Sequence[Scene], box: GeoBox, n_bands: int) -> _Result:
@@ -150,6 +152,9 @@ def ingest_tile(
         "dates": {i: dates[i] for ids in used for i in ids},
         "valid_fraction": float(valid.mean()),
         "pixels": tile.height * tile.width,
+        # What decides a class map's tile to be recomputed (eoseg.regenerate); the key is
+        # eoseg.input_signature.INPUT_KEY (not imported: that module imports this one).
+        "input_signature": job.signature,
     }
     write_tile(staging, tile, {"data": encode(data), "valid": valid}, record)
     return record

@@ -19,7 +19,7 @@ import math
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from eoseg.ingest_plan import (
     plan_jobs,
     time_steps,
 )
+from eoseg.input_signature import input_signatures
 from eoseg.locks import output_lock
 from eoseg.outputs import check_output
 from eoseg.storage import location, resolve
@@ -215,6 +216,14 @@ def ingest(
     steps = time_steps(scenes, by_date)
     jobs, outside = plan_jobs(scenes, steps, grid, tiles)
     encoding = choose_encoding(scenes)
+    inputs = input_signatures(
+        jobs,
+        grid,
+        encoding=encoding,
+        composite=composite,
+        dates=[d for d, _ in steps] if by_date else None,
+    )
+    jobs = [replace(j, signature=inputs[j.tile.name]) for j in jobs]
     signature = _signature(scenes, grid, tile_size, chunk_size, encoding, composite, by_date)
     template = _template(grid, bands, tile_size, chunk_size, encoding, [d for d, _ in steps])
     attrs = {

@@ -66,8 +66,8 @@ class Evaluation:
 
 
 def evaluate_paths(
-    classmap: Path,
-    truth: Path,
+    classmap: Path | str,
+    truth: Path | str,
     *,
     class_field: str = "class_id",
     code_map: CodeMapSpec | CodeMap | None = None,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +61,7 @@ from eoseg.label_sources import (
 )
 from eoseg.locks import output_lock
 from eoseg.outputs import check_output
+from eoseg.storage import Location, is_url, resolve
 from eoseg.store import (
     create_store,
     done_tiles,
@@ -97,7 +98,7 @@ class LabelsResult:
         unmapped: Pixels per source value the code map does not list (burnt as 255).
     """
 
-    path: Path
+    path: Path | str
     labelled_fraction: float
     class_counts: dict[int, int]
     seconds: float
@@ -115,9 +116,9 @@ class LabelsResult:
 
 
 def rasterize_labels(
-    source_path: Path,
-    grid_path: Path,
-    out: Path,
+    source_path: Path | str,
+    grid_path: Path | str,
+    out: Path | str,
     *,
     class_field: str = "class_id",
     classes: ClassSchema | Path | str | None = None,
@@ -127,8 +128,13 @@ def rasterize_labels(
     overwrite: bool = False,
     run_id: str = "",
     progress: ProgressFn | None = None,
+    origin: str | None = None,
 ) -> LabelsResult:
     """Rasterize labels onto the grid of a store (a cube or a class map) and publish them.
+
+    Every location may be a local path or an fsspec URL (`eoseg.storage`): a source on
+    object storage is downloaded to a temporary file (GDAL and pyogrio read local files),
+    the grid store is read and the labels store written through fsspec.
 
     Args:
         source_path: Vector file (any CRS) with ``class_field``, GeoTIFF of class ids or
@@ -150,6 +156,8 @@ def rasterize_labels(
         overwrite: Replace an existing store at ``out``.
         run_id: Run id recorded in the store.
         progress: Called after each tile.
+        origin: Where a downloaded ``source_path`` came from (its URL): recorded instead
+            of the temporary copy (set by this function itself).
 
     Raises:
         InputNotFoundError: No such source, grid store or schema file.
@@ -161,6 +169,16 @@ def rasterize_labels(
         NoOverlapError: The labels do not overlap the grid.
         OutputExistsError: ``out`` exists and ``overwrite`` is false.
     """
+    remote = resolve(source_path, "SOURCE")
+    if not remote.is_local:
+        with remote.reading() as local:
+            return rasterize_labels(
+                local, grid_path, out, class_field=class_field, classes=classes,
+                code_map=code_map, osm=osm, client=client, overwrite=overwrite,
+                run_id=run_id, progress=progress, origin=f"{remote.url}@{_etag(remote)}",
+            )  # fmt: skip
+    source_path = Path(source_path)
+    shown = origin or str(source_path)
     start = time.perf_counter()
     inputs = {"SOURCE": source_path, "--cube": grid_path,
               "--classes": classes if isinstance(classes, str | Path) else None}  # fmt: skip
@@ -182,8 +200,8 @@ def rasterize_labels(
         json.dumps(
             [
                 kind,
-                str(source_path),
-                source_path.stat().st_mtime,
+                shown,
+                source_path.stat().st_mtime if origin is None else None,
                 class_field if kind != "osm" else None,
                 schema_doc,
                 map_doc,
@@ -195,7 +213,7 @@ def rasterize_labels(
     attrs = {
         "run_id": run_id,
         "tile_size": tile_size,
-        "source": str(source_path),
+        "source": shown.rsplit("@", 1)[0] if origin else shown,
         "source_kind": kind,
         "class_field": class_field if kind != "osm" else None,
         "classes": schema_doc,
@@ -203,11 +221,18 @@ def rasterize_labels(
         "grid_store": str(grid_path),
     }
     template = labels_template(grid, tile_size)
-    with output_lock(out, run_id=run_id):
+    with (
+        output_lock(out, run_id=run_id),
+        tempfile.TemporaryDirectory(prefix="eoseg-osm-") as aside,
+    ):
         staging = create_store(out, template, product="labels", signature=signature, attrs=attrs)
+        # GDAL reads the classified OSM features from a local file: kept in a local staging
+        # store (reused on resume), else aside for this run.
+        features = Path(aside) if is_url(staging) else Path(staging)
         try:
             if source is None:  # OSM: source_kind refused it without a schema
-                source = prepare_osm_source(source_path, cast(ClassSchema, schema), grid, staging)
+                osm_schema = cast(ClassSchema, schema)
+                source = prepare_osm_source(source_path, osm_schema, grid, features)
             todo = [t for t in iter_tiles(grid, tile_size) if t.name not in done_tiles(staging)]
             counts_per_tile = run_tiles(
                 client,
@@ -221,25 +246,25 @@ def rasterize_labels(
         except EosegError:
             # Bad input (no matching feature, ids outside the schema): fixing it changes the
             # signature anyway, so nothing worth resuming is lost.
-            shutil.rmtree(staging, ignore_errors=True)
+            resolve(staging).remove()
             raise
-        (staging_path(out) / OSM_FEATURES).unlink(missing_ok=True)
+        resolve(staging_path(out)).child(OSM_FEATURES).remove()
         publish(out, overwrite=overwrite)
     counts, unmapped = _read_counts(out)
     total = grid.shape.y * grid.shape.x
     labelled = int(counts[:IGNORE_ID].sum())
     if not labelled:
-        log.warning("%s labels no pixel of the grid of %s", source_path, grid_path)
+        log.warning("%s labels no pixel of the grid of %s", shown, grid_path)
     if unmapped:
         log.warning(
             "%s: %d pixels hold values the code map does not list, burnt as %d (ignore): "
             "%s; add them to --code-map (or map them to 'ignore')",
-            source_path,
+            shown,
             sum(unmapped.values()),
             IGNORE_ID,
             unmapped,
         )
-    log.info("rasterized %d tiles of %s into %s", len(counts_per_tile), source_path, out)
+    log.info("rasterized %d tiles of %s into %s", len(counts_per_tile), shown, out)
     return LabelsResult(
         path=out,
         labelled_fraction=labelled / total if total else 0.0,
@@ -247,6 +272,14 @@ def rasterize_labels(
         seconds=time.perf_counter() - start,
         unmapped=unmapped,
     )
+
+
+def _etag(source: Location) -> str:
+    """What identifies the content of an object (its ETag, else size and time): a resumed
+    run over the same source keeps its tiles, a changed source starts again."""
+    info = source.fs.info(source.path)
+    stamp = info.get("ETag") or f"{info.get('size')}-{info.get('LastModified', '')}"
+    return str(stamp).strip('"')
 
 
 def labels_template(grid: GeoBox, tile_size: int) -> xr.Dataset:
@@ -261,7 +294,7 @@ def labels_template(grid: GeoBox, tile_size: int) -> xr.Dataset:
     return template
 
 
-def _read_counts(path: Path) -> tuple[np.ndarray, dict[str, int]]:
+def _read_counts(path: Path | str) -> tuple[np.ndarray, dict[str, int]]:
     """The class histogram and unmapped-value pixels of a published store, from its tiles'
     provenance records (all tiles, also those written by an earlier, interrupted run)."""
     counts = np.zeros(256, dtype="int64")
@@ -397,8 +430,8 @@ def open_labels(path: Path | str) -> xr.DataArray:
 
 
 def open_truth(
-    source: Path,
-    grid_path: Path,
+    source: Path | str,
+    grid_path: Path | str,
     *,
     class_field: str = "class_id",
     schema: ClassSchema | None = None,
@@ -412,7 +445,7 @@ def open_truth(
     text class field holds class names; ``code_map`` translates codes or names to classes
     as in `rasterize_labels`.
     """
-    if (source / "zarr.json").exists():
+    if resolve(source, "--truth").child("zarr.json").exists():
         return open_labels(source)
     out = workdir / f"truth-{hashlib.sha1(str(source).encode()).hexdigest()[:8]}.zarr"
     rasterize_labels(

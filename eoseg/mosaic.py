@@ -80,7 +80,7 @@ class Layer:
 class MosaicResult:
     """What `mosaic_classmaps` wrote."""
 
-    path: Path
+    path: Path | str
     rule: MosaicRule
     layers: int
     tiles: int
@@ -93,8 +93,8 @@ class MosaicResult:
 
 
 def mosaic_classmaps(
-    sources: Sequence[Path],
-    out: Path,
+    sources: Sequence[Path | str],
+    out: Path | str,
     *,
     rule: str = "confidence",
     overwrite: bool = False,
@@ -105,8 +105,9 @@ def mosaic_classmaps(
     """Mosaic class maps into one class map on one grid (see the module docs).
 
     Args:
-        sources: The class maps, in order of preference at equal rank.
-        out: The class map store to write.
+        sources: The class maps, in order of preference at equal rank (local paths or
+            fsspec URLs, `eoseg.storage`).
+        out: The class map store to write (a local path or an fsspec URL).
         rule: ``confidence`` or ``latest``: which layer a pixel takes where they overlap.
         overwrite: Replace an existing class map at ``out``.
         run_id: Recorded in the store.
@@ -182,7 +183,7 @@ def check_rule(rule: str) -> MosaicRule:
     return rule  # type: ignore[return-value]
 
 
-def _same_classes(sources: Sequence[Path], maps: list[xr.Dataset]) -> ClassSchema:
+def _same_classes(sources: Sequence[Path | str], maps: list[xr.Dataset]) -> ClassSchema:
     schema = ClassSchema.from_dict(maps[0].attrs["classes"])
     for path, ds in zip(sources[1:], maps[1:], strict=True):
         other = ClassSchema.from_dict(ds.attrs["classes"])
@@ -195,7 +196,7 @@ def _same_classes(sources: Sequence[Path], maps: list[xr.Dataset]) -> ClassSchem
     return schema
 
 
-def _layers(sources: Sequence[Path], maps: list[xr.Dataset], rule: MosaicRule) -> list[Layer]:
+def _layers(sources: Sequence[Path | str], maps: list[xr.Dataset], rule: MosaicRule) -> list[Layer]:
     layers = []
     for path, ds in zip(sources, maps, strict=True):
         common = {

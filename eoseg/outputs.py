@@ -136,6 +136,14 @@ def _identify_remote(loc: Location) -> Found:
     names = loc.names()
     if not names:
         return Found(None, "nothing", empty=True, exists=False)
+    from eoseg.models.card import CARD_FILE, WEIGHTS_FILE
+
+    if set(names) == {CARD_FILE, WEIGHTS_FILE}:  # a model folder, and nothing added to it
+        return Found("model", _NAMES["model"], is_dir=True)
+    if POLYGONS_MARKER in names:
+        marker = json.loads(loc.child(POLYGONS_MARKER).read_text()).get(PRODUCT_KEY)
+        if marker == "polygons":
+            return Found("polygons", "a class map's polygons folder", is_dir=True)
     return Found(None, f"a prefix of {_entries(names)}", is_dir=True)
 
 

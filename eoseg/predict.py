@@ -24,6 +24,7 @@ import itertools
 import json
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -37,10 +38,11 @@ from odc.geo.geobox import GeoBox
 
 from eoseg import __version__
 from eoseg.blend import Lattice, read_mirrored
-from eoseg.classmap import class_map_dims, classmap_template, encode, open_classmap
+from eoseg.classmap import PARTIAL_KEY, class_map_dims, classmap_template, encode, open_classmap
 from eoseg.cluster import ProgressFn, host_tasks, run_tiles
 from eoseg.contexts import context_probabilities
 from eoseg.cube import open_cube
+from eoseg.errors import InvalidParameterError
 from eoseg.grid import Tile, iter_tiles
 from eoseg.inference import (
     ModelPlugin,
@@ -54,6 +56,7 @@ from eoseg.inference import (
     resolve_settings,
     tile_report,
 )
+from eoseg.input_signature import INPUT_KEY
 from eoseg.locks import output_lock
 from eoseg.model_input import input_stack, time_slices
 from eoseg.models.accel import Accelerator, resolve_accelerator
@@ -61,7 +64,15 @@ from eoseg.models.card import ModelCard, adjust_logits, check_bands, normalize
 from eoseg.models.weights import load_model
 from eoseg.outputs import check_output
 from eoseg.storage import location
-from eoseg.store import create_store, done_tiles, open_store, publish, resumable, write_tile
+from eoseg.store import (
+    create_store,
+    done_tiles,
+    open_store,
+    publish,
+    resumable,
+    tile_record,
+    write_tile,
+)
 
 __all__ = [
     "ModelPlugin",
@@ -243,9 +254,21 @@ def predict_tile(
         name: encoded[0][name] if card.time == "median" else np.stack([e[name] for e in encoded])
         for name in encoded[0]
     }
-    record = {**provenance, "device": accel.describe(), "batch_size": batch_size}
+    record = {
+        **provenance,
+        INPUT_KEY: _input_signature(cube_path, tile),
+        "device": accel.describe(),
+        "batch_size": batch_size,
+    }
     write_tile(staging, tile, arrays, record)
     return tile_report(tile.height * tile.width * len(encoded), accel, batch_size)
+
+
+def _input_signature(cube_path: str, tile: Tile) -> str:
+    """The cube tile's input signature (`eoseg.input_signature`); empty for a cube
+    written before tiles recorded one (a regeneration then recomputes the tile)."""
+    record = tile_record(cube_path, tile.name) or {}
+    return str(record.get(INPUT_KEY, ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,11 +298,17 @@ def prepare_predict(
     overwrite: bool = False,
     run_id: str = "",
     options: PredictOptions | None = None,
+    tiles: Collection[str] | None = None,
 ) -> PredictJob:
     """Check everything a predict run needs, before any cluster starts or file is written.
 
     The model is loaded here, on the CPU, and verified against its card
     (`eoseg.models.load_model`): a damaged model fails with a message, not on a worker.
+
+    ``tiles`` (tile names, e.g. ``"r0000_c0003"``) predicts only those: the published
+    store is then a partial class map (attribute `PARTIAL_KEY` lists its tiles, the others
+    are missing), which only `eoseg.version_publish.publish_classmap` with ``partial``
+    reads, as `eoseg.regenerate` does.
 
     Raises:
         InvalidParameterError: Options the model cannot run (`resolve_settings`).
@@ -287,6 +316,7 @@ def prepare_predict(
         BandMismatchError: The cube lacks bands the model needs.
         InputNotFoundError: Cube or model missing.
         InvalidStoreError: Cube or model damaged.
+        InvalidParameterError: ``tiles`` names tiles the grid does not have.
     """
     start = time.perf_counter()
     inputs = {"--cube": cube_path, "--model": model_dir}
@@ -298,10 +328,13 @@ def prepare_predict(
     grid: GeoBox = cube.odc.geobox
     settings = resolve_settings(card, grid.shape.yx, options or PredictOptions())
     tile_size = int(cube.attrs["tile_size"])
+    grid_tiles = tuple(iter_tiles(grid, tile_size))
+    subset = _subset(grid_tiles, tiles)
     # Everything the pixels depend on: a staging store of other settings is not resumed.
     signature = hashlib.sha256(
         json.dumps(
             [cube.attrs["eoseg_signature"], card.version, tile_size, settings.to_dict()]
+            + ([sorted(t.name for t in subset)] if tiles is not None else [])
         ).encode()
     ).hexdigest()[:16]
     dims, dates = class_map_dims(card.time, cube)
@@ -316,6 +349,8 @@ def prepare_predict(
         "input_time": card.time,
         "predict_settings": settings.to_dict(),
     }
+    if tiles is not None:
+        attrs[PARTIAL_KEY] = sorted(t.name for t in subset)
     template = classmap_template(
         cube, dims, tile_size, card.classes, probabilities=settings.probabilities
     )
@@ -326,7 +361,7 @@ def prepare_predict(
         overwrite=overwrite,
         card=card,
         settings=settings,
-        tiles=tuple(iter_tiles(grid, tile_size)),
+        tiles=subset,
         template=template,
         attrs=attrs,
         signature=signature,
@@ -334,6 +369,23 @@ def prepare_predict(
         dates=dates,
         started=start,
     )
+
+
+def _subset(grid_tiles: tuple[Tile, ...], names: Collection[str] | None) -> tuple[Tile, ...]:
+    """The tiles named (all when ``names`` is None), in grid order.
+
+    Raises:
+        InvalidParameterError: A name that is no tile of the grid.
+    """
+    if names is None:
+        return grid_tiles
+    unknown = sorted(set(names) - {t.name for t in grid_tiles})
+    if unknown:
+        raise InvalidParameterError(
+            f"tiles {unknown[:3]} are not tiles of the cube's grid (it has "
+            f"{grid_tiles[0].name}..{grid_tiles[-1].name}): give names of its tiles"
+        )
+    return tuple(t for t in grid_tiles if t.name in set(names))
 
 
 def run_predict(
@@ -405,10 +457,13 @@ def predict(
     run_id: str = "",
     progress: ProgressFn | None = None,
     options: PredictOptions | None = None,
+    tiles: Collection[str] | None = None,
 ) -> PredictResult:
-    """Predict a class map for a whole cube and publish it: `prepare_predict` (which says
-    what bad input raises), then `run_predict`."""
+    """Predict a class map for a whole cube (or its ``tiles``) and publish it:
+    `prepare_predict` (which says what bad input raises and what ``tiles`` makes), then
+    `run_predict`."""
     job = prepare_predict(
-        cube_path, model_dir, out, overwrite=overwrite, run_id=run_id, options=options
-    )
+        cube_path, model_dir, out, overwrite=overwrite, run_id=run_id, options=options,
+        tiles=tiles,
+    )  # fmt: skip
     return run_predict(job, client=client, progress=progress)

@@ -27,11 +27,11 @@ from eoseg.dates import DATE_FIELD, DateChoice, date_index, date_labels, dated_p
 from eoseg.errors import InvalidParameterError
 from eoseg.evaluation import evaluate_paths
 from eoseg.metrics import AccuracyReport
-from eoseg.outputs import OutputKind, check_output
+from eoseg.outputs import POLYGONS_MARKER, OutputKind, check_output
 from eoseg.polygon_io import write_polygon_product
 from eoseg.quicklook import write_quicklook
 from eoseg.stats import ClassAreas
-from eoseg.storage import is_url
+from eoseg.storage import is_url, resolve
 from eoseg.styles import check_style, polygon_style, style_path, write_style
 from eoseg.vectorize import vectorize
 from eoseg.versions import LATEST, is_repository, open_version
@@ -44,8 +44,8 @@ def export_classmap(
     *,
     cog: Path | str | None = None,
     confidence_cog: Path | str | None = None,
-    polygons: Path | None = None,
-    quicklook: Path | None = None,
+    polygons: Path | str | None = None,
+    quicklook: Path | str | None = None,
     simplify: float | None = None,
     min_area: float | None = None,
     overwrite: bool = False,
@@ -79,12 +79,6 @@ def export_classmap(
                 f"{flag} must be a number >= 0 in {unit} (e.g. 10); found {value}: give "
                 f"one, or leave {flag} out"
             )
-    for flag, target in (("--polygons", polygons), ("--quicklook", quicklook)):
-        if target is not None and is_url(target):
-            raise InvalidParameterError(
-                f"{flag} {target}: polygons and quicklooks are written to local files only "
-                f"for now; give a local {flag} path and upload it, or export --cog to the URL"
-            )
     doc: dict[str, Any] = {"classmap": classmap}
     ds = open_classmap(classmap)
     picks = _export_dates(ds, date)
@@ -116,20 +110,30 @@ def export_classmap(
         start = time.perf_counter()
         schema = ClassSchema.from_dict(ds.attrs["classes"])
         frames = [(_polygons(ds, dates, schema, simplify, min_area), p) for dates, p in shapes]
-        doc["polygons"] = _one_or_all([_write_styled(f, Path(p), schema) for f, p in frames])
+        doc["polygons"] = _one_or_all([_write_styled(f, p, schema) for f, p in frames])
         doc["polygon_count"] = sum(len(f) for f, _ in frames)
         doc["polygons_seconds"] = round(time.perf_counter() - start, 2)
     if looks:
-        doc["quicklook"] = _one_or_all(
-            [write_quicklook(classmap, Path(p), date=_one(i)) for i, p in looks]
-        )
+        doc["quicklook"] = _one_or_all([_write_quicklook(classmap, p, _one(i)) for i, p in looks])
     return doc
 
 
-def _write_styled(frame: gpd.GeoDataFrame, path: Path, schema: ClassSchema) -> Path:
-    """Write polygons and their QGIS style (``<name>.qml`` beside them)."""
-    write_polygon_product(frame, path)
+def _write_styled(frame: gpd.GeoDataFrame, path: Path | str, schema: ClassSchema) -> Path | str:
+    """Write polygons and their QGIS style (``<name>.qml`` beside them).
+
+    On object storage the polygons are written to a local temporary and uploaded whole
+    (a partitioned folder with its marker last, `eoseg.storage.Location.staged`).
+    """
+    with resolve(path, "--polygons").staged(POLYGONS_MARKER) as local:
+        write_polygon_product(frame, local)
     write_style(path, polygon_style(schema))
+    return path
+
+
+def _write_quicklook(classmap: Path | str, path: Path | str, date: int | None) -> Path | str:
+    """Render a quicklook at ``path`` (uploaded whole when it is a URL)."""
+    with resolve(path, "--quicklook").staged() as local:
+        write_quicklook(classmap, local, date=date)
     return path
 
 

@@ -32,13 +32,14 @@ from eoseg.reference_sample import (
 )
 from eoseg.regions import read_regions, regions_raster
 from eoseg.stats import pixel_areas
+from eoseg.storage import Location, resolve
 
 log = logging.getLogger(__name__)
 
 
 def sample_classmap(
-    classmap: Path,
-    out: Path,
+    classmap: Path | str,
+    out: Path | str,
     design: SampleDesign,
     *,
     date: DateChoice = None,
@@ -46,16 +47,21 @@ def sample_classmap(
 ) -> dict[str, Any]:
     """Draw a stratified random sample of a class map and write it (CSV or GeoPackage).
 
+    ``classmap`` and ``out`` may be local paths or fsspec URLs (`eoseg.storage`); a sample
+    on object storage is written locally and uploaded whole.
+
     Returns:
         ``{"sample": out, "points": N, "classes": {name: points}}``.
     """
-    _check_out(out, overwrite)
+    target = resolve(out, "--out")
+    _check_out(target, overwrite)
     ds = select_date(open_classmap(classmap), date, purpose="a sample is drawn from one date")
     schema = ClassSchema.from_dict(ds.attrs["classes"])
     sample = draw_sample(ds["class"], schema, design)
     if sample.empty:
         raise NoOverlapError(f"class map {classmap} has no mapped pixel to sample")
-    write_sample(sample, out)
+    with target.staged() as local:
+        write_sample(sample, local)
     per_class = sample["map_class_name"].value_counts()
     return {
         "sample": out,
@@ -66,8 +72,8 @@ def sample_classmap(
 
 
 def estimate_areas(
-    classmap: Path,
-    reference: Path,
+    classmap: Path | str,
+    reference: Path | str,
     *,
     field: str = REFERENCE_FIELD,
     regions: Path | None = None,
@@ -78,7 +84,8 @@ def estimate_areas(
 
     The stratum of each point is the map's class at its pixel (read from the map, not
     the file). Per region, the points inside it and the mapped areas inside it give a
-    stratified estimate of the region (a domain of the sample).
+    stratified estimate of the region (a domain of the sample). ``classmap`` and
+    ``reference`` may be local paths or fsspec URLs (`eoseg.storage`).
 
     Raises:
         InvalidParameterError: Unlabelled points, unknown labels, points off the map or
@@ -88,7 +95,8 @@ def estimate_areas(
     schema = ClassSchema.from_dict(ds.attrs["classes"])
     cls = ds["class"]
     geobox, data, _ = raster_tiles(cls)
-    x, y, labels = read_sample(reference, field, crs_of(geobox).proj)
+    with resolve(reference, "--reference").reading() as local:
+        x, y, labels = read_sample(local, field, crs_of(geobox).proj)
     ref_ids = _label_ids(labels, schema, field)
     rows, cols = _pixels(geobox, x, y, reference)
     map_ids = np.asarray(data.vindex[rows, cols].compute()).astype(np.int64)
@@ -121,17 +129,18 @@ def estimate_areas(
     return AreaReport(overall, by_name, skipped, region_field)
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def _check_out(out: Location, overwrite: bool) -> None:
     """A sample file may be written at ``out`` (before any work)."""
-    sample_format(out)
+    sample_format(Path(out.name))
     if out.is_dir():
         raise OutputExistsError(f"--out {out} is a folder: give a .csv or .gpkg file path")
     if out.exists() and not overwrite:
         raise OutputExistsError(
             f"--out {out} exists (it may hold labels): choose another path, or pass --overwrite"
         )
-    if not out.parent.is_dir():
-        raise InvalidParameterError(f"--out {out}: folder {out.parent} does not exist; create it")
+    if out.local is not None and not out.local.parent.is_dir():
+        folder = out.local.parent
+        raise InvalidParameterError(f"--out {out}: folder {folder} does not exist; create it")
 
 
 def _label_ids(labels: list[object], schema: ClassSchema, field: str) -> np.ndarray:
@@ -174,7 +183,7 @@ def _label_id(text: str, schema: ClassSchema) -> int | None:
 
 
 def _pixels(
-    geobox: GeoBox, x: np.ndarray, y: np.ndarray, path: Path
+    geobox: GeoBox, x: np.ndarray, y: np.ndarray, path: Path | str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Row and column of the pixel holding each point; every point must be on the map."""
     inv = ~geobox.affine

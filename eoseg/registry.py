@@ -26,12 +26,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from eoseg.errors import InputNotFoundError, InvalidParameterError, InvalidStoreError
 from eoseg.models.card import CARD_FILE, WEIGHTS_FILE, ModelCard, parse_card
 from eoseg.models.weights import verify_model
+from eoseg.storage import resolve
 from eoseg.store import staged_folder
 
 logger = logging.getLogger(__name__)
@@ -45,17 +45,11 @@ Location = str | os.PathLike[str]
 """A local path or an fsspec URL."""
 
 
-def _resolve(location: Location) -> tuple[Any, str]:
-    """The fsspec filesystem and the protocol-less root path of ``location``."""
-    try:
-        fs, path = url_to_fs(os.fspath(location))
-    except (ValueError, ImportError) as exc:
-        raise InvalidParameterError(
-            f"cannot open {os.fspath(location)!r} ({exc}): expected a local folder or an "
-            "fsspec URL (file://, memory://, s3://, gs://...); install the filesystem's "
-            "package (s3fs for s3://, gcsfs for gs://) or fix the URL"
-        ) from exc
-    return fs, str(path).rstrip("/")
+def _resolve(location: Location, flag: str = "--registry") -> tuple[Any, str]:
+    """The fsspec filesystem and the protocol-less root path of ``location``
+    (`eoseg.storage.resolve`, the one resolver of every location)."""
+    loc = resolve(os.fspath(location), flag)
+    return loc.fs, loc.path.rstrip("/")
 
 
 def _open_registry(registry_dir: Location) -> tuple[Any, str]:
@@ -149,7 +143,7 @@ def register(model_dir: Location, registry_dir: Location) -> ModelCard:
             hash to its version (see `eoseg.models.verify_model`).
         InvalidParameterError: If the model's name cannot be a registry folder.
     """
-    src_fs, src = _resolve(model_dir)
+    src_fs, src = _resolve(model_dir, "MODEL_DIR")
     shown = os.fspath(model_dir)
     card_data = _read_card_at(src_fs, src, shown)
     files = _files(src_fs, src)

@@ -23,6 +23,7 @@ from eoseg.errors import OutputExistsError
 from eoseg.evaluation import Evaluation
 from eoseg.metrics import COLUMNS, AccuracyReport
 from eoseg.stats import ClassAreas, class_areas
+from eoseg.storage import resolve
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,25 @@ def write_report(
     paths["json"].write_text(json.dumps(doc, indent=1, default=str))
     log.info("wrote the accuracy report to %s", out)
     return paths
+
+
+def write_report_to(
+    out: Path | str, evaluation: Evaluation, *, sources: dict[str, str]
+) -> dict[str, Path | str]:
+    """`write_report` into a local folder or an object-storage prefix (URL), titled by the
+    class map's name.
+
+    On object storage the report is written to a local temporary folder and its files
+    uploaded over what the prefix held (other objects there are kept), ``report.json``
+    last.
+    """
+    dest = resolve(out, "--report")
+    title = resolve(sources["class map"]).name
+    if dest.is_local:
+        return dict(write_report(Path(out), evaluation, title=title, sources=sources))
+    with dest.staged("report.json", replace=False) as local:
+        paths = write_report(local, evaluation, title=title, sources=sources)
+    return {k: dest.child(p.relative_to(local).as_posix()).url for k, p in paths.items()}
 
 
 def check_report_dir(out: Path) -> None:

@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +33,7 @@ from pathlib import Path
 from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
 
-from eoseg.errors import InvalidParameterError
+from eoseg.errors import InputNotFoundError, InvalidParameterError
 
 log = logging.getLogger(__name__)
 
@@ -190,14 +190,50 @@ class Location:
 
     @contextmanager
     def reading(self) -> Iterator[Path]:
-        """Yield a local path holding this file: itself, or a downloaded temporary copy."""
+        """Yield a local path holding this file or folder: itself, or a downloaded
+        temporary copy (of every object under the prefix, for a folder).
+
+        For inputs that GDAL, pyogrio or torch read from local files only (a vector file,
+        a GeoTIFF, a model folder); Zarr stores are read through fsspec instead.
+        """
         if self.local is not None:
             yield self.local
             return
+        if not self.exists():
+            raise InputNotFoundError(f"nothing at {self.url}: check the URL")
         with tempfile.TemporaryDirectory(prefix="eoseg-get-") as tmp:
             local = Path(tmp) / self.name
-            self.fs.get_file(self.path, str(local))
+            if self.fs.isdir(self.path):
+                for key in self.fs.find(self.path):
+                    dest = local / key[len(self.path) :].lstrip("/")
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    self.fs.get_file(key, str(dest))
+            else:
+                self.fs.get_file(self.path, str(local))
             yield local
+
+    @contextmanager
+    def staged(self, marker: str | None = None, *, replace: bool = True) -> Iterator[Path]:
+        """Yield a local path to write this file or folder at; on success it is published.
+
+        Locally the path itself is yielded: eoseg's local writers already write aside and
+        rename. On object storage the path lies in a temporary folder and is uploaded
+        when the block ends without error (`upload`), so a failed write publishes nothing.
+
+        Args:
+            marker: For a folder, the file that makes it a product (a model card, a
+                polygons marker): uploaded last, so a reader never sees a half folder
+                that looks complete.
+            replace: For a folder, delete what the prefix held first (a product replaced
+                whole); False uploads over it, keeping other objects (a report folder).
+        """
+        if self.local is not None:
+            yield self.local
+            return
+        with tempfile.TemporaryDirectory(prefix="eoseg-put-") as tmp:
+            local = Path(tmp) / self.name
+            yield local
+            upload(local, self, marker, replace=replace)
 
     def _scratch(self) -> str | None:
         """A folder for temporaries: beside a local output (same disk), else the system's."""
@@ -274,3 +310,84 @@ def publish_prefix(src: Location, dst: Location) -> None:
     fs.copy(f"{src.path}/{ROOT_MARKER}", f"{dst.path}/{ROOT_MARKER}")
     fs.rm(src.path, recursive=True)
     log.debug("copied %d objects from %s to %s", len(keys) + 1, src.url, dst.url)
+
+
+def upload(local: Path, dst: Location, marker: str | None = None, *, replace: bool = True) -> None:
+    """Publish a finished local file or folder at ``dst`` on object storage.
+
+    A file is one PUT (visible whole or not at all). A folder replaces what ``dst`` held:
+    the old ``marker`` is deleted first (the old product stops being one), then the rest;
+    the new files go up with ``marker`` last (see `Location.staged`).
+    """
+    if dst.is_local:
+        raise ValueError("upload publishes to object storage")
+    fs = dst.fs
+    if local.is_file():
+        if fs.isdir(dst.path):
+            fs.rm(dst.path, recursive=True)
+        fs.put_file(str(local), dst.path)
+        log.debug("uploaded %s", dst.url)
+        return
+    if marker and fs.exists(f"{dst.path}/{marker}"):
+        fs.rm_file(f"{dst.path}/{marker}")
+    if replace and fs.exists(dst.path):
+        fs.rm(dst.path, recursive=True)
+    files = sorted(p for p in local.rglob("*") if p.is_file())
+    files.sort(key=lambda p: p.relative_to(local).as_posix() == marker)  # marker last
+    for path in files:
+        fs.put_file(str(path), f"{dst.path}/{path.relative_to(local).as_posix()}")
+    log.debug("uploaded %d files to %s", len(files), dst.url)
+
+
+_BUCKET_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+"""Filesystems whose first path component is a bucket (container) that must exist."""
+_SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AZURE_STORAGE_KEY")
+
+
+def reachable(where: str | Path | Location, flag: str) -> Location:
+    """`resolve` ``where`` and, on object storage, check that its bucket can be read.
+
+    Called once per location at a command's boundary, before any work, so that a wrong
+    bucket or missing credentials are reported naming the option, not deep inside a run.
+
+    Raises:
+        InvalidParameterError: The bucket does not exist, or cannot be listed with the
+            credentials of the environment (none, wrong, or not allowed).
+    """
+    loc = resolve(where, flag)
+    protocols = loc.fs.protocol if isinstance(loc.fs.protocol, tuple) else (loc.fs.protocol,)
+    if loc.is_local or not _BUCKET_PROTOCOLS.intersection(protocols):
+        return loc
+    bucket = loc.path.split("/", 1)[0]
+    try:
+        loc.fs.ls(bucket, detail=False)
+    except FileNotFoundError:
+        raise InvalidParameterError(
+            f"{flag} {loc.url}: bucket {bucket!r} does not exist (or is not visible to these "
+            f"credentials): create it, or fix the bucket name in {flag}"
+        ) from None
+    except Exception as exc:  # no credentials, denied, unreachable endpoint: all the same fix
+        raise InvalidParameterError(
+            f"{flag} {loc.url} cannot be reached ({type(exc).__name__}: {_scrub(str(exc))}): "
+            "expected credentials in the environment (AWS_ACCESS_KEY_ID, "
+            "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for S3-compatible servers, or "
+            f"AWS_PROFILE) that may read bucket {bucket!r}; set them, or choose another {flag}"
+        ) from None
+    return loc
+
+
+def _scrub(text: str) -> str:
+    """``text`` without any secret of the environment (a library's message might echo one)."""
+    for name in _SECRET_VARIABLES:
+        secret = os.environ.get(name)
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def check_reachable(locations: Mapping[str, str | Path | None]) -> None:
+    """`reachable` for each location a command was given, by the option naming it (None
+    and local paths cost nothing)."""
+    for flag, where in locations.items():
+        if where is not None and is_url(where):
+            reachable(where, flag)

@@ -143,6 +143,12 @@ def tile_provenance(store: Path | str) -> list[dict[str, Any]]:
     return [json.loads(folder.child(n).read_text()) for n in folder.names("r*_c*.json")]
 
 
+def tile_record(store: Path | str, name: str) -> dict[str, Any] | None:
+    """The provenance record of one tile (None when the tile was not written)."""
+    path = resolve(store).child(_TILES_DIR, f"{name}.json")
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 @contextmanager
 def resumable(staging: Path | str, total: int) -> Iterator[None]:
     """Around the tile writes of a run: what an error or Ctrl-C leaves is a resumable

@@ -33,11 +33,11 @@ from distributed import Client
 from odc.geo.geobox import GeoBox
 
 from eoseg import __version__
-from eoseg.classmap import open_classmap
-from eoseg.errors import InvalidStoreError, OutputExistsError
+from eoseg.classmap import PARTIAL_KEY
+from eoseg.errors import InvalidParameterError, InvalidStoreError, OutputExistsError
 from eoseg.grid import Tile, grid_of, iter_tiles
 from eoseg.locks import output_lock
-from eoseg.store import tile_provenance
+from eoseg.store import open_product, tile_provenance
 from eoseg.version_tiles import Compare, CopyJob, ProgressFn, copy_tiles
 from eoseg.versions import (
     BRANCH,
@@ -96,6 +96,7 @@ class _Source:
     records: dict[str, dict[str, Any]]
     tiles: tuple[Tile, ...]
     name: str
+    partial: bool = False
 
 
 def publish_classmap(
@@ -107,6 +108,8 @@ def publish_classmap(
     compare: Compare = "provenance",
     client: Client | None = None,
     progress: ProgressFn | None = None,
+    partial: bool = False,
+    base: str | None = None,
 ) -> PublishResult:
     """Publish a finished class map as the product's new latest version.
 
@@ -119,16 +122,23 @@ def publish_classmap(
             records; ``"pixels"`` digests every tile of the map.
         client: Copy the tiles on this Dask cluster (default: threads in this process).
         progress: Called with ``(done, total)`` tiles.
+        partial: ``classmap`` holds only some tiles (``eoseg predict``'s ``tiles=``, see
+            `eoseg.classmap.PARTIAL_KEY`); every other tile is carried over from the
+            latest version, unread and unwritten (`eoseg.regenerate`).
+        base: The version the caller expects to be the latest (its snapshot id): a
+            publish on top of another one is refused, nothing committed.
 
     Raises:
         InputNotFoundError: No class map at ``classmap``.
         InvalidStoreError: The class map is incomplete, damaged or lacks tile records.
-        InvalidParameterError: A bad or taken ``tag``.
-        OutputExistsError: Another publish holds or moved the repository meanwhile.
+        InvalidParameterError: A bad or taken ``tag``; a partial map on an empty product
+            or one of another layout.
+        OutputExistsError: Another publish holds or moved the repository meanwhile, or
+            the latest version is not ``base``.
     """
-    source = _classmap_source(Path(classmap))
+    source = _classmap_source(Path(classmap), partial=partial)
     extra = {"source": str(Path(classmap).absolute())}
-    options = _Options(tag, compare, client, progress)
+    options = _Options(tag, compare, client, progress, base)
     return _commit(repository, source, "publish", message, extra, options)
 
 
@@ -160,14 +170,24 @@ def rollback(
         name=f"version {target}",
     )
     extra = {"rollback_to": target}
-    options = _Options(tag, "provenance", client, progress)
+    options = _Options(tag, "provenance", client, progress, None)
     return _commit(repository, source, "rollback", message, extra, options)
 
 
-def _classmap_source(path: Path) -> _Source:
-    ds = open_classmap(path)
+def _classmap_source(path: Path, *, partial: bool = False) -> _Source:
+    # A partial map lacks the chunks of the tiles it does not hold: not checked.
+    ds = open_product(path, "classmap", check=not partial)
     tiles = _tiles(ds)
     records = {str(r["tile"]): r for r in tile_provenance(path)}
+    if partial:
+        held = set(ds.attrs.get(PARTIAL_KEY, ()))
+        if not held or set(records) != held:
+            raise InvalidStoreError(
+                f"{path} is not a partial class map with a record for each of its tiles "
+                f"(it lists {len(held)} tiles, records {len(records)}): expected one written "
+                "by 'eoseg predict' for a subset of tiles; predict it again"
+            )
+        return _Source(ds, str(path), records, tiles, str(path), partial=True)
     missing = [t.name for t in tiles if t.name not in records]
     if missing:
         raise InvalidStoreError(
@@ -199,8 +219,15 @@ def _commit(
             check_tag(repo, tag)
         session = repo.writable_session(BRANCH)
         parent = _parent(repo)
+        _check_base(repository, parent, options.base)
         old = read_dataset(session) if parent else None
         incremental = old is not None and _layout(old) == _layout(source.dataset)
+        if source.partial and not incremental:
+            raise InvalidParameterError(
+                f"{source.name} holds only some tiles, but {repository} has "
+                f"{'a version of another grid or layout' if parent else 'no version'} to take "
+                "the others from: predict every tile and publish that map"
+            )
         # With a cluster the tiles are written through forks of a clean session.
         writer = session if options.client is None else session.fork()
         if not incremental:
@@ -214,7 +241,7 @@ def _commit(
         committed = session.has_uncommitted_changes
         version = parent or ""
         if committed:
-            meta = _metadata(kind, source, counts, extra)
+            meta = _metadata(kind, source, records, counts, extra)
             text = message or _message(kind, source, counts, extra)
             version = _commit_session(session, text, meta, repository)
         if tag is not None:
@@ -238,6 +265,17 @@ class _Options:
     compare: Compare
     client: Client | None
     progress: ProgressFn | None
+    base: str | None
+
+
+def _check_base(repository: str | Path, parent: str | None, base: str | None) -> None:
+    """Refuse to publish on top of another version than the one the caller planned on."""
+    if base is not None and parent != base:
+        raise OutputExistsError(
+            f"the latest version of {repository} is {parent}, not {base} that this run "
+            "planned its tiles on: another publish came first; nothing of this one was "
+            "published: run it again to plan on the new latest version"
+        )
 
 
 def _copy(
@@ -249,7 +287,9 @@ def _copy(
 ) -> tuple[dict[str, int], dict[str, dict[str, Any]]]:
     """Write the tiles that changed (`eoseg.version_tiles`); counts and new records."""
     current = tile_records(session) if incremental else {}
-    pairs = {t.name: (source.records[t.name], current.get(t.name)) for t in source.tiles}
+    # A partial source's other tiles keep the latest version's records: equal, unread.
+    new = {**current, **source.records} if source.partial else source.records
+    pairs = {t.name: (new[t.name], current.get(t.name)) for t in source.tiles}
     names = tuple(str(n) for n in source.dataset.data_vars)
     job = CopyJob(source.store, names, options.compare)
     results = copy_tiles(
@@ -297,7 +337,9 @@ def _layout(ds: xr.Dataset) -> tuple[Any, ...]:
 
 
 def _root_attrs(ds: xr.Dataset) -> dict[str, Any]:
-    return {**ds.attrs, "eoseg_published_by": __version__}
+    # A version holds every tile: the partial map's list of its own is not the version's.
+    attrs = {k: v for k, v in ds.attrs.items() if k != PARTIAL_KEY}
+    return {**attrs, "eoseg_published_by": __version__}
 
 
 def _put_attrs(session: icechunk.Session, path: str, attrs: dict[str, Any]) -> None:
@@ -314,13 +356,17 @@ def _jsonable(value: Any) -> Any:
 
 
 def _metadata(
-    kind: str, source: _Source, counts: dict[str, int], extra: dict[str, Any]
+    kind: str,
+    source: _Source,
+    records: dict[str, dict[str, Any]],
+    counts: dict[str, int],
+    extra: dict[str, Any],
 ) -> dict[str, Any]:
     """The commit metadata: what made the version (per-tile detail is in the records)."""
     attrs = source.dataset.attrs
-    models = sorted({str(r.get("model", "")) for r in source.records.values()})
-    cubes = sorted({str(r.get("cube", "")) for r in source.records.values()})
-    runs = sorted({str(r.get("run_id", "")) for r in source.records.values()})
+    models = sorted({str(r.get("model", "")) for r in records.values()})
+    cubes = sorted({str(r.get("cube", "")) for r in records.values()})
+    runs = sorted({str(r.get("run_id", "")) for r in records.values()})
     return {
         KIND_KEY: kind,
         "eoseg_version": __version__,

@@ -93,10 +93,11 @@ def write_geotiff(
 
 
 def save_untrained_model(
-    out: Path, bands: tuple[str, ...], name: str = "test-unet", time: str = "median"
+    out: Path, bands: tuple[str, ...], name: str = "test-unet", time: str = "median", seed: int = 0
 ) -> Path:
     """A seeded, untrained U-Net (base width 8, depth 2, 32 px chips) saved as a model folder;
-    ``time`` is its input over the cube's dates (``"median"`` or ``"per-date"``)."""
+    ``time`` is its input over the cube's dates (``"median"`` or ``"per-date"``); another
+    ``seed`` makes another model version."""
     import torch
 
     from eoseg.classes import DEMO_CLASSES
@@ -104,7 +105,7 @@ def save_untrained_model(
     from eoseg.models.card import ModelCard, save_model
     from eoseg.models.unet import UNet
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = UNet(len(bands), len(DEMO_CLASSES), base_width=8, depth=2)
     card = ModelCard(
         name=name,

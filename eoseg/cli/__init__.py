@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from eoseg.cli import accuracy, data, demo, mapping, models, mosaic, products, training
+from eoseg.cli import accuracy, data, demo, mapping, models, mosaic, products, regenerate, training
 from eoseg.cli.common import reflow_help
 
 app = typer.Typer(
@@ -72,6 +72,7 @@ for command in (
 ):
     app.command()(command)
 app.add_typer(models.models_app)
+products.products_app.command()(regenerate.regenerate)
 app.add_typer(products.products_app)
 for info in (
     *app.registered_commands,

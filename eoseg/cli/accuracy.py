@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -18,9 +17,10 @@ if TYPE_CHECKING:
 
 
 def sample(
-    classmap: Annotated[Path, typer.Argument(help="Class map store.")],
+    classmap: Annotated[str, typer.Argument(help="Class map store (path or URL).")],
     out: Annotated[
-        Path, typer.Option("--out", help="Sample file to write: .gpkg (points) or .csv.")
+        str,
+        typer.Option("--out", help="Sample file to write: .gpkg (points) or .csv (path or URL)."),
     ],
     n: Annotated[int, typer.Option("--n", help="Total points (proportional allocation).")] = 500,
     min_per_class: Annotated[
@@ -51,11 +51,14 @@ def sample(
     """
     from eoseg.reference_areas import sample_classmap
     from eoseg.reference_sample import SampleDesign, parse_counts
+    from eoseg.storage import check_reachable, location
 
     def body() -> None:
         _check_sizes(n, min_per_class)
         design = SampleDesign(n, min_per_class, parse_counts(counts), seed)
-        doc = sample_classmap(classmap, out, design, date=date, overwrite=overwrite)
+        mapped, target = location(classmap), location(out)
+        check_reachable({"CLASSMAP": mapped, "--out": target})
+        doc = sample_classmap(mapped, target, design, date=date, overwrite=overwrite)
         if json_out:
             console.emit_json(doc)
             return
@@ -70,10 +73,13 @@ def sample(
 
 
 def areas(
-    classmap: Annotated[Path, typer.Argument(help="Class map store.")],
+    classmap: Annotated[str, typer.Argument(help="Class map store (path or URL).")],
     reference: Annotated[
-        Path,
-        typer.Option("--reference", help="The labelled sample (from eoseg sample): .gpkg or .csv."),
+        str,
+        typer.Option(
+            "--reference",
+            help="The labelled sample (from eoseg sample): .gpkg or .csv (path or URL).",
+        ),
     ],
     reference_field: Annotated[
         str,
@@ -92,11 +98,14 @@ def areas(
     With --regions, the same per region (the points and mapped areas inside it).
     """
     from eoseg.reference_areas import estimate_areas
+    from eoseg.storage import check_reachable, location
 
     def body() -> None:
+        mapped, sample_at = location(classmap), location(reference)
+        check_reachable({"CLASSMAP": mapped, "--reference": sample_at})
         result = estimate_areas(
-            classmap,
-            reference,
+            mapped,
+            sample_at,
             field=reference_field,
             regions=regions,
             region_field=region_field,

@@ -136,16 +136,18 @@ def ingest(
 
 def rasterize(
     source: Annotated[
-        Path,
+        str,
         typer.Argument(
             help="Labels: a vector file with a class field (any CRS), a GeoTIFF of class "
             "ids or codes, or, with --classes, an OSM extract (.osm.pbf, .osm) or a vector "
-            "file of OSM tag columns.",
+            "file of OSM tag columns (path or URL, s3://...).",
             show_default=False,
         ),
     ],
-    cube: Annotated[Path, typer.Option("--cube", help="Cube whose grid the labels take.")],
-    out: Annotated[Path, typer.Option("--out", help="Labels store to write.")],
+    cube: Annotated[
+        str, typer.Option("--cube", help="Cube whose grid the labels take (path or URL).")
+    ],
+    out: Annotated[str, typer.Option("--out", help="Labels store to write (path or URL).")],
     class_field: Annotated[
         str,
         typer.Option(
@@ -214,18 +216,21 @@ def rasterize(
     from eoseg.code_map import load_code_map
     from eoseg.labels import rasterize_labels
     from eoseg.outputs import check_output
+    from eoseg.storage import check_reachable, location
 
     def body() -> None:
         schema = load_schema(classes) if classes is not None else None  # before any cluster
         codes = code_map_option(code_map, class_map)
         mapping = load_code_map(codes, schema) if codes is not None else None
-        inputs = {"SOURCE": source, "--cube": cube, "--classes": classes}
-        check_output(out, "labels", overwrite=overwrite, inputs=inputs)
+        src, grid, target = location(source), location(cube), location(out)
+        check_reachable({"SOURCE": src, "--cube": grid, "--out": target})
+        inputs = {"SOURCE": src, "--cube": grid, "--classes": classes}
+        check_output(target, "labels", overwrite=overwrite, inputs=inputs)
         with dask_client(scheduler) as client, console.progress_bar("rasterize") as bar:
             result = rasterize_labels(
-                source,
-                cube,
-                out,
+                src,
+                grid,
+                target,
                 class_field=class_field,
                 classes=schema,
                 code_map=mapping,

@@ -53,7 +53,14 @@ RegionFieldOpt = Annotated[
 
 def predict(
     cube: Annotated[str, typer.Option("--cube", help="Cube to map (path or URL, s3://...).")],
-    model: Annotated[Path, typer.Option("--model", help="Model folder (weights + model card).")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help="Model folder (weights + model card; path or URL, e.g. a registry version "
+            "s3://bucket/models/NAME/VERSION).",
+        ),
+    ],
     out: Annotated[str, typer.Option("--out", help="Class map store to write (path or URL).")],
     chip_size: Annotated[
         int | None,
@@ -111,7 +118,7 @@ def predict(
     from eoseg.cluster import local_workers
     from eoseg.contexts import parse_contexts
     from eoseg.predict import PredictOptions, prepare_predict, run_predict
-    from eoseg.storage import location
+    from eoseg.storage import check_reachable, location, resolve
 
     def body() -> None:
         # Bad input (cube, model, output, options) is refused before the cluster starts.
@@ -119,21 +126,25 @@ def predict(
             chip_size, overlap, cast("Precision", precision), probabilities,
             parse_contexts(contexts),
         )  # fmt: skip
-        job = prepare_predict(
-            location(cube),
-            model,
-            location(out),
-            overwrite=overwrite,
-            run_id=new_run_id(),
-            options=options,
-        )
-        # A local cluster has no more workers than tiles: the cores go to torch threads.
-        workers = local_workers(len(job.tiles))
-        with (
-            dask_client(scheduler, n_workers=workers) as client,
-            console.progress_bar("predict") as bar,
-        ):
-            result = run_predict(job, client=client, progress=bar)
+        check_reachable({"--cube": location(cube), "--model": location(model),
+                         "--out": location(out)})  # fmt: skip
+        # A model on object storage is downloaded for this run (workers load a local folder).
+        with resolve(model, "--model").reading() as model_dir:
+            job = prepare_predict(
+                location(cube),
+                model_dir,
+                location(out),
+                overwrite=overwrite,
+                run_id=new_run_id(),
+                options=options,
+            )
+            # A local cluster has no more workers than tiles: the cores go to torch threads.
+            workers = local_workers(len(job.tiles))
+            with (
+                dask_client(scheduler, n_workers=workers) as client,
+                console.progress_bar("predict") as bar,
+            ):
+                result = run_predict(job, client=client, progress=bar)
         doc = result.to_dict()
         report("predict", doc, json_out)
 
@@ -157,13 +168,15 @@ def export(
         ),
     ] = None,
     polygons: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             help="Polygons: .parquet (a folder of GeoParquet files, one per tile row), "
-            ".gpkg or .geojson (small areas)."
+            ".gpkg or .geojson (small areas); path or URL."
         ),
     ] = None,
-    quicklook: Annotated[Path | None, typer.Option(help="Quicklook PNG with legend.")] = None,
+    quicklook: Annotated[
+        str | None, typer.Option(help="Quicklook PNG with legend (path or URL).")
+    ] = None,
     simplify: Annotated[
         float | None,
         typer.Option(
@@ -199,7 +212,7 @@ def export(
       eoseg export monthly.zarr --cog 'map_{date}.tif' --polygons polygons.parquet
     """
     from eoseg.publish import export_classmap
-    from eoseg.storage import location
+    from eoseg.storage import check_reachable, location
 
     def body() -> None:
         if not (cog or confidence_cog or polygons or quicklook):
@@ -209,13 +222,17 @@ def export(
                 "nothing to export: give --cog FILE, --confidence-cog FILE, --polygons FILE "
                 "and/or --quicklook FILE"
             )
+        given = {"CLASSMAP": classmap, "--cog": cog, "--confidence-cog": confidence_cog,
+                 "--polygons": polygons, "--quicklook": quicklook}  # fmt: skip
+        where = {flag: location(value) if value else None for flag, value in given.items()}
+        check_reachable(where)
         with console.progress_bar("export") as bar, console.dask_progress(bar):
             doc = export_classmap(
                 location(classmap),
-                cog=location(cog) if cog else None,
-                confidence_cog=location(confidence_cog) if confidence_cog else None,
-                polygons=polygons,
-                quicklook=quicklook,
+                cog=where["--cog"],
+                confidence_cog=where["--confidence-cog"],
+                polygons=where["--polygons"],
+                quicklook=where["--quicklook"],
                 simplify=simplify,
                 min_area=min_area,
                 overwrite=overwrite,
@@ -227,9 +244,10 @@ def export(
 
 
 def evaluate(
-    classmap: Annotated[Path, typer.Argument(help="Class map store.")],
+    classmap: Annotated[str, typer.Argument(help="Class map store (path or URL).")],
     truth: Annotated[
-        Path, typer.Option("--truth", help="Labels store, class-id GeoTIFF or vector.")
+        str,
+        typer.Option("--truth", help="Labels store, class-id GeoTIFF or vector (path or URL)."),
     ],
     class_field: Annotated[
         str,
@@ -249,12 +267,12 @@ def evaluate(
     ] = None,
     date: DateOpt = None,
     report_dir: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--report",
-            help="Also write a report into this folder: report.md, report.html (self-"
-            "contained) and report.json, with the confusion heatmap, per-class chart, map "
-            "beside the truth and mapped areas.",
+            help="Also write a report into this folder (path or URL): report.md, "
+            "report.html (self-contained) and report.json, with the confusion heatmap, "
+            "per-class chart, map beside the truth and mapped areas.",
             show_default=False,
         ),
     ] = None,
@@ -279,22 +297,26 @@ def evaluate(
     from eoseg.evaluation import evaluate_paths
     from eoseg.metrics import format_report
     from eoseg.outputs import scratch_dir
+    from eoseg.storage import check_reachable, location
 
     def body() -> None:
-        if report_dir is not None:
+        mapped, reference = location(classmap), location(truth)
+        report_at = location(report_dir) if report_dir else None
+        check_reachable({"CLASSMAP": mapped, "--truth": reference, "--report": report_at})
+        if isinstance(report_at, Path):
             from eoseg.report import check_report_dir
 
-            check_report_dir(report_dir)
+            check_report_dir(report_at)
         # Beside the map when it can be written (same disk); a read-only map is still read.
-        scratch = scratch_dir(classmap.parent)
+        scratch = scratch_dir(mapped.parent) if isinstance(mapped, Path) else None
         with (
             tempfile.TemporaryDirectory(prefix=".eoseg-truth-", dir=scratch) as tmp,
             console.progress_bar("evaluate") as bar,
             console.dask_progress(bar),
         ):
             result = evaluate_paths(
-                classmap,
-                truth,
+                mapped,
+                reference,
                 class_field=class_field,
                 code_map=code_map_option(code_map, class_map),
                 workdir=Path(tmp),
@@ -303,13 +325,11 @@ def evaluate(
                 region_field=region_field,
             )
             doc = result.to_dict()
-            if report_dir is not None:
-                from eoseg.report import write_report
+            if report_at is not None:
+                from eoseg.report import write_report_to
 
-                sources = {"class map": str(classmap), "truth": str(truth)}
-                doc["report"] = write_report(
-                    report_dir, result, title=classmap.name, sources=sources
-                )
+                sources = {"class map": str(mapped), "truth": str(reference)}
+                doc["report"] = write_report_to(report_at, result, sources=sources)
         if json_out:
             console.emit_json(doc)
             return

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -21,14 +20,14 @@ from eoseg.cli.common import (
 
 def mosaic(
     maps: Annotated[
-        list[Path],
+        list[str],
         typer.Argument(
             help="Class map stores (per zone, region or date), in order of preference at "
             "equal rank.",
             show_default=False,
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", help="Class map store to write.")],
+    out: Annotated[str, typer.Option("--out", help="Class map store to write (path or URL).")],
     rule: Annotated[
         str,
         typer.Option(
@@ -58,13 +57,18 @@ def mosaic(
       eoseg mosaic june.zarr july.zarr --rule latest --out summer.zarr
     """
     from eoseg.mosaic import check_rule, mosaic_classmaps
+    from eoseg.storage import check_reachable, location
 
     def body() -> None:
         checked = check_rule(rule)  # before any cluster starts
+        sources, target = [location(m) for m in maps], location(out)
+        for source in sources:
+            check_reachable({"MAPS": source})
+        check_reachable({"--out": target})
         with dask_client(scheduler) as client, console.progress_bar("mosaic") as bar:
             result = mosaic_classmaps(
-                maps,
-                out,
+                sources,
+                target,
                 rule=checked,
                 overwrite=overwrite,
                 run_id=new_run_id(),

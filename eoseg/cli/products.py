@@ -33,7 +33,8 @@ products_app = typer.Typer(
         "  eoseg products list products/lc\n\n"
         "  eoseg products show products/lc 2026-06\n\n"
         "  eoseg products diff products/lc 2026-06 latest\n\n"
-        "  eoseg products rollback products/lc --to 2026-06"
+        "  eoseg products rollback products/lc --to 2026-06\n\n"
+        "  eoseg products regenerate products/lc --cube cube.zarr --model models/lc-v2"
     ),
     no_args_is_help=True,
     rich_markup_mode="rich",

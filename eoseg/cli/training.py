@@ -18,11 +18,20 @@ from eoseg.cli.common import (
 
 
 def train(
-    cube: Annotated[Path, typer.Option("--cube", help="Cube to train on.")],
-    labels: Annotated[Path, typer.Option("--labels", help="Labels store (e.g. rasterized OSM).")],
-    out: Annotated[Path, typer.Option("--out", help="Model folder to write.")],
+    cube: Annotated[str, typer.Option("--cube", help="Cube to train on (path or URL).")],
+    labels: Annotated[
+        str, typer.Option("--labels", help="Labels store (e.g. rasterized OSM; path or URL).")
+    ],
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out",
+            help="Model folder to write (path or URL; on object storage it is uploaded when "
+            "training ends, its card last).",
+        ),
+    ],
     finetune_labels: Annotated[
-        Path | None, typer.Option(help="Clean labels store to fine-tune on.")
+        str | None, typer.Option(help="Clean labels store to fine-tune on (path or URL).")
     ] = None,
     classes: Annotated[
         Path | None,
@@ -189,7 +198,9 @@ def train(
     record them).
     """
     from eoseg.contexts import parse_contexts
+    from eoseg.models.card import CARD_FILE
     from eoseg.outputs import check_output
+    from eoseg.storage import check_reachable, location, resolve
     from eoseg.train import train_from_stores
     from eoseg.train.config import configure, load_train_config, parse_settings
 
@@ -223,15 +234,19 @@ def train(
             seed=seed,
             time=time,
         )
-        inputs = {"--cube": cube, "--labels": labels, "--finetune-labels": finetune_labels,
-                  "--classes": classes, "--config": config}  # fmt: skip
-        check_output(out, "model", overwrite=overwrite, inputs=inputs)
-        with console.train_progress() as bar:
+        grid, noisy = location(cube), location(labels)
+        clean = location(finetune_labels) if finetune_labels else None
+        stores = {"--cube": grid, "--labels": noisy, "--finetune-labels": clean}
+        check_reachable({**stores, "--out": location(out)})
+        inputs = {**stores, "--classes": classes, "--config": config}
+        check_output(location(out), "model", overwrite=overwrite, inputs=inputs)
+        # On object storage the model is written to a local folder and uploaded at the end.
+        with console.train_progress() as bar, resolve(out, "--out").staged(CARD_FILE) as folder:
             card = train_from_stores(
-                cube,
-                labels,
-                out,
-                finetune_labels=finetune_labels,
+                grid,
+                noisy,
+                folder,
+                finetune_labels=clean,
                 config=options,
                 classes=classes,
                 progress=bar,
@@ -239,7 +254,7 @@ def train(
                 run_id=new_run_id(),
             )
         doc = {
-            "model": out,
+            "model": str(location(out)),
             "name": card.name,
             "version": card.version,
             "bands": card.bands,

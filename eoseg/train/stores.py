@@ -16,21 +16,21 @@ from eoseg.train.run import Progress, train_model
 
 
 def train_from_stores(
-    cube_path: Path,
-    labels_path: Path,
+    cube_path: Path | str,
+    labels_path: Path | str,
     out_dir: Path,
     *,
-    finetune_labels: Path | None = None,
+    finetune_labels: Path | str | None = None,
     classes: Path | None = None,
     config: TrainConfig | None = None,
     progress: Progress | None = None,
     overwrite: bool = False,
     run_id: str = "",
 ) -> ModelCard:
-    """Train from stores on disk: the function behind ``eoseg train`` and the train flow.
+    """Train from stores: the function behind ``eoseg train`` and the train flow.
 
     Args:
-        cube_path: Cube store.
+        cube_path: Cube store (a local path or an fsspec URL, `eoseg.storage`).
         labels_path: Labels store to (pre)train on.
         out_dir: Model folder to write.
         finetune_labels: Optional clean labels store to fine-tune on.
