@@ -35,6 +35,10 @@ class Ensemble(nn.Module):
         adjustment: ``(members, classes)`` logit adjustment of each member (zeros: none).
     """
 
+    scale: torch.Tensor
+    shift: torch.Tensor
+    adjustment: torch.Tensor
+
     def __init__(
         self,
         members: Sequence[nn.Module],
@@ -50,12 +54,11 @@ class Ensemble(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, classes, H, W)`` log mean probability for input ``(N, bands, H, W)``."""
+        scale, shift, adjustment = self.scale, self.shift, self.adjustment
         logs = []
         for i, member in enumerate(self.members):
-            xi = x * self.scale[i].view(1, -1, 1, 1).to(x.dtype) + self.shift[i].view(
-                1, -1, 1, 1
-            ).to(x.dtype)
-            logits = member(xi).float() + self.adjustment[i].view(1, -1, 1, 1)
+            xi = x * scale[i].view(1, -1, 1, 1).to(x.dtype) + shift[i].view(1, -1, 1, 1).to(x.dtype)
+            logits = member(xi).float() + adjustment[i].view(1, -1, 1, 1)
             logs.append(torch.log_softmax(logits, dim=1))
         return torch.logsumexp(torch.stack(logs), dim=0) - math.log(len(logs))
 

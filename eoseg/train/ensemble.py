@@ -135,7 +135,7 @@ def _ensemble_metrics(cards: list[ModelCard]) -> dict[str, Any]:
     ]  # fmt: skip
     metrics["members"] = members
     for key in ("val_miou", "val_accuracy"):
-        values = [m[key] for m in members if m[key] is not None]
+        values = [float(c.metrics[key]) for c in cards if c.metrics.get(key) is not None]
         metrics[key] = sum(values) / len(values) if values else None
     if metrics.get("val_miou") is not None:
         metrics["val_note"] = (
