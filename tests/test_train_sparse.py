@@ -159,6 +159,9 @@ def test_cli_trains_without_size_options(sparse_scene, tmp_path) -> None:
     steps = len(refit["train_loss"]) * -(-card["metrics"]["chips"]["refit"][0] // 8)
     assert refit["averaged_steps"] == steps - int(0.1 * steps)
     assert "measured before the refit" in card["metrics"]["val_note"]
+    # and, refit, three networks of seeds 0-2 averaged as one model
+    assert card["architecture"]["members"] == 3 and len(card["metrics"]["members"]) == 3
+    assert len({m["version"] for m in card["metrics"]["members"]}) == 3
 
 
 def test_cli_chip_larger_than_the_scene_names_the_option(sparse_scene, tmp_path) -> None:
