@@ -159,6 +159,9 @@ def test_cli_trains_without_size_options(sparse_scene, tmp_path) -> None:
     steps = len(refit["train_loss"]) * -(-card["metrics"]["chips"]["refit"][0] // 8)
     assert refit["averaged_steps"] == steps - int(0.1 * steps)
     assert "measured before the refit" in card["metrics"]["val_note"]
+    # and, refit, three networks of seeds 0-2 averaged as one model
+    assert card["architecture"]["members"] == 3 and len(card["metrics"]["members"]) == 3
+    assert len({m["version"] for m in card["metrics"]["members"]}) == 3
 
 
 def test_cli_chip_larger_than_the_scene_names_the_option(sparse_scene, tmp_path) -> None:
@@ -168,3 +171,32 @@ def test_cli_chip_larger_than_the_scene_names_the_option(sparse_scene, tmp_path)
     assert result.exit_code == 2
     assert "--chip-size" in result.stderr and "512" in result.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_an_ensemble_interrupted_resumes_with_its_finished_members(sparse_scene, tmp_path) -> None:
+    """A dozen polygons train an ensemble by default (the members' seeds follow --seed);
+    killed while the second member trains, the run resumes with the first member's folder
+    as it was and ends on the model an uninterrupted run saves."""
+    cube, labels = sparse_scene
+    config = TrainConfig(num_threads=2, epochs=1, members=2)
+    whole = train_from_stores(cube, labels, tmp_path / "whole", config=config)
+    assert whole.architecture["members"] == 2 and len(whole.metrics["members"]) == 2
+    assert not list(tmp_path.glob(".whole.member-*"))  # members removed once saved
+
+    sampled = []
+
+    def stop_in_second_member(stage, step, total, info) -> None:
+        sampled.append(stage == "sample" and step == 0)
+        if sum(sampled) == 2 and stage == "pretrain":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_from_stores(
+            cube, labels, tmp_path / "m", config=config, progress=stop_in_second_member
+        )
+    first = tmp_path / ".m.member-0" / "model.json"
+    finished = json.loads(first.read_text())
+    assert not (tmp_path / "m").exists()
+    card = train_from_stores(cube, labels, tmp_path / "m", config=config)
+    assert card.metrics["members"][0]["version"] == finished["version"]
+    assert card.version == whole.version  # the CPU result of an uninterrupted run

@@ -103,6 +103,15 @@ def train(
             show_default=False,
         ),
     ] = None,
+    members: Annotated[
+        int | None,
+        typer.Option(
+            help="Networks trained with seeds SEED, SEED+1, ... and averaged as one model "
+            "(default: derived; 3 when the last stage is refit on a few sparse polygons, "
+            "else 1). Prediction costs grow with it.",
+            show_default=False,
+        ),
+    ] = None,
     num_threads: Annotated[
         int | None,
         typer.Option(help="Torch CPU threads (default: OMP_NUM_THREADS if set, else all cores)."),
@@ -182,7 +191,7 @@ def train(
     unless given (a few small polygons get small chips; the model card's "sampling" says
     what was chosen and why). Each stage keeps its epoch of best validation mIoU; with a
     few polygons the last stage is then refit on all of them (--no-refit to keep the
-    validated model).
+    validated model), and three networks are trained and averaged (--members 1 for one).
     Training resumes from its last epoch checkpoint if interrupted. The network and the
     largest chip follow the device: a 32/4 U-Net and chips up to 256 px on a GPU, a
     16/3 U-Net and chips up to 64 px on a CPU (the card's "architecture" and "sampling"
@@ -209,6 +218,7 @@ def train(
             min_labelled=min_labelled,
             patience=patience,
             refit=refit,
+            members=members,
             num_threads=num_threads,
             base_width=base_width,
             depth=depth,

@@ -29,6 +29,7 @@ from torch import nn
 from eoseg.classes import ClassSchema
 from eoseg.errors import BandMismatchError, InputNotFoundError, InvalidStoreError
 from eoseg.model_input import TimeMode, input_record, read_input_record
+from eoseg.models.ensemble import Ensemble
 from eoseg.models.unet import DEFAULT_RATES, UNet
 from eoseg.store import staged_folder
 
@@ -57,7 +58,8 @@ class ModelCard:
         classes: Class schema of the output channels.
         chip_size: Side in pixels of the chips the model was trained on.
         architecture: ``{"name": "unet", "base_width": ..., "depth": ...}``, or name
-            ``"unet-aspp"`` with ``"rates"`` (`UNet.architecture`).
+            ``"unet-aspp"`` with ``"rates"`` (`UNet.architecture`); ``"members": k``
+            when the model is an `Ensemble` of k such networks.
         time: How the model reads the cube's dates: ``"median"`` (one composite, a
             ``(y, x)`` class map) or ``"per-date"`` (a class map per date); see
             `eoseg.model_input`. The card writes it with ``bands``, ``mean`` and ``std``
@@ -167,14 +169,27 @@ def build_model(card: ModelCard) -> nn.Module:
             f"model {card.name!r} has architecture {name!r}; this eoseg knows "
             "'unet' and 'unet-aspp': upgrade eoseg or retrain the model"
         )
-    return UNet(
-        len(card.bands),
-        len(card.classes),
-        base_width=int(arch.get("base_width", 32)),
-        depth=int(arch.get("depth", 4)),
-        context="aspp" if name == "unet-aspp" else "none",
-        rates=tuple(int(r) for r in arch.get("rates", DEFAULT_RATES)),
-    )
+
+    def one() -> UNet:
+        return UNet(
+            len(card.bands),
+            len(card.classes),
+            base_width=int(arch.get("base_width", 32)),
+            depth=int(arch.get("depth", 4)),
+            context="aspp" if name == "unet-aspp" else "none",
+            rates=tuple(int(r) for r in arch.get("rates", DEFAULT_RATES)),
+        )
+
+    members = int(arch.get("members", 1))
+    if members == 1:
+        return one()
+    bands, classes = len(card.bands), len(card.classes)
+    return Ensemble(
+        [one() for _ in range(members)],
+        torch.ones(members, bands),
+        torch.zeros(members, bands),
+        torch.zeros(members, classes),
+    )  # the buffers are the weights file's
 
 
 def content_version(state: Mapping[str, torch.Tensor], card_doc: Mapping[str, Any]) -> str:

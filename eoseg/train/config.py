@@ -152,6 +152,10 @@ class TrainConfig:
             class prior of the (class-balanced) training chips into that of the labels
             (`eoseg.train.prior`); prediction and validation apply it. Off: the map
             keeps the chips' prior, which over-predicts rare classes.
+        members: Networks trained (seeds ``seed``, ``seed + 1``, ...) and averaged as one
+            model (`eoseg.models.ensemble`); derived (`eoseg.train.ensemble`): 3 when the
+            labels are refit (a few dozen sparse polygons, where one network depends on
+            which polygons validation held out), else 1.
         norm_stats: Where the per-band normalisation statistics are measured:
             ``"cube"`` (the model input over the whole scene, `eoseg.train.normalise`)
             or ``"chips"`` (the pretraining chips only).
@@ -199,6 +203,7 @@ class TrainConfig:
     adjust_prior: bool = True
     refit: bool | None = None
     average_from: float = 0.1
+    members: int | None = None
 
     def __post_init__(self) -> None:
         if _contexts_ok(self.contexts):  # ascending, as every record lists them
@@ -287,6 +292,7 @@ _NUMBER_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("depth", _whole(1), "a whole number >= 1"),
     ("block_size", _whole(1), "a whole number of pixels >= 1"),
     ("patience", _whole(1), "a whole number >= 1 (or left out: no early stop)"),
+    ("members", _whole(1), "a whole number >= 1 (or left out: derived)"),
     ("num_threads", _whole(1), "a whole number >= 1"),
     ("seed", _whole(0, optional=False), "a whole number >= 0"),
     ("lr", _real(0.0, open_low=True), "a finite number > 0"),

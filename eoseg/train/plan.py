@@ -32,7 +32,8 @@ scene train as readily as labels that cover the whole scene:
   ending on the mean of its weights after its first tenth (`eoseg.train.average`): with a few
   dozen polygons every one counts (holding a quarter out cost about 0.06 in held-out
   accuracy on eolearn_slovenia, and made the result depend on which ones), and such a
-  fit costs a minute. Its chips: 4 per region (32 to 128). Dense labels (a building
+  fit costs a minute; such a run then trains an ensemble (`eoseg.train.ensemble`). Its
+  chips: 4 per region (32 to 128). Dense labels (a building
   raster) keep the validated model: holding some out costs little there.
 - largest chip: the device's (`eoseg.train.network.DEVICE_DEFAULTS`: 256 px on a GPU,
   64 px on a CPU), passed in as ``max_chip``.

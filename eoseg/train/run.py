@@ -32,6 +32,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,9 +41,16 @@ import xarray as xr
 
 from eoseg.blend import default_lattice
 from eoseg.classes import ClassSchema
-from eoseg.errors import InvalidParameterError
+from eoseg.errors import EosegError, InvalidParameterError
 from eoseg.model_input import cube_time_mode
-from eoseg.models import ModelCard, UNet, count_flops_per_pixel, count_parameters, save_model
+from eoseg.models import (
+    ModelCard,
+    UNet,
+    count_flops_per_pixel,
+    count_parameters,
+    read_card,
+    save_model,
+)
 from eoseg.models.accel import resolve_accelerator
 from eoseg.sampling import ChipSet
 from eoseg.train.checkpoint import (
@@ -53,6 +61,7 @@ from eoseg.train.checkpoint import (
 )
 from eoseg.train.chips import sample_context_chips, sample_training_chips
 from eoseg.train.config import TrainConfig, stage_spec
+from eoseg.train.ensemble import train_members
 from eoseg.train.finetune import rehearse_missing, replay_noisy
 from eoseg.train.loop import History, fit_stage
 from eoseg.train.network import device_defaults, fit_depth_to_chip, resolve_network
@@ -159,8 +168,12 @@ def train_model(
     torch.set_num_threads(max(1, threads))
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _train(
-            cube, labels, out_dir, schema, config, finetune_labels, progress, name, resume
+        return train_members(
+            lambda cfg, out, reuse: _train(
+                cube, labels, out, schema, cfg, finetune_labels, progress, name, resume, reuse
+            ),
+            Path(out_dir),
+            config,
         )
     finally:
         torch.set_num_threads(prev_threads)
@@ -177,6 +190,7 @@ def _train(
     progress: Progress | None,
     name: str,
     resume: bool,
+    reuse: bool = False,
 ) -> ModelCard:
     stages = {"pretrain": labels}
     if finetune_labels is not None:
@@ -226,6 +240,8 @@ def _train(
         sampling=sampling,
         inference=default_lattice(plan.chip_size, config.depth, config.context).to_dict(),
     )
+    if reuse and resume and (done := finished_model(out_dir, card.fingerprint)) is not None:
+        return done
     ckpt = checkpoint_dir(out_dir)
     saved = load_checkpoint(ckpt) if resume else None
     if saved is not None and saved.get("fingerprint") != card.fingerprint:
@@ -327,3 +343,13 @@ def _train(
     out = save_model(model, card, out_dir)
     remove_checkpoint(ckpt)
     return out
+
+
+def finished_model(out_dir: str | os.PathLike[str], fingerprint: str) -> ModelCard | None:
+    """The card of the model ``out_dir`` holds when it was trained from the inputs and
+    options of ``fingerprint`` (an ensemble member finished before an interruption)."""
+    try:
+        card = read_card(out_dir)
+    except EosegError:
+        return None
+    return card if card.fingerprint == fingerprint else None
