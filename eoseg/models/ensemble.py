@@ -3,8 +3,8 @@
 A model trained on a few dozen polygons depends on which of them its validation held out
 and on its initial weights; averaging the probabilities of a few such models (a *deep
 ensemble*, Lakshminarayanan et al. 2017) removes much of that spread. On
-eolearn_slovenia (487 labelled pixels) three U-Nets 16/2 scored 0.854-0.871 OA and
-0.373-0.377 mIoU on held-out truth where one scored 0.839-0.873 and 0.353-0.375
+eolearn_slovenia (487 labelled pixels) three U-Nets 16/2 scored 0.854-0.874 OA and
+0.369-0.377 mIoU on held-out truth where one scored 0.839-0.873 and 0.353-0.375
 (benchmarks/README.md), and three of them cost less per pixel than one default GPU
 U-Net 32/4.
 
