@@ -256,6 +256,7 @@ def chosen_defaults(card: Any) -> dict[str, Any]:
         "train_chips": stage["train_chips"],
         "epochs": stage.get("epochs"),
         "network": f"{arch.get('base_width')}/{arch.get('depth')}",
+        "members": arch.get("members", 1),
         "derived": sampling["derived"],
     }
 
