@@ -5,7 +5,8 @@ grid, the first one starting ``overlap`` px before the grid's corner. A chip's w
 flat (one) in its middle and ramps up over its first ``overlap`` px and down over its last
 ``overlap`` px with ``sin²``; a chip's falling ramp lies exactly on its neighbour's rising
 one, and ``cos² + sin² = 1``, so the weights of overlapping chips add up to exactly one.
-Each pixel is computed about ``(chip / stride)²`` times: ``overlap = chip / 2`` is the
+Each pixel is computed about ``(chip / stride)²`` times, plus the chips that cross a
+tile's edge, which both tiles compute (`Lattice.passes`): ``overlap = chip / 2`` is the
 classic four-fold ``sin²`` blend, a small overlap little more than once.
 
 The lattice belongs to the grid, not to a tile: a pixel gets the same chips (and the same
