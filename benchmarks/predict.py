@@ -37,6 +37,8 @@ its cube and TorchGeo reads as it is. Figures (keys of ``--json``):
     memory is: ``memory_worker_1x_mb``/``memory_worker_big_mb`` (the busiest worker's
     peak, ``ru_maxrss``) and ``memory_client_1x_mb``/``memory_client_big_mb`` (the
     process of client and local scheduler, which holds the plan).
+    ``memory_worker_big_over_1x``: the busiest worker's peak at ``--scale`` over its peak
+    at 1x (flat: nothing a worker holds grows with the area).
     ``torchgeo_memory_mb``: the same for the TorchGeo loop's process on the scene (its
     output array grows with the area).
 ``agreement``
@@ -217,6 +219,10 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
         memory_big_over_1x=big["peak_tree_mb"] / e2e["peak_tree_mb"] if big else None,
         memory_worker_1x_mb=max(e2e["peak_worker_mb"]),
         memory_worker_big_mb=max(big["peak_worker_mb"]) if big else None,
+        # A worker's own peak: the tree also counts the workers a larger grid keeps busy.
+        memory_worker_big_over_1x=max(big["peak_worker_mb"]) / max(e2e["peak_worker_mb"])
+        if big
+        else None,
         memory_client_1x_mb=e2e["peak_client_mb"],
         memory_client_big_mb=big["peak_client_mb"] if big else None,
         torchgeo_mpx_s=tg["mpx_s"] if tg else None,
@@ -266,7 +272,8 @@ def format_report(doc: dict[str, Any]) -> str:
     if doc["memory_big_mb"]:
         parts += (
             f", x{doc['scale']:g} {doc['memory_worker_big_mb']:.0f} MB "
-            f"({doc['end_to_end_big']['workers']} workers)"
+            f"({doc['end_to_end_big']['workers']} workers; "
+            f"{doc['memory_worker_big_over_1x']:.2f}x)"
         )
     parts += f"; client and scheduler 1x {doc['memory_client_1x_mb']:.0f} MB"
     if doc["memory_big_mb"]:

@@ -20,7 +20,6 @@ tile records with the model, cube and run.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import time
@@ -146,30 +145,11 @@ def read_window(data: xr.DataArray, grid: GeoBox, tile: Tile, lattice: Lattice) 
     inside (`eoseg.blend.mirror_index`), whichever tile reads it. ``data``'s last two axes
     are ``(y, x)``; leading axes (time, band) are read whole.
 
-    The window is read one storage chunk at a time: read at once, every chunk it touches
-    is decoded at the same time, and a tile's halo touches up to eight neighbours (nine
-    whole chunks, 576 MB of a float32 cube of 2048 px tiles and 4 bands, for a 90 MB
-    window), so a worker's memory grew from a one-tile grid to a larger one.
+    The window is read one storage chunk at a time (`eoseg.blend.read_mirrored`).
     """
     rows = lattice.span(tile.y0, tile.y0 + tile.height)
     cols = lattice.span(tile.x0, tile.x0 + tile.width)
-    chunks = data.encoding.get("preferred_chunks", {})
-    out = np.empty((*data.shape[:-2], rows[1] - rows[0], cols[1] - cols[0]), "float32")
-    for r0, r1 in _pieces(rows, chunks.get(data.dims[-2])):
-        for c0, c1 in _pieces(cols, chunks.get(data.dims[-1])):
-            piece = read_mirrored(data, (r0, r1), (c0, c1))
-            out[..., r0 - rows[0] : r1 - rows[0], c0 - cols[0] : c1 - cols[0]] = piece
-    return out
-
-
-def _pieces(span: tuple[int, int], chunk: int | None) -> list[tuple[int, int]]:
-    """``span`` cut at the multiples of ``chunk`` (whole when the chunk is unknown): each
-    piece lies in one chunk, or in one or two once mirrored beyond the grid's edge."""
-    start, stop = span
-    if not chunk:
-        return [span]
-    edges = [start, *range((start // chunk + 1) * chunk, stop, chunk), stop]
-    return list(itertools.pairwise(edges))
+    return np.asarray(read_mirrored(data, rows, cols), dtype="float32")
 
 
 def tile_input(

@@ -144,7 +144,7 @@ def test_card_records_the_default_lattice(model_dir: Path, tmp_path: Path) -> No
 
     card = read_card(model_dir)
     assert card.inference == {}
-    assert card_lattice(card) == default_lattice(32, 2) == Lattice(48, 16)
+    assert card_lattice(card) == default_lattice(32, 2) == Lattice(256, 16)
     shutil.copytree(model_dir, tmp_path / "m")
     doc = json.loads((tmp_path / "m" / "model.json").read_text())
     doc["inference"] = {"chip_size": 48, "overlap": 12}

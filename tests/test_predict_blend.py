@@ -1,11 +1,19 @@
-"""Chip lattices and blending windows (`eoseg.blend`): pure arithmetic, no model."""
+"""Chip lattices, blending windows and mirrored reads (`eoseg.blend`): no model."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import xarray as xr
 
-from eoseg.blend import Lattice, check_lattice, default_lattice, fit_lattice, mirror_index
+from eoseg.blend import (
+    Lattice,
+    check_lattice,
+    default_lattice,
+    fit_lattice,
+    mirror_index,
+    read_mirrored,
+)
 from eoseg.errors import InvalidParameterError
 
 LATTICES = [(32, 16), (32, 0), (64, 8), (48, 5), (128, 64), (256, 16), (12, 1)]
@@ -59,12 +67,17 @@ def test_cost_per_pixel_falls_with_larger_chips_and_smaller_overlap() -> None:
 
 
 def test_default_lattice_and_its_limits() -> None:
-    assert default_lattice(256, 4) == Lattice(384, 128)  # stride = the training chip
-    assert default_lattice(64, 3) == Lattice(96, 32)
-    assert default_lattice(40, 3) == Lattice(56, 20)  # a multiple of 2**depth
-    assert default_lattice(1024, 4) == Lattice(1024, 512)  # at most MAX_PREDICT_CHIP
+    assert default_lattice(256, 4) == Lattice(256, 16)
+    assert default_lattice(64, 3) == Lattice(256, 16)  # larger than the training chip
+    assert default_lattice(40, 5) == Lattice(256, 16)  # a multiple of 2**depth
+    assert default_lattice(1024, 4) == Lattice(1024, 64)  # at most MAX_PREDICT_CHIP
     assert default_lattice(64, 3, "aspp") == Lattice(64, 32)  # image pooling: training chip
-    assert Lattice(384, 128).passes(2048, 2048) < Lattice(256, 128).passes(2048, 2048) / 1.5
+    # On 2048 px tiles each pixel is computed about 1.4 times, half of the former default's
+    # 384 px chips overlapping by 128 px, a third of the four-fold blend.
+    passes = Lattice(256, 16).passes(2048, 2048)
+    assert passes < 1.5
+    assert passes < Lattice(384, 128).passes(2048, 2048) / 1.9
+    assert passes < Lattice(256, 128).passes(2048, 2048) / 3
 
 
 def test_fit_lattice_shrinks_a_chip_larger_than_the_grid() -> None:
@@ -89,3 +102,22 @@ def test_mirror_index_folds_at_both_edges() -> None:
     np.testing.assert_array_equal(mirror_index(3, 8, 5), [3, 4, 3, 2, 1])
     np.testing.assert_array_equal(mirror_index(-10, 12, 5) % 5, mirror_index(-10, 12, 5))
     np.testing.assert_array_equal(mirror_index(-2, 2, 1), [0, 0, 0, 0])
+
+
+@pytest.mark.parametrize(
+    ("rows", "cols"), [((-7, 30), (10, 58)), ((3, 13), (4, 9)), ((-20, 60), (-20, 70))]
+)
+def test_read_mirrored_chunk_by_chunk_equals_a_whole_read(tmp_path, rows, cols) -> None:
+    """A window read from a Zarr store one storage chunk at a time (across chunk edges and
+    mirrored beyond the grid's edge) equals the mirrored window of the array in memory."""
+    values = np.random.default_rng(0).normal(size=(2, 40, 50)).astype("float32")
+    xr.DataArray(values, dims=("band", "y", "x"), name="data").to_dataset().to_zarr(
+        tmp_path / "c.zarr", encoding={"data": {"chunks": (2, 16, 16)}}
+    )
+    data = xr.open_zarr(tmp_path / "c.zarr", chunks=None)["data"]
+    assert data.encoding["preferred_chunks"]["y"] == 16  # what the reader cuts at
+    window = read_mirrored(data, rows, cols)
+    expect = values[:, mirror_index(*rows, 40)][:, :, mirror_index(*cols, 50)]
+    assert window.dtype == np.float32
+    np.testing.assert_array_equal(window, expect)
+    np.testing.assert_array_equal(read_mirrored(values, rows, cols), expect)

@@ -94,6 +94,9 @@ def test_benchmark_small_json_has_its_figures(tmp_path: Path) -> None:
     for size in ("1x", "big"):  # the tree's parts: the busiest worker, client and scheduler
         worker, client = doc[f"memory_worker_{size}_mb"], doc[f"memory_client_{size}_mb"]
         assert 100 < worker < doc[f"memory_{size}_mb"] and 100 < client < doc[f"memory_{size}_mb"]
+    assert doc["memory_worker_big_over_1x"] == pytest.approx(
+        doc["memory_worker_big_mb"] / doc["memory_worker_1x_mb"]
+    )
     if "--no-torchgeo" in cmd:
         assert doc["ratio"] is None and doc["torchgeo_mpx_s"] is None
     else:

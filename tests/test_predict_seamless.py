@@ -126,7 +126,7 @@ def test_bf16_class_map_matches_fp32(trained_model: Path, cube_path: Path, tmp_p
     from eoseg.store import tile_provenance
 
     card = read_card(trained_model)
-    assert card.inference == {"chip_size": 48, "overlap": 16}  # training records the default
+    assert card.inference == {"chip_size": 256, "overlap": 16}  # training records the default
     maps = {}
     for precision in ("fp32", "bf16"):
         options = PredictOptions(chip_size=64, overlap=8, precision=precision)  # type: ignore[arg-type]

@@ -10,6 +10,12 @@ Prediction (``inference=True``) needs no bit-reproducible training: on a CPU tha
 bf16 natively (AVX512-BF16 or AMX, `cpu_computes_bf16`) ``"auto"`` takes bf16, and on any
 CPU it keeps tensors channels-last, which oneDNN's convolutions run faster in fp32 too
 (1.5-2x for a U-Net on an AVX2 EPYC). Elsewhere bf16 is emulated and ten times slower.
+
+Graph compilers do not pay for this network on the CPU: on that EPYC (one thread, fp32,
+channels-last, a U-Net 32/4 on 256 px chips, CPU time) eager mode took 0.372 s a chip,
+``torch.jit.trace`` + ``torch.jit.freeze`` (batch norm folded, oneDNN fusion) 0.375 s and
+``torch.compile`` (inductor) 0.370 s: the 3x3 convolutions, which oneDNN already runs,
+are nearly all of the time. Prediction therefore runs the eager module.
 """
 
 from __future__ import annotations
