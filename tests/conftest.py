@@ -153,19 +153,6 @@ def client() -> Iterator[object]:
         yield c
 
 
-@pytest.fixture(autouse=True)
-def _torch_threads() -> Iterator[None]:
-    """Torch's thread count as it was before the test: a cluster in this process sets it
-    for its tasks (`eoseg.inference.ModelPlugin`), which would leave later in-process
-    torch work in other tests on one thread."""
-    import torch
-
-    before = torch.get_num_threads()
-    yield
-    if torch.get_num_threads() != before:
-        torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """One temporary Prefect server for the session, its home in a temp dir."""
