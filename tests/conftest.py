@@ -143,8 +143,8 @@ the cluster's thread, which takes the GIL and a core from in-process torch on 2 
 def client() -> Iterator[object]:
     """A threaded LocalCluster for the tests of one module (process clusters are slow on
     2 cores). Per module, not per session: a cluster left running slows in-process torch
-    in every later module (training 2-3x slower beside it, tests/test_realdata_train.py);
-    starting one takes about a second."""
+    in every later module (test_ranking's models trained in 129-144 s each beside it,
+    71-79 s without); starting one takes about a second."""
     import dask
 
     from eoseg.cluster import connect
