@@ -130,12 +130,27 @@ def model_dir(cube_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return save_untrained_model(tmp_path_factory.mktemp("model") / "model", bands)
 
 
-@pytest.fixture(scope="session")
+QUIET_CLUSTER = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+}
+"""Dask settings of the tests' threaded cluster: no statistical profiler (it samples the
+worker threads every 10 ms) and a slow event-loop tick (every 20 ms by default). Both wake
+the cluster's thread, which takes the GIL and a core from in-process torch on 2 cores."""
+
+
+@pytest.fixture(scope="module")
 def client() -> Iterator[object]:
-    """One threaded LocalCluster for the session (process clusters are slow on 2 cores)."""
+    """A threaded LocalCluster for the tests of one module (process clusters are slow on
+    2 cores). Per module, not per session: a cluster left running slows in-process torch
+    in every later module (test_ranking's models trained in 129-144 s each beside it,
+    71-79 s without); starting one takes about a second."""
+    import dask
+
     from eoseg.cluster import connect
 
-    with connect(None, n_workers=2, processes=False) as c:
+    with dask.config.set(QUIET_CLUSTER), connect(None, n_workers=2, processes=False) as c:
         yield c
 
 

@@ -56,7 +56,7 @@ def test_spacenet_buildings_train_and_beat_chance_on_heldout_part(
     mask = split_building_rasters(scene, footprints, train_tif, heldout_tif, TRAIN_COLS)
     _invoke("ingest", str(scene), "--out", str(cube), "--tile-size", "256", *scheduler)
     _invoke("rasterize", str(train_tif), "--cube", str(cube), "--out", str(labels), *scheduler)
-    # Training runs the real entry point in its own process: beside the session's threaded
+    # Training runs the real entry point in its own process: beside the module's threaded
     # Dask cluster (its event loop and profiler threads), in-process torch training on 2
     # cores is 2-3x slower.
     trained = subprocess.run(
