@@ -4,6 +4,7 @@ in-process. Credentials reach s3fs/botocore only through the environment."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,10 +40,10 @@ def s3_endpoint() -> Iterator[str]:
     server.stop()
 
 
-@pytest.fixture
-def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3]:
+@contextlib.contextmanager
+def fresh_bucket(s3_endpoint: str) -> Iterator[S3]:
     """A new bucket, credentials and endpoint in the environment (as s3fs/botocore read
-    them), and s3fs's instance cache cleared before and after the test."""
+    them; restored afterwards), and s3fs's instance cache cleared before and after."""
     import s3fs
 
     env = {
@@ -50,12 +51,21 @@ def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3]:
         "AWS_SECRET_ACCESS_KEY": SECRET,
         "AWS_ENDPOINT_URL": s3_endpoint,
         "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
     }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    s3fs.S3FileSystem.clear_instance_cache()
-    bucket = f"eoseg-{uuid.uuid4().hex[:12]}"
-    s3fs.S3FileSystem().mkdir(bucket)
-    yield S3(s3_endpoint, bucket, env)
-    s3fs.S3FileSystem.clear_instance_cache()
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in env.items():
+            mp.setenv(name, value)
+        mp.delenv("AWS_PROFILE", raising=False)
+        s3fs.S3FileSystem.clear_instance_cache()
+        bucket = f"eoseg-{uuid.uuid4().hex[:12]}"
+        s3fs.S3FileSystem().mkdir(bucket)
+        yield S3(s3_endpoint, bucket, env)
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def s3(s3_endpoint: str) -> Iterator[S3]:
+    """A new bucket for the test (`fresh_bucket`)."""
+    with fresh_bucket(s3_endpoint) as bucket:
+        yield bucket

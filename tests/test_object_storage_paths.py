@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from eoseg.classmap import open_classmap
 from eoseg.cli import app
 from eoseg.labels import open_labels
 from eoseg.storage import resolve
-from tests.s3 import S3, SECRET
+from tests.s3 import S3, SECRET, fresh_bucket
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -40,22 +39,8 @@ PREDICT = ["--chip-size", "32", "--overlap", "8", "--precision", "fp32"]
 @pytest.fixture(scope="module")
 def bucket(s3_endpoint: str) -> Iterator[S3]:
     """One bucket for the module, credentials and endpoint in the environment."""
-    env = {
-        "AWS_ACCESS_KEY_ID": "eoseg-test-key",
-        "AWS_SECRET_ACCESS_KEY": SECRET,
-        "AWS_ENDPOINT_URL": s3_endpoint,
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in env.items():
-            mp.setenv(name, value)
-        mp.delenv("AWS_PROFILE", raising=False)
-        s3fs.S3FileSystem.clear_instance_cache()
-        name = f"eoseg-{uuid.uuid4().hex[:12]}"
-        s3fs.S3FileSystem().mkdir(name)
-        yield S3(s3_endpoint, name, env)
-        s3fs.S3FileSystem.clear_instance_cache()
+    with fresh_bucket(s3_endpoint) as made:
+        yield made
 
 
 def _run(args: list[str], json_out: bool = True) -> dict[str, Any]:
