@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.runtime import flow_run
 
 from eoseg.cluster import connect
@@ -266,7 +266,16 @@ def mapping_flow(
     create_markdown_artifact(
         run_summary(result), key="mapping-run", description=f"mapping run of {cube}"
     )
+    if quicklook := result["export"].get("quicklook"):
+        create_image_artifact(
+            image_url=_as_url(quicklook), key="mapping-quicklook", description=f"{out} quicklook"
+        )
     return result
+
+
+def _as_url(where: str) -> str:
+    """An fsspec URL as given; a local path as a ``file://`` URL."""
+    return where if "://" in where else Path(where).resolve().as_uri()
 
 
 def _scenes(

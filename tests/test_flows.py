@@ -13,6 +13,23 @@ import pytest
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
 
 
+def posted_artifacts() -> dict[str, list[object]]:
+    """The data of every artifact on the test server, by key."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    async def read() -> list[object]:
+        async with get_client() as prefect:
+            return list(await prefect.read_artifacts())
+
+    posted: dict[str, list[object]] = {}
+    for artifact in asyncio.run(read()):
+        if key := getattr(artifact, "key", None):
+            posted.setdefault(key, []).append(artifact.data)  # type: ignore[attr-defined]
+    return posted
+
+
 def test_mapping_flow_run(
     prefect_server,
     cube_path: Path,
@@ -66,6 +83,11 @@ def test_mapping_flow_run(
     summary = run_summary(result)
     assert f"OA {oa}" in summary and "## Class areas (km²)" in summary
     assert all(c["name"] in summary for c in areas["classes"])
+    # The run's artifacts on the server: the summary and the quicklook image.
+    posted = posted_artifacts()
+    assert summary in map(str, posted["mapping-run"])
+    assert Path(result["export"]["quicklook"]).resolve().as_uri() in posted["mapping-quicklook"]
+    assert Path(result["export"]["quicklook"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_predict_options_from_flow_parameters() -> None:
@@ -164,7 +186,6 @@ def test_area_query_flow_reads_a_product_version(prefect_server, tmp_path: Path)
     table, the same figures as the library's query, and a Markdown artifact."""
     import numpy as np
     import pandas as pd
-    from prefect.client.orchestration import get_client
 
     from eoseg.errors import InvalidParameterError
     from eoseg.publish import query_table
@@ -195,14 +216,8 @@ def test_area_query_flow_reads_a_product_version(prefect_server, tmp_path: Path)
     with pytest.raises(InvalidParameterError, match=r"--version v1: .* is a class map store"):
         query_table(tmp_path / "v1.zarr", aoi=aoi, version="v1")
 
-    async def artifacts() -> list[object]:
-        async with get_client() as prefect:
-            return await prefect.read_artifacts()
-
-    import asyncio
-
-    found = [a for a in asyncio.run(artifacts()) if getattr(a, "key", None) == "area-query"]
-    assert found and "water" in str(found[0].data)
+    found = posted_artifacts().get("area-query", [])
+    assert found and any("water" in str(data) for data in found)
 
 
 def test_mapping_run_ingests_only_a_missing_cube_or_when_asked(tmp_path: Path) -> None:
