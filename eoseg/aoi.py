@@ -27,6 +27,7 @@ from eoseg.errors import (
     UnreadableVectorError,
 )
 from eoseg.grid import describe_lonlat, parse_bbox
+from eoseg.storage import is_url, resolve
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,8 @@ def read_aoi(spec: str) -> shapely.Geometry:
     """Read an area of interest as one geometry in EPSG:4326.
 
     Args:
-        spec: A path to a GeoJSON/GeoPackage file (features are unioned, any CRS) or a
-            ``"minx,miny,maxx,maxy"`` box in EPSG:4326 degrees.
+        spec: A path or fsspec URL (``s3://...``) of a GeoJSON/GeoPackage file (features
+            are unioned, any CRS) or a ``"minx,miny,maxx,maxy"`` box in EPSG:4326 degrees.
 
     Returns:
         A valid polygonal shapely geometry in EPSG:4326.
@@ -66,6 +67,9 @@ def read_aoi(spec: str) -> shapely.Geometry:
         UnreadableVectorError: The file cannot be read or holds no polygon.
         GeoreferenceError: The file has no CRS.
     """
+    if is_url(spec):  # a file on object storage, read from a downloaded copy
+        with resolve(spec, "--aoi").reading() as local:
+            return _read_aoi_file(local)
     path = Path(spec).expanduser()
     if path.is_file():
         return _read_aoi_file(path)
@@ -88,6 +92,9 @@ def read_regions(path: str | Path, field: str) -> dict[str, shapely.Geometry]:
         UnreadableVectorError: It cannot be read, lacks ``field`` or holds no polygon.
         GeoreferenceError: It has no CRS.
     """
+    if is_url(path):  # a file on object storage, read from a downloaded copy
+        with resolve(path, "--regions").reading() as local:
+            return read_regions(local, field)
     path = Path(path).expanduser()
     if not path.is_file():
         raise InputNotFoundError(f"regions file {str(path)!r} does not exist: check --regions")

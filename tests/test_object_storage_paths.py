@@ -202,3 +202,25 @@ def test_unreachable_url_is_refused_naming_the_option(
     assert ("does not exist" if not anonymous else "credentials") in result.output
     assert SECRET not in result.output
     assert not list(tmp_path.glob("*.zarr")) and not (tmp_path / "model").exists()
+
+
+def test_aoi_and_regions_files_on_s3_read_as_local_ones(s3: S3, tmp_path: Path) -> None:
+    """`query`/`evaluate`/`areas` read --aoi and --regions through `eoseg.aoi`: a file on
+    object storage gives the geometries the same file gives locally."""
+    import s3fs
+    import shapely
+
+    from eoseg.aoi import read_aoi, read_regions
+
+    parts = [shapely.box(500_000, 5_000_000, 501_000, 5_001_000),
+             shapely.box(501_000, 5_000_000, 502_500, 5_000_800)]  # fmt: skip
+    gdf = gpd.GeoDataFrame({"name": ["a", "b"]}, geometry=parts, crs=32633)
+    local = tmp_path / "regions.gpkg"
+    gdf.to_file(local, engine="pyogrio")
+    s3fs.S3FileSystem().put_file(str(local), f"{s3.bucket}/in/regions.gpkg")
+    url = s3.url("in/regions.gpkg")
+    assert read_aoi(url).equals(read_aoi(str(local)))
+    remote, here = read_regions(url, "name"), read_regions(local, "name")
+    assert remote.keys() == here.keys() == {"a", "b"}
+    assert all(remote[k].equals(here[k]) for k in here)
+    assert read_aoi(url).area > 0
