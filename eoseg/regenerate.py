@@ -42,6 +42,7 @@ from eoseg.inference import PredictOptions, resolve_settings
 from eoseg.input_signature import INPUT_KEY
 from eoseg.models.card import read_card
 from eoseg.predict import predict
+from eoseg.storage import resolve
 from eoseg.store import tile_provenance
 from eoseg.version_publish import publish_classmap
 from eoseg.versions import (
@@ -212,8 +213,9 @@ class RegenerateOptions:
         workdir: Where the recomputed tiles are predicted before the publish; a run
             killed there resumes from its tiles when run again with the same workdir.
             Default: a temporary folder, removed afterwards.
-        report_dir: Where the change report goes (``areas.csv``, ``areas.json``,
-            ``areas.md``, ``change.png``); default: not written.
+        report_dir: Folder or fsspec URL the change report goes to (``areas.csv``,
+            ``areas.json``, ``areas.md``, ``change.png``; on object storage uploaded once
+            written, ``areas.json`` last); default: not written.
         tag: Also name the new version so.
         message: The new version's message.
         run_id: Recorded by every recomputed tile (default: a new id).
@@ -221,7 +223,7 @@ class RegenerateOptions:
 
     predict: PredictOptions | None = None
     workdir: Path | None = None
-    report_dir: Path | None = None
+    report_dir: str | Path | None = None
     tag: str | None = None
     message: str = ""
     run_id: str = ""
@@ -291,10 +293,11 @@ def regenerate(
 
 
 def _report(
-    repository: str | Path, before: str, after: str, folder: Path | None
+    repository: str | Path, before: str, after: str, folder: str | Path | None
 ) -> tuple[dict[str, Any] | None, dict[str, str]]:
-    """The area-change report, and its files when ``folder`` is given. A per-date map is
-    compared on the last date both versions have (no report when they share none)."""
+    """The area-change report, and its files when ``folder`` (a path or URL) is given. A
+    per-date map is compared on the last date both versions have (no report when they
+    share none)."""
     old, new = (date_labels(open_version(repository, v)) for v in (before, after))
     date = None
     if old or new:
@@ -305,9 +308,18 @@ def _report(
             return None, {}
         date = common[-1]
     report = change_report(repository, before, after, date=date)
-    files: dict[str, str] = {}
-    if folder is not None:
-        files = write_change_report(report, folder)
-        png = folder / "change.png"
-        files["png"] = str(write_change_quicklook(repository, before, after, png, date=date))
-    return report.to_dict(), files
+    if folder is None:
+        return report.to_dict(), {}
+
+    def write(local: Path) -> dict[str, str]:
+        files = write_change_report(report, local)
+        png = write_change_quicklook(repository, before, after, local / "change.png", date=date)
+        return {**files, "png": str(png)}
+
+    dest = resolve(folder, "--report")
+    if dest.is_local:
+        return report.to_dict(), write(Path(folder))
+    with dest.staged("areas.json", replace=False) as local:
+        written = write(local)
+    urls = {k: dest.child(Path(p).relative_to(local).as_posix()).url for k, p in written.items()}
+    return report.to_dict(), urls

@@ -84,7 +84,7 @@ def regenerate(
     model_dir = model_task(model, registry, version)
     options = RegenerateOptions(
         workdir=Path(workdir) if workdir else None,
-        report_dir=Path(report_dir) if report_dir else None,
+        report_dir=report_dir or None,
         tag=tag,
         run_id=str(flow_run.get_id() or ""),
     )

@@ -22,11 +22,13 @@ from eoseg.grid import iter_tiles
 from eoseg.input_signature import INPUT_KEY
 from eoseg.regenerate import RegenerateOptions, plan_regeneration, regenerate
 from eoseg.stats import pixel_areas
+from eoseg.storage import resolve
 from eoseg.store import tile_provenance
 from eoseg.synthetic_scenes import BANDS, SPECTRA
 from eoseg.version_publish import publish_classmap
 from eoseg.versions import list_versions, open_repository, open_version, tile_records
 from tests.conftest import save_untrained_model, write_geotiff
+from tests.s3 import S3
 
 SIZE, TILE = 128, 32
 TOUCHED = {"r0000_c0000", "r0000_c0001", "r0001_c0000", "r0001_c0001"}
@@ -99,7 +101,7 @@ def test_ingest_records_input_signatures_that_change_only_where_new_scenes_touch
 
 
 def test_new_model_recomputes_every_tile_and_keeps_the_previous_version(
-    world: dict[str, Path], tmp_path: Path
+    world: dict[str, Path], tmp_path: Path, s3: S3
 ) -> None:
     repo = tmp_path / "product"  # a new product: its first version is the whole map
     first = regenerate(repo, world["cube1"], world["m1"])
@@ -112,7 +114,8 @@ def test_new_model_recomputes_every_tile_and_keeps_the_previous_version(
     again = regenerate(repo, world["cube1"], world["m1"])  # nothing new: nothing to do
     assert (again.committed, again.recomputed, again.after) == (False, (), first.after)
     v1_bytes = du(repo)
-    second = regenerate(repo, world["cube1"], world["m2"])
+    on_s3 = RegenerateOptions(report_dir=s3.url("report"))  # the report on object storage
+    second = regenerate(repo, world["cube1"], world["m2"], options=on_s3)
     added = du(repo) - v1_bytes
     print(f"storage: a new model (16 of 16 tiles) added {added} B to {v1_bytes} B")
     assert second.reasons == {"model": 16} and len(second.recomputed) == 16
@@ -122,6 +125,11 @@ def test_new_model_recomputes_every_tile_and_keeps_the_previous_version(
     for name, values in _maps(repo, "1").items():  # the previous version, unchanged
         np.testing.assert_array_equal(values, v1[name])
     assert not np.array_equal(_maps(repo, "latest")["confidence"], v1["confidence"])
+    assert set(second.files) == {"csv", "json", "md", "png"}
+    assert all(url.startswith(s3.url("report/")) for url in second.files.values())
+    uploaded = json.loads(resolve(second.files["json"]).read_text())
+    assert uploaded == json.loads(json.dumps(second.changes))
+    assert resolve(second.files["png"]).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_new_scene_recomputes_only_the_touched_tiles(

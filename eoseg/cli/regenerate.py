@@ -33,10 +33,11 @@ def regenerate(
         typer.Option("--registry", help="Model registry (folder or URL).", show_default=False),
     ] = None,
     report_dir: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--report",
-            help="Folder for the change report: areas.csv, areas.json, areas.md, change.png.",
+            help="Folder or URL (s3://...) for the change report: areas.csv, areas.json, "
+            "areas.md, change.png.",
             show_default=False,
         ),
     ] = None,
@@ -80,9 +81,10 @@ def regenerate(
     from eoseg.regenerate import RegenerateOptions
     from eoseg.regenerate import regenerate as run
     from eoseg.registry import fetch_model
-    from eoseg.storage import location
+    from eoseg.storage import check_reachable, location
 
     def body() -> None:
+        check_reachable({"--report": report_dir})
         model_dir = model
         if registry:
             name, _, version = model.partition("@")
