@@ -34,8 +34,8 @@ from eoseg.cluster import available_cores, torch_threads
 from eoseg.contexts import SINGLE, Fusion, resolve_fusion
 from eoseg.errors import InvalidParameterError
 from eoseg.models.accel import PRECISIONS, Accelerator, Precision, resolve_accelerator
-from eoseg.models.card import ModelCard
-from eoseg.models.weights import load_model
+from eoseg.models.card import CARD_FILE, WEIGHTS_FILE, ModelCard, parse_card, read_model_file
+from eoseg.models.weights import load_model, verify_model
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,14 @@ def _depth(card: ModelCard) -> int:
 class ModelPlugin(WorkerPlugin):
     """Loads the model once on every worker and sets torch's thread count.
 
+    The plugin carries the model folder's two files (read once on the client), so a
+    worker on another machine or in another pod, which cannot read the client's folder,
+    loads the same verified model; the scheduler keeps the plugin for workers that join
+    later (a replacement for a lost one). Tasks carry only the folder's name, the key of
+    the worker's model cache.
+
     Args:
-        model_dir: The model folder (a path: the weights never travel with the graph).
+        model_dir: The model folder (read here, on the client).
         precision: The run's ``--precision``.
         host_tasks: Tiles that run at once on each host (its workers' Dask threads), by
             host address; the cores of a host are shared among them.
@@ -148,13 +154,16 @@ class ModelPlugin(WorkerPlugin):
         self.model_dir = model_dir
         self.precision = precision
         self.host_tasks = host_tasks or {}
+        folder = Path(model_dir)
+        self.card = read_model_file(folder / CARD_FILE)
+        self.weights = read_model_file(folder / WEIGHTS_FILE)
 
     def setup(self, worker: Any) -> None:
         # Nannies pin OMP_NUM_THREADS=1; torch needs its thread count set explicitly.
         host = worker.address.rsplit(":", 1)[0].split("://")[-1]
         tasks = self.host_tasks.get(host, worker.state.nthreads)
         torch.set_num_threads(torch_threads(available_cores(), tasks))
-        get_model(self.model_dir, self.precision)
+        get_runner(self.model_dir, self.precision, files=(self.card, self.weights))
 
 
 def get_model(model_dir: str, precision: str = "auto") -> tuple[torch.nn.Module, ModelCard]:
@@ -164,15 +173,27 @@ def get_model(model_dir: str, precision: str = "auto") -> tuple[torch.nn.Module,
 
 
 def get_runner(
-    model_dir: str, precision: str = "auto"
+    model_dir: str, precision: str = "auto", files: tuple[bytes, bytes] | None = None
 ) -> tuple[torch.nn.Module, ModelCard, Accelerator]:
-    """The model, its card and the accelerator it is prepared for (cached per process)."""
+    """The model, its card and the accelerator it is prepared for (cached per process).
+
+    Args:
+        model_dir: The model folder; the cache's key with ``precision``.
+        precision: ``--precision``.
+        files: The folder's card and weights as bytes (`ModelPlugin`), read instead of
+            the folder when the model is not cached yet.
+    """
     key = (model_dir, precision)
     with _MODELS_LOCK:
         if key not in _MODELS:
             # On a dask-cuda worker CUDA_VISIBLE_DEVICES names its one GPU, so "cuda" is it.
             accel = resolve_accelerator(precision=precision, inference=True)
-            model, card = load_model(Path(model_dir), device=str(accel.device))
+            if files is None:
+                model, card = load_model(Path(model_dir), device=str(accel.device))
+            else:
+                doc = parse_card(files[0], model_dir)[0]
+                model, card = verify_model(files[1], doc, model_dir)
+                model.to(str(accel.device)).eval()
             _MODELS[key] = (accel.prepare(model), card, accel)
             log.info("model %s on %s", card.version, accel.describe())
         return _MODELS[key]

@@ -158,3 +158,31 @@ def test_band_mismatch_is_refused(cube_path: Path, tmp_path: Path) -> None:
     with pytest.raises(BandMismatchError, match="B11"):
         predict(cube_path, tmp_path / "m", tmp_path / "out.zarr")
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_workers_load_the_model_the_client_read_not_its_folder(tmp_path: Path) -> None:
+    """A worker in another process (on another machine, in another pod) cannot read the
+    client's model folder: the plugin brings the card and weights, verified there, and
+    the tasks find the model in the worker's cache under the folder's name."""
+    import shutil
+
+    from distributed import Client, LocalCluster
+
+    from eoseg.inference import ModelPlugin, get_model
+    from eoseg.models import load_model
+    from tests.conftest import save_untrained_model
+
+    folder = tmp_path / "model"
+    save_untrained_model(folder, ("B02", "B03", "B04", "B08"))
+    expected = load_model(folder)[1].version
+    plugin = ModelPlugin(str(folder), "fp32")
+    shutil.rmtree(folder)  # the workers never see it
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        client.register_plugin(plugin)
+        version = client.submit(lambda key: get_model(key, "fp32")[1].version, str(folder))
+        assert version.result(timeout=120) == expected
