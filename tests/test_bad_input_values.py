@@ -184,7 +184,7 @@ CASES = [
          ("--finetune-labels {ws}/shifted.zarr lies on another grid",), prepare=_shifted_labels),
     # predict: the chip lattice and precision (the workspace's model: depth 2, 32 px chips)
     Case("predict-overlap-negative", [*PREDICT, "--overlap", "-1"],
-         ("--overlap must be 0..24 px", "--chip-size 48", "found -1")),
+         ("--overlap must be 0..128 px", "--chip-size 256", "found -1")),
     Case("predict-overlap-above-half-chip", [*PREDICT, "--chip-size", "32", "--overlap", "20"],
          ("--overlap must be 0..16 px", "found 20", "or 16 for the four-fold blend")),
     Case("predict-chip-size-not-a-multiple", [*PREDICT, "--chip-size", "30"],

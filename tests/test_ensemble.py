@@ -88,6 +88,7 @@ def test_members_are_derived_from_the_first_networks_plan() -> None:
     no_refit = dataclasses.replace(card, sampling={"refit_chips": 0})
     assert members_for(TrainConfig(), no_refit)[0] == 1
     assert members_for(TrainConfig(members=2), no_refit)[0] == 2
+    assert members_for(TrainConfig(refit=True), card)[0] == 1  # asked for, not derived
     multi = dataclasses.replace(card, contexts={"contexts": [1, 2]})
     assert members_for(TrainConfig(), multi)[0] == 1
     with pytest.raises(InvalidParameterError, match="--members"):

@@ -25,6 +25,7 @@ from eoseg.errors import InvalidParameterError
 from eoseg.models import ModelCard, load_model, read_card, save_model
 from eoseg.models.ensemble import Ensemble, renormalisation
 from eoseg.store import staged_folder
+from eoseg.train.checkpoint import checkpoint_dir
 from eoseg.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -34,10 +35,10 @@ MEMBERS = 3
 0.854-0.874 OA and 0.369-0.377 mIoU over seven sets (five: 0.866 / 0.375; one network:
 0.839-0.873 and 0.353-0.375; the random forest: 0.845-0.850 and 0.366-0.369)."""
 
-TrainOne = Callable[[TrainConfig, Path, bool], ModelCard]
-"""Trains one network with a configuration into a model folder, returning its card; with
-True it may return the card of a network that folder already holds from the same inputs
-and options."""
+TrainOne = Callable[[TrainConfig, Path, Path, bool], ModelCard]
+"""Trains one network with a configuration into a model folder (its checkpoint in the
+second folder), returning its card; with True it may return the card of a network that
+folder already holds from the same inputs and options."""
 
 
 def member_dir(out_dir: Path, index: int) -> Path:
@@ -51,8 +52,9 @@ def members_for(config: TrainConfig, first: ModelCard) -> tuple[int, str]:
         return config.members, f"members: {config.members} (--members)"
     if first.contexts:
         return 1, "members: 1 (multi-context models are not averaged)"
-    if not first.sampling.get("refit_chips"):
-        return 1, "members: 1 (the labels are not refit: one network's spread is small)"
+    if config.refit is not None or not first.sampling.get("refit_chips"):
+        # the derived refit is the survey's "a few sparse polygons"; --refit is not
+        return 1, "members: 1 (not a few sparse polygons: one network's spread is small)"
     return MEMBERS, (
         f"members: {MEMBERS} (the last stage is refit on a few sparse regions: averaging "
         "networks of other seeds and validation splits removes much of their spread)"
@@ -76,8 +78,10 @@ def train_members(train_one: TrainOne, out_dir: Path, config: TrainConfig) -> Mo
     """Train one network, or an ensemble when `members_for` says so, into ``out_dir``."""
     check_members(config)
     if config.members == 1 or len(config.contexts) > 1:
-        return train_one(config, out_dir, False)
-    first = train_one(config, member_dir(out_dir, 0), True)
+        return train_one(config, out_dir, checkpoint_dir(out_dir), False)
+    # The first network checkpoints where a single one would: a run that turns out to
+    # need one network resumes as before.
+    first = train_one(config, member_dir(out_dir, 0), checkpoint_dir(out_dir), True)
     count, why = members_for(config, first)
     if count == 1:
         card = _move_model(member_dir(out_dir, 0), out_dir)
@@ -95,7 +99,8 @@ def train_members(train_one: TrainOne, out_dir: Path, config: TrainConfig) -> Mo
     for i in range(1, count):
         logger.info("training member %d of %d (seed %d)", i + 1, count, config.seed + i)
         member = dataclasses.replace(same, seed=config.seed + i)
-        cards.append(train_one(member, member_dir(out_dir, i), True))
+        folder = member_dir(out_dir, i)
+        cards.append(train_one(member, folder, checkpoint_dir(folder), True))
     card = save_ensemble([member_dir(out_dir, i) for i in range(count)], cards, out_dir, why)
     for i in range(count):
         shutil.rmtree(member_dir(out_dir, i), ignore_errors=True)

@@ -169,8 +169,8 @@ def train_model(
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         return train_members(
-            lambda cfg, out, reuse: _train(
-                cube, labels, out, schema, cfg, finetune_labels, progress, name, resume, reuse
+            lambda cfg, out, ckpt, reuse: _train(
+                cube, labels, out, schema, cfg, finetune_labels, progress, name, resume, reuse, ckpt
             ),
             Path(out_dir),
             config,
@@ -191,6 +191,7 @@ def _train(
     name: str,
     resume: bool,
     reuse: bool = False,
+    ckpt: Path | None = None,
 ) -> ModelCard:
     stages = {"pretrain": labels}
     if finetune_labels is not None:
@@ -242,7 +243,7 @@ def _train(
     )
     if reuse and resume and (done := finished_model(out_dir, card.fingerprint)) is not None:
         return done
-    ckpt = checkpoint_dir(out_dir)
+    ckpt = ckpt or checkpoint_dir(out_dir)
     saved = load_checkpoint(ckpt) if resume else None
     if saved is not None and saved.get("fingerprint") != card.fingerprint:
         logger.info("checkpoint %s is of other inputs or options: starting afresh", ckpt)
