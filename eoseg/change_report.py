@@ -12,8 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from eoseg.classes import IGNORE_ID, ClassSchema
 from eoseg.dates import DateChoice, select_date
 from eoseg.grid import grid_of
 from eoseg.stats import pixel_areas
+from eoseg.storage import resolve
 from eoseg.version_diff import VersionDiff, diff_versions
 from eoseg.versions import open_version
 
@@ -164,36 +163,30 @@ def report_of(diff: VersionDiff, location: str | Path, date: str | None = None) 
     )
 
 
-def write_change_report(report: ChangeReport, folder: Path) -> dict[str, str]:
-    """Write ``areas.csv``, ``areas.json`` and ``areas.md`` into ``folder``; their paths."""
-    folder.mkdir(parents=True, exist_ok=True)
+def write_change_report(report: ChangeReport, folder: str | Path) -> dict[str, str]:
+    """Write ``areas.csv``, ``areas.md`` and ``areas.json`` (last) into ``folder``, a path
+    or fsspec URL, each whole (`eoseg.storage.Location.write_text`); their locations."""
+    dest = resolve(folder, "--report")
     out = {}
     for name, text in (
         ("areas.csv", report.to_csv()),
-        ("areas.json", json.dumps(report.to_dict(), indent=2)),
         ("areas.md", report.to_markdown()),
+        ("areas.json", json.dumps(report.to_dict(), indent=2)),
     ):
-        path = folder / name
-        _write_atomic(path, text)
-        out[name.split(".")[1]] = str(path)
+        dest.child(name).write_text(text)
+        out[name.split(".")[1]] = str(dest.child(name))
     return out
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(text)
-    os.replace(f.name, path)
 
 
 def write_change_quicklook(
     location: str | Path,
     before: str,
     after: str,
-    out: Path,
+    out: str | Path,
     *,
     max_size: int = 1024,
     date: DateChoice = None,
-) -> Path:
+) -> str:
     """A PNG of what changed: each changed pixel in its new class's colour, the rest grey.
 
     The versions (of one ``date`` for a per-date map) are decimated by striding
@@ -227,9 +220,9 @@ def write_change_quicklook(
     handles = [Patch(color="#d9d9d9", label="unchanged")]
     handles += [Patch(color=c.color, label=f"→ {c.name}") for c in schema]
     ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, -0.12), ncol=4)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staged = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(staged, dpi=100, bbox_inches="tight")
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    os.replace(staged, out)
-    return out
+    where = resolve(out, "--report")
+    where.write_bytes(png.getvalue())  # whole: a temporary renamed locally, one PUT remotely
+    return str(where)

@@ -310,16 +310,6 @@ def _report(
     report = change_report(repository, before, after, date=date)
     if folder is None:
         return report.to_dict(), {}
-
-    def write(local: Path) -> dict[str, str]:
-        files = write_change_report(report, local)
-        png = write_change_quicklook(repository, before, after, local / "change.png", date=date)
-        return {**files, "png": str(png)}
-
-    dest = resolve(folder, "--report")
-    if dest.is_local:
-        return report.to_dict(), write(Path(folder))
-    with dest.staged("areas.json", replace=False) as local:
-        written = write(local)
-    urls = {k: dest.child(Path(p).relative_to(local).as_posix()).url for k, p in written.items()}
-    return report.to_dict(), urls
+    png = str(resolve(folder, "--report").child("change.png"))
+    files = {"png": write_change_quicklook(repository, before, after, png, date=date)}
+    return report.to_dict(), {**files, **write_change_report(report, folder)}

@@ -24,7 +24,7 @@ import torch
 from eoseg.errors import InvalidParameterError
 from eoseg.models import ModelCard, load_model, read_card, save_model
 from eoseg.models.ensemble import Ensemble, renormalisation
-from eoseg.store import staged_folder
+from eoseg.store import swap_into_place
 from eoseg.train.checkpoint import checkpoint_dir
 from eoseg.train.config import TrainConfig
 
@@ -152,10 +152,7 @@ def _ensemble_metrics(cards: list[ModelCard]) -> dict[str, Any]:
 
 
 def _move_model(src: Path, out_dir: Path) -> ModelCard:
-    """Put the model folder ``src`` in place of ``out_dir`` atomically."""
+    """Put the model folder ``src`` in place of ``out_dir`` (a rename: one folder)."""
     card = read_card(src)
-    with staged_folder(out_dir) as tmp:
-        for f in src.iterdir():
-            shutil.copy2(f, tmp / f.name)
-    shutil.rmtree(src, ignore_errors=True)
+    swap_into_place(src, out_dir)
     return card
