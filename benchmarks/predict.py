@@ -32,11 +32,12 @@ its cube and TorchGeo reads as it is. Figures (keys of ``--json``):
     scene of ``--scale`` times its area (default 16: 4x wider and taller) with the same
     tiles, each on a cluster sized as the CLI sizes it (the same one, right after the
     scene, where both get the same size) (target: big / 1x <= 1.2).
-    A one-tile scene gets one worker (all cores to its torch threads), a larger one a
-    worker per core: the tree then holds more busy workers, whatever the area. Where the
-    memory is: ``memory_worker_1x_mb``/``memory_worker_big_mb`` (the busiest worker's
-    peak, ``ru_maxrss``) and ``memory_client_1x_mb``/``memory_client_big_mb`` (the
-    process of client and local scheduler, which holds the plan).
+    The local cluster is one worker process; a one-tile scene gets one thread (all cores to
+    its torch threads), a larger one a thread per core: the worker then holds a tile per
+    core, whatever the area. Where the memory is: ``memory_worker_1x_mb`` /
+    ``memory_worker_big_mb`` (the busiest worker's peak, ``ru_maxrss``) and
+    ``memory_client_1x_mb`` / ``memory_client_big_mb`` (the process of client and local
+    scheduler, which holds the plan).
     ``memory_worker_big_over_1x``: the busiest worker's peak at ``--scale`` over its peak
     at 1x (flat: nothing a worker holds grows with the area).
     ``torchgeo_memory_mb``: the same for the TorchGeo loop's process on the scene (its
@@ -89,11 +90,12 @@ import torch
 from benchmarks import predict_scale, predict_setup, predict_torchgeo
 from benchmarks.predict_eoseg import (
     SETTINGS,
-    cluster_size,
+    cube_tiles,
     end_to_end_child,
     model_only,
     predict_kwargs,
 )
+from eoseg.cluster import ClusterShape, local_shape
 from eoseg.grid import DEFAULT_TILE_SIZE
 from eoseg.predict import open_classmap
 
@@ -110,9 +112,10 @@ def end_to_end(base: dict[str, Any], runs: dict[str, dict[str, str]]) -> dict[st
     root = Path(__file__).resolve().parents[1]
     path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": path}
-    groups: dict[int, dict[str, dict[str, str]]] = {}
+    groups: dict[ClusterShape | None, dict[str, dict[str, str]]] = {}
     for name, run in runs.items():
-        size = 0 if base["scheduler"] else cluster_size(Path(run["cube"]), base["tile_size"])
+        tiles = 0 if base["scheduler"] else cube_tiles(Path(run["cube"]), base["tile_size"])
+        size = local_shape(tiles) if tiles else None
         groups.setdefault(size, {})[name] = run
     figures: dict[str, Any] = {}
     for group in groups.values():

@@ -3,7 +3,7 @@
 The predict settings given to the benchmark (``--chip-size``, ``--overlap``,
 ``--precision``) reach eoseg through `predict_kwargs` (end to end) and `window_kwargs`
 (model only), so both runs compute the same chips; the local cluster is sized as the CLI
-sizes it (`eoseg.cluster.local_workers`).
+sizes it (`eoseg.cluster.local_shape`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any
 import torch
 
 from benchmarks.predict_setup import TreeMemory
-from eoseg.cluster import local_workers
 from eoseg.cube import open_cube
 from eoseg.grid import iter_tiles
 from eoseg.inference import PredictOptions, resolve_settings
@@ -77,10 +76,10 @@ def model_only(
     }
 
 
-def cluster_size(cube_path: Path, tile_size: int) -> int:
-    """Workers of the local cluster eoseg's CLI starts for a cube (one per core, no more
-    than its tiles: `eoseg.cluster.local_workers`)."""
-    return local_workers(len(list(iter_tiles(open_cube(cube_path).odc.geobox, tile_size))))
+def cube_tiles(cube_path: Path, tile_size: int) -> int:
+    """Tiles of a cube: what sizes the local cluster eoseg's CLI starts for it
+    (`eoseg.cluster.local_shape`)."""
+    return len(list(iter_tiles(open_cube(cube_path).odc.geobox, tile_size)))
 
 
 def end_to_end_child(spec: dict[str, Any]) -> None:
@@ -97,7 +96,7 @@ def end_to_end_child(spec: dict[str, Any]) -> None:
     kwargs = predict_kwargs(spec["options"])
     model = Path(spec["model"])
     first = Path(spec["runs"][0]["cube"])
-    extra: dict[str, Any] = {"n_workers": cluster_size(first, spec["tile_size"])}
+    extra: dict[str, Any] = {"tasks": cube_tiles(first, spec["tile_size"])}
     if spec["scheduler"] == "cuda":
         extra = {"gpu_threads": spec["gpu_threads"]}
     docs = []

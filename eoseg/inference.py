@@ -42,6 +42,11 @@ log = logging.getLogger(__name__)
 ACTIVATION_BYTES = 64
 """Peak inference memory of a U-Net per pixel and per unit of base width (bytes; about 40
 measured for widths 8-32, depths 2-4, with a margin)."""
+CPU_BATCH = 2
+"""Most chips per forward pass on the CPU: larger batches are slower there (the caches),
+and each chip of 256 px costs ~130 MB of activations at base width 32. U-Net 32/4 on
+256 px chips, 2 AVX2 cores (session 9), Mpx/s at batch 1 / 2 / 4 / 8: 0.27 / 0.29 / 0.23
+/ 0.24 with 2 torch threads, 0.19 / 0.20 / 0.17 / 0.15 with 1."""
 MEMORY_SHARE = 0.25
 """Share of the free memory (per concurrent task) one batch of chips may take."""
 
@@ -201,16 +206,16 @@ def get_runner(
 
 def batch_size_for(chip: int, card: ModelCard, accel: Accelerator, tasks: int = 1) -> int:
     """Chips per forward pass: what `MEMORY_SHARE` of the free memory (device memory on a
-    GPU), shared by ``tasks`` concurrent tiles, holds; 1..32 on a GPU, 1..8 on the CPU
-    (where larger batches are no faster). On a GPU the tiles sharing it are those of its
-    own worker (one worker per GPU), not every task of the host."""
+    GPU), shared by ``tasks`` concurrent tiles, holds; 1..32 on a GPU, 1..`CPU_BATCH` on
+    the CPU. On a GPU the tiles sharing it are those of its own worker (one worker per
+    GPU), not every task of the host."""
     if accel.device.type == "cuda":
         tasks = _worker_threads()
     per_chip = chip * chip * ACTIVATION_BYTES * int(card.architecture.get("base_width", 32))
     if accel.device.type == "cuda":
         free, cap = torch.cuda.mem_get_info(accel.device)[0], 32
     else:
-        free, cap = psutil.virtual_memory().available, 8
+        free, cap = psutil.virtual_memory().available, CPU_BATCH
     return int(max(1, min(cap, MEMORY_SHARE * free / max(tasks, 1) // per_chip)))
 
 

@@ -78,28 +78,29 @@ def guard(fn: Callable[[], T]) -> T:
 
 @contextmanager
 def dask_client(
-    scheduler: str | None, workdir: Path | None = None, n_workers: int | None = None
+    scheduler: str | None, workdir: Path | None = None, tasks: int | None = None
 ) -> Iterator[Any]:
     """A Dask client that connects (or starts the local cluster) only when first used.
 
     Commands validate their input and plan their work before they submit a tile, so a
     refused input fails in a moment, with no cluster started and nothing written.
-    ``n_workers``: of a local cluster (default `eoseg.cluster.local_workers`).
+    ``tasks``: the run's tiles, when known (a local cluster computes no more at once:
+    `eoseg.cluster.local_shape`).
     """
     with ExitStack() as stack:
-        yield _LazyClient(stack, scheduler, workdir, n_workers)
+        yield _LazyClient(stack, scheduler, workdir, tasks)
 
 
 class _LazyClient:
     """Stands for a `distributed.Client`; the first attribute asked for connects it."""
 
     def __init__(
-        self, stack: ExitStack, scheduler: str | None, workdir: Path | None, n_workers: int | None
+        self, stack: ExitStack, scheduler: str | None, workdir: Path | None, tasks: int | None
     ) -> None:
         self._stack = stack
         self._scheduler = scheduler
         self._workdir = workdir
-        self._n_workers = n_workers
+        self._tasks = tasks
         self._client: Any = None
 
     def __getattr__(self, name: str) -> Any:
@@ -108,7 +109,7 @@ class _LazyClient:
 
             quiet_dask()
             self._client = self._stack.enter_context(
-                connect(self._scheduler, local_directory=self._workdir, n_workers=self._n_workers)
+                connect(self._scheduler, local_directory=self._workdir, tasks=self._tasks)
             )
         return getattr(self._client, name)
 

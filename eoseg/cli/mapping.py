@@ -115,7 +115,6 @@ def predict(
     map; a per-date model (trained on a --by-date cube) maps every date into a
     (time, y, x) class map on the cube's dates, e.g. one map per month.
     """
-    from eoseg.cluster import local_workers
     from eoseg.contexts import parse_contexts
     from eoseg.predict import PredictOptions, prepare_predict, run_predict
     from eoseg.storage import check_reachable, location, resolve
@@ -138,10 +137,10 @@ def predict(
                 run_id=new_run_id(),
                 options=options,
             )
-            # A local cluster has no more workers than tiles: the cores go to torch threads.
-            workers = local_workers(len(job.tiles))
+            # A local cluster computes no more tiles at once than there are: one tile
+            # alone gets every core through torch's threads.
             with (
-                dask_client(scheduler, n_workers=workers) as client,
+                dask_client(scheduler, tasks=len(job.tiles)) as client,
                 console.progress_bar("predict") as bar,
             ):
                 result = run_predict(job, client=client, progress=bar)
