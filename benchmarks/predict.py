@@ -6,7 +6,7 @@ GeoTIFF of ``--scene-size`` px (default 2048: one default tile) that eoseg inges
 its cube and TorchGeo reads as it is. Figures (keys of ``--json``):
 
 ``model_only_mpx_s``
-    `eoseg.predict.predict_window` over every tile of the scene, with each tile's window
+    `eoseg.tile_prediction.predict_window` over every tile of the scene, with each tile's window
     (tile plus halo, eoseg's model input) already read into memory: the chips, batches,
     blending and device of eoseg's prediction, and nothing else. In this process with
     ``--threads`` torch threads, on eoseg's accelerator (``--precision``).

@@ -22,7 +22,8 @@ from eoseg.inference import PredictOptions, resolve_settings
 from eoseg.model_input import time_slices
 from eoseg.models import load_model
 from eoseg.models.accel import resolve_accelerator
-from eoseg.predict import predict, predict_window, tile_input
+from eoseg.predict import predict
+from eoseg.tile_prediction import predict_window, tile_input
 
 SETTINGS = ("chip_size", "overlap", "precision")
 """Predict settings the benchmark passes through (eoseg's `PredictOptions` fields)."""

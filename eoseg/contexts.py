@@ -11,7 +11,7 @@ would not widen what a fully convolutional U-Net sees around a pixel: its recept
 field, not the window, bounds that.
 
 Prediction (`context_probabilities`) gives each context its own global chip lattice:
-the lattice of `eoseg.predict.predict_window` on the grid coarsened ``c`` times (pooling
+the lattice of `eoseg.tile_prediction.predict_window` on the grid coarsened ``c`` times (pooling
 blocks start at multiples of ``c`` pixels from the grid origin, chips at multiples of half
 a chip of coarse pixels). A pixel therefore gets the same probabilities at every context
 whichever tile computes it. A tile reads one window whose halo covers the widest context
@@ -55,7 +55,7 @@ VIEW = "pooled"
 """How a wide window is shown to the network (the one rule; see the module docstring)."""
 
 PredictFn = Callable[..., np.ndarray]
-"""`eoseg.predict.predict_window` ``(model, card, window, lattice=...)``: blended class
+"""`eoseg.tile_prediction.predict_window` ``(model, card, window, lattice=...)``: blended class
 probabilities of a window's interior."""
 
 
@@ -219,7 +219,7 @@ def context_span(start: int, stop: int, context: int, chip: int) -> tuple[int, i
     Returns:
         ``(native0, native1, coarse0)``: the grid pixels to read (a multiple of
         ``context`` and of the lattice), and the first coarse pixel whose probabilities
-        `eoseg.predict.predict_window` returns for the pooled window (its interior
+        `eoseg.tile_prediction.predict_window` returns for the pooled window (its interior
         starts half a chip in).
     """
     margin = 1 if context > 1 else 0  # one coarse pixel each side for the upsampling
@@ -247,7 +247,7 @@ def context_probabilities(
         steps: The cube time steps of the model input (`eoseg.model_input.time_slices`).
         fusion: Contexts and weights.
         predict_fn: Blended probabilities of a window's interior
-            (`eoseg.predict.predict_window`), run on each context's pooled window.
+            (`eoseg.tile_prediction.predict_window`), run on each context's pooled window.
 
     Returns:
         ``(probs, valid)``: float32 ``(class, tile.height, tile.width)`` fused

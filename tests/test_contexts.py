@@ -219,7 +219,7 @@ def test_fusion_is_the_weighted_mean_of_log_probabilities(cube_path: Path, train
     from eoseg.cube import open_cube
     from eoseg.grid import Tile
     from eoseg.models.weights import load_model
-    from eoseg.predict import predict_window, tile_input
+    from eoseg.tile_prediction import predict_window, tile_input
 
     model, card = load_model(trained)
     cube = open_cube(cube_path)
@@ -268,7 +268,7 @@ def test_tile_probabilities_match_the_whole_grid(cube_path: Path, trained: Path)
     from eoseg.cube import open_cube
     from eoseg.grid import iter_tiles
     from eoseg.models.weights import load_model
-    from eoseg.predict import predict_window
+    from eoseg.tile_prediction import predict_window
 
     model, card = load_model(trained)
     cube = open_cube(cube_path)

@@ -21,7 +21,7 @@ def test_cuda_bf16_prediction_matches_cpu(cube_path: Path, model_dir: Path) -> N
     from eoseg.grid import iter_tiles
     from eoseg.models import load_model
     from eoseg.models.accel import resolve_accelerator
-    from eoseg.predict import predict_window, read_window
+    from eoseg.tile_prediction import predict_window, read_window
 
     cube = open_cube(cube_path)
     data = cube["data"].isel(time=0)

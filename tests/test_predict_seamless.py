@@ -15,8 +15,9 @@ import zarr
 from eoseg.blend import Lattice
 from eoseg.grid import Tile, iter_tiles
 from eoseg.inference import PredictOptions, get_runner
-from eoseg.predict import open_classmap, predict, tile_probabilities
+from eoseg.predict import open_classmap, predict
 from eoseg.store import open_store
+from eoseg.tile_prediction import tile_probabilities
 
 LATTICES = [Lattice(64, 8), Lattice(32, 16), Lattice(48, 0)]
 

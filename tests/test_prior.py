@@ -13,7 +13,7 @@ import torch
 from eoseg.blend import Lattice
 from eoseg.models import load_model
 from eoseg.models.card import adjust_logits, save_model
-from eoseg.predict import predict_window
+from eoseg.tile_prediction import predict_window
 from eoseg.train.prior import class_pixels, logit_adjustment
 from tests.conftest import save_untrained_model
 

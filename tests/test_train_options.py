@@ -15,7 +15,7 @@ from eoseg.errors import InputNotFoundError, InvalidParameterError
 from eoseg.inference import card_lattice
 from eoseg.models import UNet, count_flops_per_pixel, load_model
 from eoseg.models.accel import resolve_accelerator
-from eoseg.predict import predict_window
+from eoseg.tile_prediction import predict_window
 from eoseg.train import TrainConfig, train_model
 from eoseg.train.augment import augment, dihedral, elastic_deform
 from eoseg.train.config import configure, load_train_config
