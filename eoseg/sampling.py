@@ -16,119 +16,20 @@ window otherwise; the whole raster is never loaded.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import xarray as xr
 from scipy import ndimage
 
+from eoseg.blocks import BlockSplit, Part, part_mask
 from eoseg.classes import IGNORE_ID
 from eoseg.errors import BandMismatchError, InvalidParameterError
 from eoseg.model_input import TimeMode, composite, input_stack, pick_date
 
-__all__ = ["BlockSplit", "ChipSet", "composite", "read_window", "sample_chips", "split_blocks"]
+__all__ = ["ChipSet", "composite", "read_window", "sample_chips"]
 
 logger = logging.getLogger(__name__)
-
-Part = Literal["train", "val", "all"]
-
-
-@dataclass(frozen=True, slots=True)
-class BlockSplit:
-    """A grid of square blocks over a raster, each assigned to train or validation.
-
-    The last block row and column absorb the remainder of the raster (they are up to
-    ``2 * block_size - 1`` px), so every block holds a ``block_size`` window when the
-    raster does.
-
-    Attributes:
-        shape: ``(height, width)`` of the raster.
-        block_size: Least side of a block in pixels.
-        val_blocks: ``(block_row, block_col)`` of the validation blocks.
-    """
-
-    shape: tuple[int, int]
-    block_size: int
-    val_blocks: frozenset[tuple[int, int]]
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        """Number of block rows and columns."""
-        h, w = self.shape
-        return max(1, h // self.block_size), max(1, w // self.block_size)
-
-    def blocks(self, part: Part) -> list[tuple[int, int]]:
-        """Block indices of one part (``"train"``, ``"val"`` or ``"all"``), row-major."""
-        rows, cols = self.grid
-        out = []
-        for by in range(rows):
-            for bx in range(cols):
-                is_val = (by, bx) in self.val_blocks
-                if part == "all" or (part == "val") == is_val:
-                    out.append((by, bx))
-        return out
-
-    def bounds(self, block: tuple[int, int]) -> tuple[int, int, int, int]:
-        """Pixel bounds ``(row0, row1, col0, col1)`` of a block, clipped to the raster."""
-        (by, bx), (rows, cols), b = block, self.grid, self.block_size
-        h, w = self.shape
-        return (
-            by * b,
-            h if by == rows - 1 else (by + 1) * b,
-            bx * b,
-            w if bx == cols - 1 else (bx + 1) * b,
-        )
-
-
-def split_blocks(
-    shape: tuple[int, int],
-    *,
-    block_size: int,
-    val_fraction: float = 0.25,
-    seed: int = 0,
-    groups: Sequence[Collection[tuple[int, int]]] | None = None,
-) -> BlockSplit:
-    """Assign the blocks of a raster to training and validation at random.
-
-    Validation blocks are drawn within each group of blocks: ``val_fraction`` of it, and
-    at least one block to each part from a group of two or more.
-
-    Args:
-        shape: ``(height, width)`` of the raster.
-        block_size: Side of a block in pixels (at least the chip size).
-        val_fraction: Share of blocks held out for validation (0 disables validation).
-        seed: Seed of the assignment.
-        groups: Disjoint groups of ``(block_row, block_col)``, e.g. the blocks holding
-            clean labels, then those holding only noisy ones: validation then holds
-            labels of each kind whenever two blocks do. Blocks in no group are training
-            blocks. Default: one group of all blocks.
-
-    Returns:
-        The split.
-
-    Raises:
-        InvalidParameterError: If ``block_size`` or ``val_fraction`` is out of range.
-    """
-    if block_size < 1:
-        raise InvalidParameterError(
-            f"--block-size must be >= 1; found {block_size}: give a larger one"
-        )
-    if not 0.0 <= val_fraction < 1.0:
-        raise InvalidParameterError(
-            f"--val-fraction must be in [0, 1); found {val_fraction}: give e.g. 0.25"
-        )
-    split = BlockSplit((int(shape[0]), int(shape[1])), int(block_size), frozenset())
-    rng = np.random.default_rng(seed)
-    picked: set[tuple[int, int]] = set()
-    for group in [split.blocks("all")] if groups is None else groups:
-        blocks = sorted(group)
-        n_val = round(val_fraction * len(blocks))
-        if val_fraction > 0 and len(blocks) >= 2:
-            n_val = min(max(n_val, 1), len(blocks) - 1)
-        picked.update(blocks[i] for i in rng.permutation(len(blocks))[:n_val])
-    return BlockSplit(split.shape, split.block_size, frozenset(picked))
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,18 +126,6 @@ class _Centres:
         idx = int(order[starts[j] + rng.integers(counts[j])])
         row, col = divmod(idx, self._lab.shape[1])
         return row, col
-
-
-def _part_mask(split: BlockSplit, part: Part) -> np.ndarray:
-    """``(height, width)`` bool: the pixels of the blocks of ``part``."""
-    rows, cols = split.grid
-    member = np.zeros((rows, cols), dtype=bool)
-    for block in split.blocks(part):
-        member[block] = True
-    h, w = split.shape
-    row_block = np.minimum(np.arange(h) // split.block_size, rows - 1)
-    col_block = np.minimum(np.arange(w) // split.block_size, cols - 1)
-    return member[np.ix_(row_block, col_block)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,9 +242,49 @@ def sample_chips(
     """
     data = cube["data"]
     height, width = int(data.sizes["y"]), int(data.sizes["x"])
-    if labels.shape != (height, width):
+    _check_sizes(labels.shape, (height, width), chip_size, count)
+    band_index, band_names = _band_index(cube, bands)
+    if count == 0:  # e.g. no validation (--val-fraction 0): no block needs to hold a chip
+        return _empty(len(band_names), chip_size, band_names)
+    # Default: no validation, blocks of >= 1024 px so labels are read in bounded pieces.
+    split = split or BlockSplit((height, width), max(4 * chip_size, 1024), frozenset())
+    blocks = _usable_blocks(split, part, chip_size)
+    rng = np.random.default_rng(seed)
+    hist, regions = _block_counts(labels, split, blocks, ignore)
+    if not hist.any():
+        return _empty(len(band_names), chip_size, band_names)
+    # Plan: (block, target class) per chip, then read block by block.
+    targets, chosen = _targets(hist, regions, count, balance, rng)
+    in_part = part_mask(split, part)
+    # A chip moves within its block when the block leaves it room (blocks of two chips or
+    # more, dense labels); a chip-sized block would pin every chip to one window, so there
+    # the chip is centred on its pixel and may reach into the neighbouring blocks.
+    halo = chip_size // 2 if split.block_size < 2 * chip_size else 0
+    reader = _BlockReader(
+        cube, band_index, time, max_block_bytes, n_time=int(data.sizes.get("time", 1))
+    )
+    picked: list[tuple[np.ndarray, np.ndarray, tuple[int, int]]] = []
+    for bi in np.unique(chosen):
+        win = _Window(split.bounds(blocks[bi]), chip_size, (height, width), halo)
+        picked += _sample_block(
+            win, labels, in_part, reader, targets[chosen == bi], rng,
+            ignore=ignore, min_labelled=min_labelled,
+        )  # fmt: skip
+    if len(picked) < count:
+        logger.warning("sampled %d of %d chips (min_labelled=%s)", len(picked), count, min_labelled)
+    if not picked:
+        return _empty(len(band_names), chip_size, band_names)
+    xs, ys, origins = zip(*picked, strict=True)
+    return ChipSet(np.stack(xs), np.stack(ys), np.asarray(origins, np.int64), band_names)
+
+
+def _check_sizes(
+    labels_shape: tuple[int, ...], shape: tuple[int, int], chip_size: int, count: int
+) -> None:
+    height, width = shape
+    if labels_shape != shape:
         raise InvalidParameterError(
-            f"labels have shape {labels.shape} but the cube grid is {(height, width)}: "
+            f"labels have shape {labels_shape} but the cube grid is {shape}: "
             "rasterize the labels on the cube's grid"
         )
     if chip_size < 1 or chip_size > min(height, width):
@@ -365,72 +294,83 @@ def sample_chips(
         )
     if count < 0:
         raise InvalidParameterError(f"count must be >= 0; got {count}")
-    band_index, band_names = _band_index(cube, bands)
-    if count == 0:  # e.g. no validation (--val-fraction 0): no block needs to hold a chip
-        return _empty(len(band_names), chip_size, band_names)
-    # Default: no validation, blocks of >= 1024 px so labels are read in bounded pieces.
-    split = split or BlockSplit((height, width), max(4 * chip_size, 1024), frozenset())
-    blocks = [
-        b
-        for b in split.blocks(part)
-        if min(split.bounds(b)[1] - split.bounds(b)[0], split.bounds(b)[3] - split.bounds(b)[2])
-        >= chip_size
-    ]
+
+
+def _usable_blocks(split: BlockSplit, part: Part, chip_size: int) -> list[tuple[int, int]]:
+    """The blocks of ``part`` that hold a chip."""
+
+    def side(block: tuple[int, int]) -> int:
+        r0, r1, c0, c1 = split.bounds(block)
+        return min(r1 - r0, c1 - c0)
+
+    blocks = [b for b in split.blocks(part) if side(b) >= chip_size]
     if not blocks:
         raise InvalidParameterError(
             f"no {part!r} block of {split.block_size} px can hold a {chip_size} px chip: "
             "use larger blocks (--block-size), a smaller chip (--chip-size) or a lower "
             "validation fraction (--val-fraction)"
         )
-    rng = np.random.default_rng(seed)
-    hist, regions = _block_counts(labels, split, blocks, ignore)
-    n_time = int(data.sizes.get("time", 1))
-    if not hist.any() or count == 0:
-        return _empty(len(band_names), chip_size, band_names)
-    # Plan: (block, target class) per chip, then read block by block.
-    targets, chosen = _targets(hist, regions, count, balance, rng)
-    xs, ys, origins = [], [], []
-    in_part = _part_mask(split, part)
-    # A chip moves within its block when the block leaves it room (blocks of two chips or
-    # more, dense labels); a chip-sized block would pin every chip to one window, so there
-    # the chip is centred on its pixel and may reach into the neighbouring blocks.
-    halo = chip_size // 2 if split.block_size < 2 * chip_size else 0
-    for bi in np.unique(chosen):
-        win = _Window(split.bounds(blocks[bi]), chip_size, (height, width), halo)
-        lab = np.asarray(labels.isel(y=win.rows, x=win.cols).values)
-        centres = _Centres(lab[win.inner], ignore)
-        # Labels of other parts' blocks are hidden: a chip may show their imagery as
-        # context, never their labels (validation stays unseen).
-        lab = np.where(in_part[win.rows][:, win.cols], lab, ignore)
-        nbytes = n_time * len(band_names) * lab.size * 4
-        block_img = (
-            read_window(cube, band_index, win.rows, win.cols, time)
-            if nbytes <= max_block_bytes
-            else None
-        )
-        for k in targets[chosen == bi]:
-            for _ in range(10):  # a few tries to meet min_labelled
-                ry, rx = win.chip_at(*centres.draw(int(k), rng))
-                cut = np.s_[ry : ry + chip_size, rx : rx + chip_size]
-                if block_img is not None:
-                    images = block_img[(slice(None), slice(None), *cut)]
-                else:
-                    rows = slice(win.row0 + ry, win.row0 + ry + chip_size)
-                    cols = slice(win.col0 + rx, win.col0 + rx + chip_size)
-                    images = read_window(cube, band_index, rows, cols, time)
-                chip = pick_date(
-                    images, lab[cut], ignore=ignore, min_labelled=min_labelled, rng=rng
-                )
-                if chip is not None:
-                    xs.append(chip[0])
-                    ys.append(chip[1])
-                    origins.append((win.row0 + ry, win.col0 + rx))
-                    break
-    if len(xs) < count:
-        logger.warning("sampled %d of %d chips (min_labelled=%s)", len(xs), count, min_labelled)
-    if not xs:
-        return _empty(len(band_names), chip_size, band_names)
-    return ChipSet(np.stack(xs), np.stack(ys), np.asarray(origins, np.int64), band_names)
+    return blocks
+
+
+@dataclass(frozen=True, slots=True)
+class _BlockReader:
+    """Reads a block's imagery once when it is small, else chip window by chip window."""
+
+    cube: xr.Dataset
+    band_index: np.ndarray
+    time: TimeMode
+    max_block_bytes: int
+    n_time: int
+
+    def block(self, win: _Window) -> np.ndarray | None:
+        """The window's model input images, or None when it is too large to hold."""
+        h, w = win.rows.stop - win.rows.start, win.cols.stop - win.cols.start
+        if self.n_time * len(self.band_index) * h * w * 4 > self.max_block_bytes:
+            return None
+        return read_window(self.cube, self.band_index, win.rows, win.cols, self.time)
+
+    def chip(self, win: _Window, block: np.ndarray | None, ry: int, rx: int) -> np.ndarray:
+        """The images of the chip at ``(ry, rx)`` in the window."""
+        size = win.chip
+        if block is not None:
+            return block[:, :, ry : ry + size, rx : rx + size]
+        rows = slice(win.row0 + ry, win.row0 + ry + size)
+        cols = slice(win.col0 + rx, win.col0 + rx + size)
+        return read_window(self.cube, self.band_index, rows, cols, self.time)
+
+
+def _sample_block(
+    win: _Window,
+    labels: xr.DataArray,
+    in_part: np.ndarray,
+    reader: _BlockReader,
+    targets: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    ignore: int,
+    min_labelled: float,
+) -> list[tuple[np.ndarray, np.ndarray, tuple[int, int]]]:
+    """The chips of one block, one per target class: ``(images, labels, origin)``."""
+    lab = np.asarray(labels.isel(y=win.rows, x=win.cols).values)
+    centres = _Centres(lab[win.inner], ignore)
+    # Labels of other parts' blocks are hidden: a chip may show their imagery as
+    # context, never their labels (validation stays unseen).
+    lab = np.where(in_part[win.rows][:, win.cols], lab, ignore)
+    block = reader.block(win)
+    out = []
+    size = win.chip
+    for k in targets:
+        for _ in range(10):  # a few tries to meet min_labelled
+            ry, rx = win.chip_at(*centres.draw(int(k), rng))
+            chip = pick_date(
+                reader.chip(win, block, ry, rx), lab[ry : ry + size, rx : rx + size],
+                ignore=ignore, min_labelled=min_labelled, rng=rng,
+            )  # fmt: skip
+            if chip is not None:
+                out.append((chip[0], chip[1], (win.row0 + ry, win.col0 + rx)))
+                break
+    return out
 
 
 def _empty(n_bands: int, chip_size: int, bands: tuple[str, ...]) -> ChipSet:

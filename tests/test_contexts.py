@@ -12,6 +12,7 @@ import xarray as xr
 import zarr
 
 from eoseg.blend import mirror_index, read_mirrored
+from eoseg.blocks import BlockSplit
 from eoseg.classes import IGNORE_ID, generic_schema
 from eoseg.contexts import (
     SINGLE,
@@ -25,7 +26,7 @@ from eoseg.contexts import (
 from eoseg.errors import InvalidParameterError, InvalidStoreError
 from eoseg.models.card import ModelCard, read_card
 from eoseg.predict import PredictOptions, open_classmap, predict
-from eoseg.sampling import BlockSplit, sample_chips
+from eoseg.sampling import sample_chips
 from eoseg.train import TrainConfig, train_model
 from eoseg.train.contexts import widen_chips
 

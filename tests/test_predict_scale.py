@@ -104,3 +104,20 @@ def test_benchmark_small_json_has_its_figures(tmp_path: Path) -> None:
         assert doc["ratio"] == pytest.approx(doc["end_to_end_mpx_s"] / doc["torchgeo_mpx_s"])
         # Same network and weights: classes agree away from the chips' edges.
         assert doc["agreement"] > 0.75  # 0.85 here: 64 px chips, blended or not
+
+
+@pytest.mark.parametrize("tasks", [1, 3, None])
+def test_local_cluster_is_one_process_with_a_thread_per_tile_in_flight(
+    tasks: int | None, tmp_path: Path
+) -> None:
+    """The local cluster: one worker process, a thread per tile computed at once (no more
+    than the run's tiles, one per core, at most 4)."""
+    from eoseg.cluster import MAX_LOCAL_THREADS, available_cores, connect
+
+    cores = available_cores()
+    expected = min(cores, MAX_LOCAL_THREADS, tasks or cores)
+    with connect(None, tasks=tasks, local_directory=tmp_path / "dask") as client:
+        threads = client.nthreads()
+        pids = set(client.run(os.getpid).values())
+    assert list(threads.values()) == [expected] and len(pids) == 1
+    assert pids != {os.getpid()}  # a process of its own, not threads of this one

@@ -7,8 +7,9 @@ import pytest
 import xarray as xr
 from scipy import ndimage
 
+from eoseg.blocks import split_blocks
 from eoseg.errors import BandMismatchError, InvalidParameterError
-from eoseg.sampling import composite, sample_chips, split_blocks
+from eoseg.sampling import composite, sample_chips
 
 BANDS = ("B02", "B03", "B04", "B08")
 SIGNATURE = np.array(

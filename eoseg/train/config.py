@@ -38,13 +38,9 @@ from eoseg.errors import InputNotFoundError, InvalidParameterError
 from eoseg.model_input import TIME_MODES, TimeMode
 from eoseg.models.accel import PRECISIONS, Precision
 from eoseg.models.unet import Context
-from eoseg.sampling import ChipSet
-from eoseg.train.loop import StageSpec
 from eoseg.train.losses import (
     BootstrapMode,
     LossKind,
-    SegmentationLoss,
-    balanced_class_weights,
 )
 
 logger = logging.getLogger(__name__)
@@ -339,55 +335,6 @@ def _check(config: TrainConfig, name: str, ok: Callable[[Any], bool], expected: 
             f"{flag(name)} must be {expected}; found {value!r}: give such a value "
             f"(or `{name} = ...` in the --config file)"
         )
-
-
-def stage_spec(
-    config: TrainConfig, stage: str, chips: ChipSet, n_classes: int, epochs: int | None = None
-) -> StageSpec:
-    """The loss, schedule and augmentation of ``stage`` (``"pretrain"`` or ``"finetune"``).
-
-    ``epochs`` is the stage's number of epochs when derived (`eoseg.train.plan`); it
-    stands in for ``config.epochs`` left at None.
-
-    Raises:
-        InvalidParameterError: If explicit class weights do not match the schema.
-    """
-    weights = config.class_weights
-    if weights == "balanced":
-        weights = balanced_class_weights(chips.y, n_classes)
-        logger.info("%s class weights %s", stage, [round(w, 3) for w in weights])
-    elif weights is not None and len(weights) != n_classes:
-        raise InvalidParameterError(
-            f"--set class_weights=... has {len(weights)} entries but the schema has "
-            f"{n_classes} classes: give one weight per class id, or 'balanced'"
-        )
-    pre = stage == "pretrain"
-    loss = SegmentationLoss(
-        kind=config.noisy_loss if pre else "ce",
-        weight=None if weights is None else tuple(float(w) for w in weights),
-        q=config.gce_q,
-        beta=config.bootstrap_beta,
-        mode=config.bootstrap_mode,
-        jaccard_weight=config.jaccard_weight,
-        noisy_kind=None if pre else config.finetune_noisy_loss,
-    )
-    return StageSpec(
-        stage=stage,
-        epochs=(config.epochs if config.epochs is not None else epochs or 0)
-        if pre
-        else config.finetune_epochs,
-        lr=config.lr if pre else config.finetune_lr,
-        freeze_epochs=0 if pre else config.freeze_encoder_epochs,
-        loss=loss,
-        batch_size=config.batch_size,
-        weight_decay=config.weight_decay,
-        jitter=config.jitter,
-        elastic=config.elastic,
-        freeze_norm=not pre and config.finetune_norm == "frozen",
-        keep_best=config.keep_best,
-        patience=config.patience,
-        average_from=config.average_from,
-    )
 
 
 def configure(base: TrainConfig | None = None, **options: object) -> TrainConfig:

@@ -34,13 +34,14 @@ import torch
 import xarray as xr
 from torch.nn import functional
 
+from eoseg.blocks import BlockSplit, Part
 from eoseg.classes import IGNORE_ID
 from eoseg.contexts import PROB_FLOOR, fusion_record, pool, read_mirrored, upsample
 from eoseg.metrics import report_from_confusion
 from eoseg.model_input import TimeMode, input_stack
 from eoseg.models.accel import Accelerator
 from eoseg.models.card import ModelCard, adjust_logits, normalize
-from eoseg.sampling import BlockSplit, ChipSet, Part
+from eoseg.sampling import ChipSet
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ scene train as readily as labels that cover the whole scene:
 - split: validation blocks are drawn among the blocks that hold labels (of the last
   stage, then of the others), not over the whole grid. When the last stage's labels lie
   in one block but form two regions or more, whole regions are held out instead
-  (`RegionHoldout`).
+  (`eoseg.train.split.RegionHoldout`).
 - min_labelled: half the 10th percentile of the labelled share of chips centred on
   labelled regions, at most 0.25 (the threshold for dense labels) and at least one pixel.
 - train_chips, val_chips: 4 per training region (32 to 128) and 4 per validation region
@@ -47,15 +47,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
 import xarray as xr
-from scipy import ndimage
 
-from eoseg.classes import IGNORE_ID
+from eoseg.blocks import BlockSplit, Part
 from eoseg.errors import InvalidParameterError, NoOverlapError
-from eoseg.sampling import BlockSplit, Part, split_blocks
-from eoseg.train.survey import CELL, LabelSurvey, survey_labels
+from eoseg.train.split import RegionHoldout, labelled_blocks, split_stages
+from eoseg.train.survey import LabelSurvey, survey_labels
 
 if TYPE_CHECKING:
     from eoseg.train.config import TrainConfig
@@ -76,31 +74,6 @@ EPOCH_RANGE = (10, 60)
 """Least and most derived pretraining epochs."""
 REFIT_REGIONS = 1000
 """Most labelled regions of the last stage for which the refit on all labels is derived."""
-
-
-@dataclass(frozen=True, slots=True)
-class RegionHoldout:
-    """Whole regions of one stage's labels held out for validation.
-
-    Attributes:
-        stage: The stage whose labels it splits.
-        bounds: ``(row0, row1, col0, col1)`` of the window holding the regions.
-        mask: Boolean mask over that window, True on held-out pixels.
-        regions: Number of held-out regions.
-    """
-
-    stage: str
-    bounds: tuple[int, int, int, int]
-    mask: np.ndarray
-    regions: int
-
-    def apply(self, labels: xr.DataArray, part: Part) -> xr.DataArray:
-        """The labels of ``part``: the held-out pixels only (``"val"``) or all but them."""
-        r0, r1, c0, c1 = self.bounds
-        h, w = labels.shape
-        held = da.pad(da.from_array(self.mask), ((r0, h - r1), (c0, w - c1)))
-        keep = held if part == "val" else ~held
-        return labels.where(xr.DataArray(keep, dims=labels.dims), IGNORE_ID)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +195,7 @@ def plan_sampling(
                 "check that the labels overlap the cube and were rasterized onto it"
             )
     chip, block, why = _choose_sizes(shape, surveys, labels, config, sizes)
-    split, holdout, split_why = _split(shape, surveys, labels, config, block)
+    split, holdout, split_why = split_stages(shape, surveys, labels, config, block)
     plans = tuple(
         _stage_plan(s, surveys[s], labels[s], chip, split, holdout, config) for s in stages
     )
@@ -290,18 +263,6 @@ def _chip_candidates(shape: tuple[int, int], config: TrainConfig, max_chip: int)
     return sizes
 
 
-def _labelled_blocks(survey: LabelSurvey, labels: xr.DataArray, block: int) -> set[tuple[int, int]]:
-    if block % CELL == 0:
-        return survey.blocks(block)
-    split = BlockSplit(survey.shape, block, frozenset())  # an odd explicit size: read
-    out = set()
-    for b in split.blocks("all"):
-        r0, r1, c0, c1 = split.bounds(b)
-        if (np.asarray(labels.isel(y=slice(r0, r1), x=slice(c0, c1)).values) != IGNORE_ID).any():
-            out.add(b)
-    return out
-
-
 def _choose_sizes(
     shape: tuple[int, int],
     surveys: Mapping[str, LabelSurvey],
@@ -315,7 +276,7 @@ def _choose_sizes(
 
     def blocks(stage: str, block: int) -> int:
         if (stage, block) not in counted:
-            counted[stage, block] = len(_labelled_blocks(surveys[stage], labels[stage], block))
+            counted[stage, block] = len(labelled_blocks(surveys[stage], labels[stage], block))
         return counted[stage, block]
 
     def block_for(chip: int) -> int:
@@ -356,60 +317,6 @@ def _choose_sizes(
     return chip, block, why
 
 
-def _split(
-    shape: tuple[int, int],
-    surveys: Mapping[str, LabelSurvey],
-    labels: Mapping[str, xr.DataArray],
-    config: TrainConfig,
-    block: int,
-) -> tuple[BlockSplit, RegionHoldout | None, list[str]]:
-    """The block split among labelled blocks, and a region holdout where it cannot split."""
-    stages = list(surveys)[::-1]  # the last stage's blocks first
-    groups: list[set[tuple[int, int]]] = []
-    for stage in stages:
-        seen = set().union(*groups)
-        groups.append(_labelled_blocks(surveys[stage], labels[stage], block) - seen)
-    split = split_blocks(
-        shape, block_size=block, val_fraction=config.val_fraction, seed=config.seed, groups=groups
-    )
-    counts = ", ".join(f"{s}: {len(g)}" for s, g in zip(stages, groups, strict=True))
-    why = [
-        f"split: {len(split.val_blocks)} validation blocks drawn ({config.val_fraction:.0%}) "
-        f"among the blocks holding labels ({counts})"
-    ]
-    final = stages[0]
-    if config.val_fraction == 0 or len(groups[0]) != 1 or surveys[final].regions < 2:
-        return split, None, why
-    holdout = _hold_out_regions(final, labels[final], split, next(iter(groups[0])), config)
-    if holdout is not None:
-        why.append(
-            f"split: the {final} labels lie in one {block} px block; {holdout.regions} of "
-            "its regions are held out for validation (their pixels masked for training)"
-        )
-    return split, holdout, why
-
-
-def _hold_out_regions(
-    stage: str, labels: xr.DataArray, split: BlockSplit, block: tuple[int, int], config: TrainConfig
-) -> RegionHoldout | None:
-    bounds = split.bounds(block)
-    r0, r1, c0, c1 = bounds
-    lab = np.asarray(labels.isel(y=slice(r0, r1), x=slice(c0, c1)).values)
-    comps: list[tuple[np.ndarray, int]] = []
-    for k in np.unique(lab[lab != IGNORE_ID]):
-        comp, n = ndimage.label(lab == k)
-        comps.extend((comp, i) for i in range(1, n + 1))
-    if len(comps) < 2:
-        return None
-    n_val = min(max(round(config.val_fraction * len(comps)), 1), len(comps) - 1)
-    rng = np.random.default_rng(config.seed)
-    mask = np.zeros(lab.shape, bool)
-    for j in rng.permutation(len(comps))[:n_val]:
-        comp, i = comps[j]
-        mask |= comp == i
-    return RegionHoldout(stage, bounds, mask, n_val)
-
-
 def _stage_plan(
     stage: str,
     survey: LabelSurvey,
@@ -434,7 +341,7 @@ def _stage_plan(
     elif n_val == 0:
         note = (
             f"the {stage} labels have no region in a validation block ({survey.regions} "
-            f"region(s) in {len(_labelled_blocks(survey, labels, split.block_size))} "
+            f"region(s) in {len(labelled_blocks(survey, labels, split.block_size))} "
             f"block(s) of {split.block_size} px): draw more polygons, or lower --block-size "
             "/ --chip-size"
         )

@@ -29,11 +29,12 @@ import xarray as xr
 from eoseg.classes import ClassSchema
 from eoseg.model_input import TimeMode
 from eoseg.sampling import ChipSet, sample_chips
-from eoseg.train.config import TrainConfig, stage_spec
+from eoseg.train.config import TrainConfig
 from eoseg.train.contexts import Widen
 from eoseg.train.finetune import finetune_chips
 from eoseg.train.loop import History, StageSpec
 from eoseg.train.plan import SamplingPlan
+from eoseg.train.stage import stage_spec
 
 REFIT = "refit"
 """The stage name of the final fit."""

@@ -60,7 +60,7 @@ from eoseg.train.checkpoint import (
     save_checkpoint,
 )
 from eoseg.train.chips import sample_context_chips, sample_training_chips
-from eoseg.train.config import TrainConfig, stage_spec
+from eoseg.train.config import TrainConfig
 from eoseg.train.ensemble import train_members
 from eoseg.train.finetune import rehearse_missing, replay_noisy
 from eoseg.train.loop import History, fit_stage
@@ -69,6 +69,7 @@ from eoseg.train.normalise import cube_band_stats
 from eoseg.train.plan import plan_sampling
 from eoseg.train.prior import class_pixels, logit_adjustment
 from eoseg.train.refit import REFIT, clone_state, refit_note, refit_spec, sample_refit_chips
+from eoseg.train.stage import stage_spec
 from eoseg.train.validation import validation_figures
 
 __all__ = [

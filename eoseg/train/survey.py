@@ -64,7 +64,7 @@ class LabelSurvey:
         return float(np.quantile(values, q)) if values.size else 0.0
 
     def blocks(self, block_size: int, shape: tuple[int, int] | None = None) -> set[tuple[int, int]]:
-        """The blocks holding labels when the raster is cut as `eoseg.sampling.BlockSplit`
+        """The blocks holding labels when the raster is cut as `eoseg.blocks.BlockSplit`
         cuts it (the last row and column absorbing the remainder).
 
         ``block_size`` must be a multiple of `CELL`.
