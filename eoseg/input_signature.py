@@ -9,8 +9,10 @@ between two cubes holds the same pixels; `eoseg predict` copies it into the clas
 tile record, and `eoseg.regenerate` recomputes only the tiles whose signature changed.
 
 A local file's identity is its absolute path, size and modification time (nanoseconds):
-cheap to read, and any rewrite of the file changes it. A remote asset (``s3://``,
-``https://``) is identified by its URL, which STAC catalogs version per item.
+cheap to read, and any rewrite of the file changes it. A file on object storage or a web
+server (``s3://``, ``https://``) is identified by its URL and what one HEAD request
+through `eoseg.storage` returns (ETag, version id, size, last modified): an object
+replaced at the same URL changes it. Each file is looked at once per run, not per tile.
 """
 
 from __future__ import annotations
@@ -18,37 +20,41 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from odc.geo.geobox import GeoBox
 
 from eoseg.composite import TileJob
+from eoseg.errors import EosegError
 from eoseg.ingest_plan import CubeEncoding
 from eoseg.scene import BandSource, Scene
+from eoseg.storage import resolve
 
 INPUT_KEY = "input_signature"
 """Key of a cube tile's provenance record (and of a class map tile's) holding the digest."""
 
 
 def file_identity(href: str) -> list[Any]:
-    """A file's identity: ``[path, size, mtime_ns]`` for a local file, ``[url]`` otherwise
-    (and ``[path]`` for a local file that is gone)."""
-    if "://" in href and not href.startswith("file://"):
-        return [href]
-    path = Path(href.removeprefix("file://")).absolute()
+    """A file's identity (`eoseg.storage.Location.content_identity`): ``[path, size,
+    mtime_ns]`` for a local file, ``[url, "ETag=...", ...]`` from one HEAD request for a
+    URL; ``[path]`` or ``[url]`` alone for a file that is gone or cannot be reached."""
     try:
-        stat = path.stat()
-    except OSError:
-        return [str(path)]
-    return [str(path), stat.st_size, stat.st_mtime_ns]
+        return resolve(href).content_identity()
+    except EosegError:  # a scheme no installed filesystem reads: the URL is all there is
+        return [href]
 
 
-def scene_identity(scene: Scene) -> dict[str, Any]:
-    """Everything about a scene that its pixels on a tile depend on (JSON-ready)."""
+def scene_identity(scene: Scene, cache: dict[str, list[Any]] | None = None) -> dict[str, Any]:
+    """Everything about a scene that its pixels on a tile depend on (JSON-ready).
+
+    ``cache`` holds the `file_identity` of each file already looked at, by href.
+    """
+    known = {} if cache is None else cache
 
     def band(b: BandSource) -> list[Any]:
-        return [b.name, b.index, b.kind, *file_identity(b.href)]
+        if b.href not in known:
+            known[b.href] = file_identity(b.href)
+        return [b.name, b.index, b.kind, *known[b.href]]
 
     return {
         "id": scene.id,
@@ -80,7 +86,8 @@ def input_signatures(
         dates: The cube's time steps when they are dates (``by_date``), else None: the
             single composite's date label does not change its pixels.
     """
-    identities: dict[str, dict[str, Any]] = {}  # each file is looked at once per run
+    identities: dict[str, dict[str, Any]] = {}  # each scene (and file) looked at once per run
+    files: dict[str, list[Any]] = {}
     shared = {
         "composite": composite,
         "encoding": [encoding.dtype, encoding.scale, encoding.offset, str(encoding.fill)],
@@ -89,9 +96,9 @@ def input_signatures(
     out = {}
     for job in jobs:
         box = job.tile.geobox(grid)
-        steps = [
-            [identities.setdefault(s.id, scene_identity(s)) for s in scenes] for scenes in job.steps
-        ]
+        for scene in (s for scenes in job.steps for s in scenes if s.id not in identities):
+            identities[scene.id] = scene_identity(scene, files)
+        steps = [[identities[s.id] for s in scenes] for scenes in job.steps]
         doc = {
             **shared,
             "frame": [str(box.crs), list(box.affine)[:6], list(box.shape.yx)],
