@@ -299,7 +299,11 @@ def _local(path: Path) -> Location:
 def staging_dir(loc: Location) -> Path:
     """The local folder where an output on object storage is staged resumably
     (`Location.staged`): ``$XDG_CACHE_HOME/eoseg/staging/<digest of the URL>``
-    (``~/.cache`` by default), the same for every run writing that URL on this machine."""
+    (``~/.cache`` by default), the same for every run writing that URL on this machine.
+
+    A container whose disk goes with it (a Kubernetes pod) resumes only if
+    ``XDG_CACHE_HOME`` lies on a volume that outlives it.
+    """
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "eoseg" / "staging" / hashlib.sha256(loc.url.encode()).hexdigest()[:20]
 

@@ -52,6 +52,17 @@ def test_other_overlap_recomputes_every_tile_same_settings_none(
     assert same["after"] == other["after"]
 
 
+def test_bad_overlap_is_refused_before_any_work(
+    cube_path: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "product"
+    args = ["products", "regenerate", str(repo), "--cube", str(cube_path), "--model",
+            str(model_dir), "--overlap", "9999"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "--overlap" in result.output
+    assert "Traceback" not in result.output and not repo.exists()
+
+
 def test_option_defaults_are_predicts() -> None:
     assert predict_options() == PredictOptions()
     given = predict_options(32, 8, "fp32", True, "1,2")
