@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,18 +31,46 @@ from eoseg.ingest_plan import CubeEncoding
 from eoseg.scene import BandSource, Scene
 from eoseg.storage import resolve
 
+log = logging.getLogger(__name__)
+
 INPUT_KEY = "input_signature"
 """Key of a cube tile's provenance record (and of a class map tile's) holding the digest."""
 
 
 def file_identity(href: str) -> list[Any]:
-    """A file's identity (`eoseg.storage.Location.content_identity`): ``[path, size,
-    mtime_ns]`` for a local file, ``[url, "ETag=...", ...]`` from one HEAD request for a
-    URL; ``[path]`` or ``[url]`` alone for a file that is gone or cannot be reached."""
+    """What identifies a file's content, cheaply (no byte of it is read).
+
+    A local file: ``[absolute path, size, mtime_ns]``. A URL, through `eoseg.storage`:
+    the URL and what one HEAD request returns (the ETag or the filesystem's checksum or
+    generation, version id, size, last-modified time), so an object replaced at the same
+    URL is told apart even within the same second. ``[path or URL]`` alone for a file
+    that is gone or cannot be reached, or a scheme no installed filesystem reads.
+    """
     try:
-        return resolve(href).content_identity()
-    except EosegError:  # a scheme no installed filesystem reads: the URL is all there is
+        loc = resolve(href)
+    except EosegError:
         return [href]
+    if loc.local is not None:
+        path = loc.local.absolute()
+        try:
+            stat = path.stat()
+        except OSError:
+            return [str(path)]
+        return [str(path), stat.st_size, stat.st_mtime_ns]
+    try:
+        loc.fs.invalidate_cache(loc.path)  # a listing cached earlier may be stale
+        info = loc.fs.info(loc.path)
+    except Exception as exc:  # gone, denied, unreachable: all mean "not identified"
+        log.warning("cannot read the identity of %s (%s)", loc.url, type(exc).__name__)
+        return [loc.url]
+    return [loc.url, *(f"{k}={info[k]}" for k in _CONTENT_KEYS if info.get(k) is not None)]
+
+
+_CONTENT_KEYS = ("ETag", "etag", "Content-MD5", "Digest", "md5Hash", "generation", "VersionId",
+                 "size", "LastModified", "last_modified", "updated", "mtime")  # fmt: skip
+"""Keys of an fsspec ``info`` that identify an object's content: s3fs (``ETag``,
+``VersionId``, ``LastModified``), gcsfs (``md5Hash``, ``generation``, ``updated``), Azure
+(``etag``, ``last_modified``), HTTP (``ETag``, ``Content-MD5``, ``Digest``)."""
 
 
 def scene_identity(scene: Scene, cache: dict[str, list[Any]] | None = None) -> dict[str, Any]:

@@ -32,7 +32,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
@@ -135,30 +134,6 @@ class Location:
             return []
         found = (p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.path, detail=False))
         return sorted(n for n in found if fnmatch.fnmatchcase(n, pattern))
-
-    def content_identity(self) -> list[Any]:
-        """What identifies this file's content, cheaply (no byte of it is read).
-
-        Locally ``[absolute path, size, mtime_ns]``. On object storage the URL and what
-        one HEAD request returns: the ETag (or the filesystem's checksum or generation),
-        version id, size and last-modified time, so an object replaced at the same URL
-        is told apart even within the same second. ``[path or URL]`` alone when the file
-        is gone or cannot be reached (so a later readable state differs from it).
-        """
-        if self.local is not None:
-            path = self.local.absolute()
-            try:
-                stat = path.stat()
-            except OSError:
-                return [str(path)]
-            return [str(path), stat.st_size, stat.st_mtime_ns]
-        try:
-            self.fs.invalidate_cache(self.path)  # a listing cached earlier may be stale
-            info = self.fs.info(self.path)
-        except Exception as exc:  # gone, denied, unreachable: all mean "not identified"
-            log.warning("cannot read the identity of %s (%s)", self.url, _scrub(str(exc)))
-            return [self.url]
-        return [self.url, *(f"{k}={info[k]}" for k in _CONTENT_KEYS if info.get(k) is not None)]
 
     def read_bytes(self) -> bytes:
         """The whole content of the file."""
@@ -283,13 +258,6 @@ class Location:
         parent = self.local.absolute().parent
         parent.mkdir(parents=True, exist_ok=True)
         return str(parent)
-
-
-_CONTENT_KEYS = ("ETag", "etag", "Content-MD5", "Digest", "md5Hash", "generation", "VersionId",
-                 "size", "LastModified", "last_modified", "updated", "mtime")  # fmt: skip
-"""Keys of an fsspec ``info`` that identify an object's content: s3fs (``ETag``,
-``VersionId``, ``LastModified``), gcsfs (``md5Hash``, ``generation``, ``updated``), Azure
-(``etag``, ``last_modified``), HTTP (``ETag``, ``Content-MD5``, ``Digest``)."""
 
 
 def _local(path: Path) -> Location:
