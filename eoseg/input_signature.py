@@ -9,46 +9,81 @@ between two cubes holds the same pixels; `eoseg predict` copies it into the clas
 tile record, and `eoseg.regenerate` recomputes only the tiles whose signature changed.
 
 A local file's identity is its absolute path, size and modification time (nanoseconds):
-cheap to read, and any rewrite of the file changes it. A remote asset (``s3://``,
-``https://``) is identified by its URL, which STAC catalogs version per item.
+cheap to read, and any rewrite of the file changes it. A file on object storage or a web
+server (``s3://``, ``https://``) is identified by its URL and what one HEAD request
+through `eoseg.storage` returns (ETag, version id, size, last modified): an object
+replaced at the same URL changes it. Each file is looked at once per run, not per tile.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from odc.geo.geobox import GeoBox
 
 from eoseg.composite import TileJob
+from eoseg.errors import EosegError
 from eoseg.ingest_plan import CubeEncoding
 from eoseg.scene import BandSource, Scene
+from eoseg.storage import resolve
+
+log = logging.getLogger(__name__)
 
 INPUT_KEY = "input_signature"
 """Key of a cube tile's provenance record (and of a class map tile's) holding the digest."""
 
 
 def file_identity(href: str) -> list[Any]:
-    """A file's identity: ``[path, size, mtime_ns]`` for a local file, ``[url]`` otherwise
-    (and ``[path]`` for a local file that is gone)."""
-    if "://" in href and not href.startswith("file://"):
-        return [href]
-    path = Path(href.removeprefix("file://")).absolute()
+    """What identifies a file's content, cheaply (no byte of it is read).
+
+    A local file: ``[absolute path, size, mtime_ns]``. A URL, through `eoseg.storage`:
+    the URL and what one HEAD request returns (the ETag or the filesystem's checksum or
+    generation, version id, size, last-modified time), so an object replaced at the same
+    URL is told apart even within the same second. ``[path or URL]`` alone for a file
+    that is gone or cannot be reached, or a scheme no installed filesystem reads.
+    """
     try:
-        stat = path.stat()
-    except OSError:
-        return [str(path)]
-    return [str(path), stat.st_size, stat.st_mtime_ns]
+        loc = resolve(href)
+    except EosegError:
+        return [href]
+    if loc.local is not None:
+        path = loc.local.absolute()
+        try:
+            stat = path.stat()
+        except OSError:
+            return [str(path)]
+        return [str(path), stat.st_size, stat.st_mtime_ns]
+    try:
+        loc.fs.invalidate_cache(loc.path)  # a listing cached earlier may be stale
+        info = loc.fs.info(loc.path)
+    except Exception as exc:  # gone, denied, unreachable: all mean "not identified"
+        log.warning("cannot read the identity of %s (%s)", loc.url, type(exc).__name__)
+        return [loc.url]
+    return [loc.url, *(f"{k}={info[k]}" for k in _CONTENT_KEYS if info.get(k) is not None)]
 
 
-def scene_identity(scene: Scene) -> dict[str, Any]:
-    """Everything about a scene that its pixels on a tile depend on (JSON-ready)."""
+_CONTENT_KEYS = ("ETag", "etag", "Content-MD5", "Digest", "md5Hash", "generation", "VersionId",
+                 "size", "LastModified", "last_modified", "updated", "mtime")  # fmt: skip
+"""Keys of an fsspec ``info`` that identify an object's content: s3fs (``ETag``,
+``VersionId``, ``LastModified``), gcsfs (``md5Hash``, ``generation``, ``updated``), Azure
+(``etag``, ``last_modified``), HTTP (``ETag``, ``Content-MD5``, ``Digest``)."""
+
+
+def scene_identity(scene: Scene, cache: dict[str, list[Any]] | None = None) -> dict[str, Any]:
+    """Everything about a scene that its pixels on a tile depend on (JSON-ready).
+
+    ``cache`` holds the `file_identity` of each file already looked at, by href.
+    """
+    known = {} if cache is None else cache
 
     def band(b: BandSource) -> list[Any]:
-        return [b.name, b.index, b.kind, *file_identity(b.href)]
+        if b.href not in known:
+            known[b.href] = file_identity(b.href)
+        return [b.name, b.index, b.kind, *known[b.href]]
 
     return {
         "id": scene.id,
@@ -80,7 +115,8 @@ def input_signatures(
         dates: The cube's time steps when they are dates (``by_date``), else None: the
             single composite's date label does not change its pixels.
     """
-    identities: dict[str, dict[str, Any]] = {}  # each file is looked at once per run
+    identities: dict[str, dict[str, Any]] = {}  # each scene (and file) looked at once per run
+    files: dict[str, list[Any]] = {}
     shared = {
         "composite": composite,
         "encoding": [encoding.dtype, encoding.scale, encoding.offset, str(encoding.fill)],
@@ -89,9 +125,9 @@ def input_signatures(
     out = {}
     for job in jobs:
         box = job.tile.geobox(grid)
-        steps = [
-            [identities.setdefault(s.id, scene_identity(s)) for s in scenes] for scenes in job.steps
-        ]
+        for scene in (s for scenes in job.steps for s in scenes if s.id not in identities):
+            identities[scene.id] = scene_identity(scene, files)
+        steps = [[identities[s.id] for s in scenes] for scenes in job.steps]
         doc = {
             **shared,
             "frame": [str(box.crs), list(box.affine)[:6], list(box.shape.yx)],

@@ -14,12 +14,15 @@ Object storage has no rename. Files are written to a local temporary and uploade
 one PUT (`Location.writing`), which S3 makes visible whole or not at all. Zarr stores are
 staged under a ``<out>.partial/`` prefix, like local ones, and published by a
 server-side copy whose last object is the root ``zarr.json`` (`publish_prefix`): until
-that marker lands, nothing at ``<out>`` is a store.
+that marker lands, nothing at ``<out>`` is a store. A long write that resumes from what
+it left beside its output (training's checkpoint) is staged in a local folder kept per
+URL (`staging_dir`), so a rerun after a kill finds it.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import logging
 import os
 import shutil
@@ -213,7 +216,9 @@ class Location:
             yield local
 
     @contextmanager
-    def staged(self, marker: str | None = None, *, replace: bool = True) -> Iterator[Path]:
+    def staged(
+        self, marker: str | None = None, *, replace: bool = True, resumable: bool = False
+    ) -> Iterator[Path]:
         """Yield a local path to write this file or folder at; on success it is published.
 
         Locally the path itself is yielded: eoseg's local writers already write aside and
@@ -226,9 +231,20 @@ class Location:
                 that looks complete.
             replace: For a folder, delete what the prefix held first (a product replaced
                 whole); False uploads over it, keeping other objects (a report folder).
+            resumable: On object storage, stage in `staging_dir` instead of a temporary
+                folder: the same folder for every run writing this URL, kept when the
+                block fails, so a rerun finds what the writer left beside the path
+                (a training checkpoint) and resumes; removed once uploaded.
         """
         if self.local is not None:
             yield self.local
+            return
+        if resumable:
+            folder = staging_dir(self)
+            folder.mkdir(parents=True, exist_ok=True)
+            yield folder / self.name
+            upload(folder / self.name, self, marker, replace=replace)
+            shutil.rmtree(folder, ignore_errors=True)
             return
         with tempfile.TemporaryDirectory(prefix="eoseg-put-") as tmp:
             local = Path(tmp) / self.name
@@ -246,6 +262,18 @@ class Location:
 
 def _local(path: Path) -> Location:
     return Location(str(path), path, url_to_fs(str(path.absolute()))[0], str(path.absolute()))
+
+
+def staging_dir(loc: Location) -> Path:
+    """The local folder where an output on object storage is staged resumably
+    (`Location.staged`): ``$XDG_CACHE_HOME/eoseg/staging/<digest of the URL>``
+    (``~/.cache`` by default), the same for every run writing that URL on this machine.
+
+    A container whose disk goes with it (a Kubernetes pod) resumes only if
+    ``XDG_CACHE_HOME`` lies on a volume that outlives it.
+    """
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "eoseg" / "staging" / hashlib.sha256(loc.url.encode()).hexdigest()[:20]
 
 
 def resolve(where: str | Path | Location, flag: str | None = None) -> Location:

@@ -19,10 +19,12 @@ from prefect.runtime import flow_run
 
 from eoseg.change_report import markdown_of
 from eoseg.cluster import connect
+from eoseg.models.accel import Precision
 from eoseg.regenerate import RegenerateOptions
 from eoseg.regenerate import regenerate as regenerate_product
 from eoseg.registry import fetch_model
 from eoseg.storage import location
+from flows.mapping import predict_options
 
 
 @task(name="fetch-model", retries=2)
@@ -61,6 +63,11 @@ def regenerate(
     workdir: str | None = None,
     report_dir: str | None = None,
     tag: str | None = None,
+    chip_size: int | None = None,
+    overlap: int | None = None,
+    precision: Precision | None = None,
+    probabilities: bool | None = None,
+    contexts: list[int] | None = None,
 ) -> dict[str, Any]:
     """Recompute what a new model or new scenes change in ``product`` and publish it.
 
@@ -76,6 +83,14 @@ def regenerate(
             the same one resumes); default: a temporary folder.
         report_dir: Where the change report (CSV, JSON, Markdown, PNG) is written.
         tag: Also name the new version so.
+        chip_size: ``eoseg predict``'s options, as the mapping flow takes them
+            (`flows.mapping.predict_options`; None keeps the default, the model card's
+            choice where it has one); settings other than those a tile was predicted
+            with recompute it.
+        overlap: See ``chip_size``.
+        precision: See ``chip_size``.
+        probabilities: See ``chip_size``.
+        contexts: See ``chip_size``.
 
     Returns:
         `eoseg.regenerate.RegenerateResult.to_dict`: tiles recomputed and skipped, the
@@ -83,6 +98,13 @@ def regenerate(
     """
     model_dir = model_task(model, registry, version)
     options = RegenerateOptions(
+        predict=predict_options(
+            chip_size=chip_size,
+            overlap=overlap,
+            precision=precision,
+            probabilities=probabilities,
+            contexts=contexts,
+        ),
         workdir=Path(workdir) if workdir else None,
         report_dir=report_dir or None,
         tag=tag,

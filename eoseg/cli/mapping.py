@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, cast
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -20,12 +20,20 @@ from eoseg.cli.common import (
     new_run_id,
     report,
 )
+from eoseg.cli.predict_options import (
+    PRECISION_DEFAULT,
+    ChipSizeOpt,
+    ContextsOpt,
+    OverlapOpt,
+    PrecisionOpt,
+    ProbabilitiesOpt,
+    predict_options,
+)
 
 if TYPE_CHECKING:
     from rich.table import Table
 
     from eoseg.area_table import AreaTable
-    from eoseg.models.accel import Precision
 
 DateOpt = Annotated[
     str | None,
@@ -62,45 +70,11 @@ def predict(
         ),
     ],
     out: Annotated[str, typer.Option("--out", help="Class map store to write (path or URL).")],
-    chip_size: Annotated[
-        int | None,
-        typer.Option(
-            "--chip-size",
-            help="Side of the chips the network predicts (px), a multiple of 2**depth; "
-            "default: the model card's (larger than the training chip where the network "
-            "is fully convolutional).",
-            show_default=False,
-        ),
-    ] = None,
-    overlap: Annotated[
-        int | None,
-        typer.Option(
-            "--overlap",
-            help="Pixels neighbouring chips share and blend, 0..chip/2 (chip/2: every pixel "
-            "computed four times); default: the model card's.",
-            show_default=False,
-        ),
-    ] = None,
-    precision: Annotated[
-        str,
-        typer.Option(
-            help="auto (bf16 on a GPU or a CPU that computes bf16 natively, else fp32), "
-            "bf16 or fp32."
-        ),
-    ] = "auto",
-    probabilities: Annotated[
-        bool,
-        typer.Option("--probabilities", help="Also write each class's probability (uint8, x 255)."),
-    ] = False,
-    contexts: Annotated[
-        str | None,
-        typer.Option(
-            help="Contexts to fuse, as multiples of the chip's extent, e.g. 1,2,4 "
-            "(default: the model card's choice; one context for a model without fusion "
-            "weights).",
-            show_default=False,
-        ),
-    ] = None,
+    chip_size: ChipSizeOpt = None,
+    overlap: OverlapOpt = None,
+    precision: PrecisionOpt = PRECISION_DEFAULT,
+    probabilities: ProbabilitiesOpt = False,
+    contexts: ContextsOpt = None,
     scheduler: SchedulerOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
@@ -115,16 +89,12 @@ def predict(
     map; a per-date model (trained on a --by-date cube) maps every date into a
     (time, y, x) class map on the cube's dates, e.g. one map per month.
     """
-    from eoseg.contexts import parse_contexts
-    from eoseg.predict import PredictOptions, prepare_predict, run_predict
+    from eoseg.predict import prepare_predict, run_predict
     from eoseg.storage import check_reachable, location, resolve
 
     def body() -> None:
         # Bad input (cube, model, output, options) is refused before the cluster starts.
-        options = PredictOptions(
-            chip_size, overlap, cast("Precision", precision), probabilities,
-            parse_contexts(contexts),
-        )  # fmt: skip
+        options = predict_options(chip_size, overlap, precision, probabilities, contexts)
         check_reachable({"--cube": location(cube), "--model": location(model),
                          "--out": location(out)})  # fmt: skip
         # A model on object storage is downloaded for this run (workers load a local folder).

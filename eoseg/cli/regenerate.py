@@ -10,6 +10,15 @@ import typer
 
 from eoseg.cli import console
 from eoseg.cli.common import JsonOpt, SchedulerOpt, dask_client, guard, new_run_id, report
+from eoseg.cli.predict_options import (
+    PRECISION_DEFAULT,
+    ChipSizeOpt,
+    ContextsOpt,
+    OverlapOpt,
+    PrecisionOpt,
+    ProbabilitiesOpt,
+    predict_options,
+)
 from eoseg.cli.products import MessageOpt, TagOpt
 
 
@@ -50,6 +59,11 @@ def regenerate(
             show_default=False,
         ),
     ] = None,
+    chip_size: ChipSizeOpt = None,
+    overlap: OverlapOpt = None,
+    precision: PrecisionOpt = PRECISION_DEFAULT,
+    probabilities: ProbabilitiesOpt = False,
+    contexts: ContextsOpt = None,
     tag: TagOpt = None,
     message: MessageOpt = "",
     scheduler: SchedulerOpt = None,
@@ -61,10 +75,12 @@ def regenerate(
     signature (a digest of the scenes touching it and their files) it was predicted from.
     A tile is recomputed when the model's version differs (a new model: every tile), when
     the cube's tile has another input signature (ingest the new scenes into the cube
-    first: only the tiles they touch change), when the predict settings differ, or when
-    the product has no such tile. The others are neither read nor written: storage grows
-    with the tiles recomputed. The new version is committed at once on top of the one
-    planned on; the previous one stays readable (eoseg products show/diff/rollback).
+    first: only the tiles they touch change), when the predict settings differ
+    (--chip-size, --overlap, --precision, --probabilities, --contexts: as eoseg predict
+    takes them, the model card's by default), or when the product has no such tile.
+    The others are neither read nor written: storage grows with the tiles recomputed.
+    The new version is committed at once on top of the one planned on; the previous
+    one stays readable (eoseg products show/diff/rollback).
 
     Prints the tiles recomputed (and why) and skipped, both versions and each class's
     change in km² over the changed tiles (they sum to zero); --report writes them as
@@ -90,8 +106,10 @@ def regenerate(
             name, _, version = model.partition("@")
             model_dir = str(fetch_model(registry, name, version or None))
         options = RegenerateOptions(
-            workdir=workdir, report_dir=report_dir, tag=tag, message=message, run_id=new_run_id()
-        )
+            predict=predict_options(chip_size, overlap, precision, probabilities, contexts),
+            workdir=workdir, report_dir=report_dir, tag=tag, message=message,
+            run_id=new_run_id(),
+        )  # fmt: skip
         with dask_client(scheduler) as client, console.progress_bar("predict") as bar:
             result = run(
                 location(repository), location(cube), model_dir, options=options,

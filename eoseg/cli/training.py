@@ -198,9 +198,8 @@ def train(
     record them).
     """
     from eoseg.contexts import parse_contexts
-    from eoseg.models.card import CARD_FILE
     from eoseg.outputs import check_output
-    from eoseg.storage import check_reachable, location, resolve
+    from eoseg.storage import check_reachable, location
     from eoseg.train import train_from_stores
     from eoseg.train.config import configure, load_train_config, parse_settings
 
@@ -240,12 +239,13 @@ def train(
         check_reachable({**stores, "--out": location(out)})
         inputs = {**stores, "--classes": classes, "--config": config}
         check_output(location(out), "model", overwrite=overwrite, inputs=inputs)
-        # On object storage the model is written to a local folder and uploaded at the end.
-        with console.train_progress() as bar, resolve(out, "--out").staged(CARD_FILE) as folder:
+        # On object storage the model trains in a local folder kept per URL (a rerun
+        # resumes from its checkpoint there) and is uploaded at the end.
+        with console.train_progress() as bar:
             card = train_from_stores(
                 grid,
                 noisy,
-                folder,
+                location(out),
                 finetune_labels=clean,
                 config=options,
                 classes=classes,

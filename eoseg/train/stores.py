@@ -10,7 +10,9 @@ from eoseg.classes import IGNORE_ID, ClassSchema, generic_schema, load_schema
 from eoseg.grid import check_same_grid, grid_of
 from eoseg.locks import output_lock
 from eoseg.models import ModelCard
+from eoseg.models.card import CARD_FILE
 from eoseg.outputs import check_output
+from eoseg.storage import resolve
 from eoseg.train.config import TrainConfig
 from eoseg.train.run import Progress, train_model
 
@@ -18,7 +20,7 @@ from eoseg.train.run import Progress, train_model
 def train_from_stores(
     cube_path: Path | str,
     labels_path: Path | str,
-    out_dir: Path,
+    out_dir: Path | str,
     *,
     finetune_labels: Path | str | None = None,
     classes: Path | None = None,
@@ -32,7 +34,10 @@ def train_from_stores(
     Args:
         cube_path: Cube store (a local path or an fsspec URL, `eoseg.storage`).
         labels_path: Labels store to (pre)train on.
-        out_dir: Model folder to write.
+        out_dir: Model folder to write: a local path, or an fsspec URL. On object
+            storage the model trains in a local folder kept per URL
+            (`eoseg.storage.staging_dir`) and is uploaded at the end, card last; a run
+            killed before then resumes from its checkpoint there when run again.
         finetune_labels: Optional clean labels store to fine-tune on.
         classes: Class schema file (TOML or JSON, see `eoseg.classes.load_schema`);
             default: generic names for the ids found in the labels.
@@ -72,16 +77,18 @@ def train_from_stores(
                 f"{cube_path} --out ...)",
             )
     schema = load_schema(classes) if classes else _schema_from_labels(labels, clean)
-    with output_lock(out_dir, run_id=run_id):
-        return train_model(
+    target = resolve(out_dir, "--out")
+    with target.staged(CARD_FILE, resumable=True) as folder, output_lock(folder, run_id=run_id):
+        card = train_model(
             cube,
             labels,
-            out_dir,
+            folder,
             schema=schema,
             config=config,
             finetune_labels=clean,
             progress=progress,
         )
+    return card
 
 
 def _schema_from_labels(*stores: xr.DataArray | None) -> ClassSchema:
