@@ -49,9 +49,10 @@ def sample(
 
       eoseg sample map.zarr --out sample.gpkg --n 600 --min-per-class 75 --seed 1
     """
+    from eoseg.reachability import check_reachable
     from eoseg.reference_areas import sample_classmap
     from eoseg.reference_sample import SampleDesign, parse_counts
-    from eoseg.storage import check_reachable, location
+    from eoseg.storage import location
 
     def body() -> None:
         _check_sizes(n, min_per_class)
@@ -97,8 +98,9 @@ def areas(
     accuracy with standard errors, and overall accuracy. Areas are km² on the ellipsoid.
     With --regions, the same per region (the points and mapped areas inside it).
     """
+    from eoseg.reachability import check_reachable
     from eoseg.reference_areas import estimate_areas
-    from eoseg.storage import check_reachable, location
+    from eoseg.storage import location
 
     def body() -> None:
         mapped, sample_at = location(classmap), location(reference)

@@ -216,7 +216,8 @@ def rasterize(
     from eoseg.code_map import load_code_map
     from eoseg.labels import rasterize_labels
     from eoseg.outputs import check_output
-    from eoseg.storage import check_reachable, location
+    from eoseg.reachability import check_reachable
+    from eoseg.storage import location
 
     def body() -> None:
         schema = load_schema(classes) if classes is not None else None  # before any cluster

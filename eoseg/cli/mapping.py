@@ -90,7 +90,8 @@ def predict(
     (time, y, x) class map on the cube's dates, e.g. one map per month.
     """
     from eoseg.predict import prepare_predict, run_predict
-    from eoseg.storage import check_reachable, location, resolve
+    from eoseg.reachability import check_reachable
+    from eoseg.storage import location, resolve
 
     def body() -> None:
         # Bad input (cube, model, output, options) is refused before the cluster starts.
@@ -181,7 +182,8 @@ def export(
       eoseg export monthly.zarr --cog 'map_{date}.tif' --polygons polygons.parquet
     """
     from eoseg.publish import export_classmap
-    from eoseg.storage import check_reachable, location
+    from eoseg.reachability import check_reachable
+    from eoseg.storage import location
 
     def body() -> None:
         if not (cog or confidence_cog or polygons or quicklook):
@@ -266,7 +268,8 @@ def evaluate(
     from eoseg.evaluation import evaluate_paths
     from eoseg.metrics import format_report
     from eoseg.outputs import scratch_dir
-    from eoseg.storage import check_reachable, location
+    from eoseg.reachability import check_reachable
+    from eoseg.storage import location
 
     def body() -> None:
         mapped, reference = location(classmap), location(truth)

@@ -60,7 +60,7 @@ def _registry(registry: str | None, *, writes: str | None = None) -> str:
         from eoseg.outputs import check_writable
 
         check_writable(Path(registry) / writes, "--registry")
-    from eoseg.storage import reachable
+    from eoseg.reachability import reachable
 
     reachable(registry, "--registry")  # a missing bucket or credentials, named here
     return registry

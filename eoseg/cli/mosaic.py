@@ -57,7 +57,8 @@ def mosaic(
       eoseg mosaic june.zarr july.zarr --rule latest --out summer.zarr
     """
     from eoseg.mosaic import check_rule, mosaic_classmaps
-    from eoseg.storage import check_reachable, location
+    from eoseg.reachability import check_reachable
+    from eoseg.storage import location
 
     def body() -> None:
         checked = check_rule(rule)  # before any cluster starts

@@ -94,10 +94,11 @@ def regenerate(
 
       eoseg products regenerate s3://b/lc --cube s3://b/cube.zarr --model m --report r/ --json
     """
+    from eoseg.reachability import check_reachable
     from eoseg.regenerate import RegenerateOptions
     from eoseg.regenerate import regenerate as run
     from eoseg.registry import fetch_model
-    from eoseg.storage import check_reachable, location
+    from eoseg.storage import location
 
     def body() -> None:
         check_reachable({"--report": report_dir})

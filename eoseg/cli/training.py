@@ -199,7 +199,8 @@ def train(
     """
     from eoseg.contexts import parse_contexts
     from eoseg.outputs import check_output
-    from eoseg.storage import check_reachable, location
+    from eoseg.reachability import check_reachable
+    from eoseg.storage import location
     from eoseg.train import train_from_stores
     from eoseg.train.config import configure, load_train_config, parse_settings
 
