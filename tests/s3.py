@@ -1,10 +1,11 @@
-"""A real S3-compatible server on loopback (moto's standalone server) for object-storage
-tests, as s3fs's own tests do: requests go over HTTP to 127.0.0.1, nothing is mocked
-in-process. Credentials reach s3fs/botocore only through the environment."""
+"""A real S3-compatible server on loopback (moto's standalone server, its own process) for
+object-storage tests, as s3fs's own tests do: requests go over HTTP to 127.0.0.1, nothing
+is mocked in-process. Credentials reach s3fs/botocore only through the environment."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,15 +30,30 @@ class S3:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """moto's threaded server on an ephemeral loopback port, for the whole session."""
-    from moto.server import ThreadedMotoServer
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto's standalone server in its own process on a loopback port, for the whole
+    session. Its own process, not moto's in-process threaded server: request handling
+    there takes the tests' GIL, and on 2 cores made object-storage runs 2-3x slower."""
+    from tests.loopback import BIN, Services, free_port, wait_for
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    port = free_port()
+    services = Services(tmp_path_factory.mktemp("moto"), {**os.environ})
+    services.start("moto", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)])
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_for("moto server", lambda: _answers(endpoint), 60, services.tail)
+        yield endpoint
+    finally:
+        services.stop()
+
+
+def _answers(endpoint: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{endpoint}/moto-api/", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 @contextlib.contextmanager

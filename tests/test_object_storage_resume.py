@@ -24,13 +24,14 @@ from eoseg.store import consolidate, staging_path, tile_provenance
 from tests.s3 import S3
 
 OPTIONS = PredictOptions(chip_size=64, overlap=8, precision="fp32", probabilities=True)
-TILE = 32
-"""Small tiles: many of them, so the kill lands mid-run."""
+TILE = 48
+"""Small tiles: 24 of them, so the kill (after 10) lands mid-run, and the resumed run
+writes the other 14 (32 px tiles made 45: a resumed run twice as long on object storage)."""
 
 
 @pytest.fixture(scope="module")
 def small_cube(cube_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo cube with 32 px tiles (about 50 of them), consolidated again."""
+    """The demo cube with `TILE` px tiles, consolidated again."""
     out = tmp_path_factory.mktemp("s3tiles") / "cube.zarr"
     shutil.copytree(cube_path, out)
     zarr.open_group(str(out), mode="r+").attrs["tile_size"] = TILE
@@ -39,13 +40,16 @@ def small_cube(cube_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 @pytest.mark.slow
-def test_sigkilled_predict_on_s3_resumes_to_identical_result(
-    s3: S3, small_cube: Path, model_dir: Path, tmp_path: Path
+def test_sigkilled_predict_on_s3_resumes_to_identical_result(  # type: ignore[no-untyped-def]
+    s3: S3, small_cube: Path, model_dir: Path, tmp_path: Path, client
 ) -> None:
     fs = s3fs.S3FileSystem()
     fs.put(str(small_cube), f"{s3.bucket}/cube.zarr", recursive=True)
     cube, out = s3.url("cube.zarr"), s3.url("map.zarr")
-    reference = predict(small_cube, model_dir, tmp_path / "ref.zarr", options=OPTIONS).path
+    # The reference and the resumed run on the module's threaded cluster (a process
+    # cluster each took ~10 s to start on 2 cores); only the killed run starts its own.
+    ref = predict(small_cube, model_dir, tmp_path / "ref.zarr", options=OPTIONS, client=client)
+    reference = ref.path
     cmd = [sys.executable, "-m", "eoseg", "predict", "--cube", cube, "--model", str(model_dir),
            "--out", out, "--chip-size", "64", "--overlap", "8", "--precision", "fp32",
            "--probabilities"]  # fmt: skip
@@ -63,7 +67,7 @@ def test_sigkilled_predict_on_s3_resumes_to_identical_result(
     before = {r["tile"]: r["run_id"] for r in tile_provenance(staging_path(out))}
     total = len(tile_provenance(reference))
     assert 10 <= len(before) < total and not fs.exists(f"{s3.bucket}/map.zarr")
-    resumed = predict(cube, model_dir, out, options=OPTIONS, run_id="resumed")
+    resumed = predict(cube, model_dir, out, options=OPTIONS, run_id="resumed", client=client)
     assert resumed.tiles_written == total - len(before)
     after = {r["tile"]: r["run_id"] for r in tile_provenance(out)}
     assert {t: after[t] for t in before} == before  # the killed run's tiles were kept
