@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.s3 import s3, s3_endpoint  # noqa: F401  (object-storage fixtures)
+from tests.s3 import s3, s3_endpoint, s3_server  # noqa: F401  (object-storage fixtures)
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 

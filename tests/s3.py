@@ -9,6 +9,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -29,22 +30,48 @@ class S3:
         return f"s3://{self.bucket}/{key}"
 
 
+@dataclass(frozen=True, slots=True)
+class S3Server:
+    """The loopback server: its endpoint and the log of the requests it answered."""
+
+    endpoint: str
+    log: Path
+
+    def requests(self, since: int = 0) -> list[str]:
+        """The request lines of the log from byte ``since`` on (``"HEAD /bucket/key"``...)."""
+        with self.log.open("rb") as f:
+            f.seek(since)
+            text = f.read().decode(errors="replace")
+        return [line for line in text.splitlines() if '"' in line and " HTTP/" in line]
+
+    def mark(self) -> int:
+        """Where the log ends now (for `requests`)."""
+        return self.log.stat().st_size
+
+
 @pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """moto's standalone server in its own process on a loopback port, for the whole
     session. Its own process, not moto's in-process threaded server: request handling
     there takes the tests' GIL, and on 2 cores made object-storage runs 2-3x slower."""
     from tests.loopback import BIN, Services, free_port, wait_for
 
     port = free_port()
-    services = Services(tmp_path_factory.mktemp("moto"), {**os.environ})
+    folder = tmp_path_factory.mktemp("moto")
+    services = Services(folder, {**os.environ})
     services.start("moto", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)])
     endpoint = f"http://127.0.0.1:{port}"
     try:
         wait_for("moto server", lambda: _answers(endpoint), 60, services.tail)
-        yield endpoint
+        yield S3Server(endpoint, folder / "moto.log")
     finally:
         services.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(s3_server: S3Server) -> str:
+    """The loopback server's endpoint URL."""
+    return s3_server.endpoint
 
 
 def _answers(endpoint: str) -> bool:
