@@ -49,6 +49,8 @@ CONFIG = TrainConfig(
 )  # fmt: skip
 """A small U-Net (16/2; base width 8 stalled for dozens of epochs) on 32 px chips, for
 the default landscape (`eoseg.synthetic_context.ContextSpec`: parks 2-3 chips wide)."""
+IN_MEMORY_BYTES = 2**30
+"""Largest cube `compare_contexts` loads into memory before training."""
 SMALL = ContextSpec(size=256, districts=3, district_size=(90, 110), park_size=(40, 56), ring=8)
 """The landscape of ``--small`` and of the test: the default one at half the scale..."""
 SMALL_CONFIG = replace(CONFIG, chip_size=16, block_size=32, epochs=60)
@@ -118,13 +120,18 @@ def compare_contexts(
         map_cube: Cube to map (default ``cube``).
     """
     workdir.mkdir(parents=True, exist_ok=True)
+    # In memory when small: chip sampling (wider contexts: one window per chip and
+    # context) then reads numpy, not a Dask graph per chip; the chips are the same.
+    data, targets = open_cube(cube), open_labels(labels)
+    if data.nbytes <= IN_MEMORY_BYTES:
+        data, targets = data.load(), targets.load()
     scores: dict[str, Score] = {}
     fusion: dict[str, Any] = {}
     for name, ctx in (("single", (1,)), ("multi", contexts)):
         model = workdir / f"model-{name}"
         start = time.perf_counter()
         card = train_model(
-            open_cube(cube), open_labels(labels), model, schema=schema,
+            data, targets, model, schema=schema,
             config=replace(config, contexts=ctx), resume=False,
         )  # fmt: skip
         trained = time.perf_counter() - start

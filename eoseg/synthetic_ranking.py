@@ -95,7 +95,8 @@ def compare_trainings(
         rasterize_labels(source, cube_path, stores[kind], overwrite=True)
     outside = _outside_clean_box(stores["truth"], stores["clean"]) if whole_map else None
     tiles = None if whole_map else _tiles_holding(stores["holdout"], tile_size)
-    cube = open_cube(cube_path)
+    # In memory (~60 MB): chip sampling then reads numpy, not a Dask graph per chip.
+    cube = open_cube(cube_path).load()
     if config.epochs is None:
         raise InvalidParameterError(
             "compare_trainings needs explicit epochs (the same budget for every training): "
@@ -114,11 +115,11 @@ def compare_trainings(
         model = root / f"model-{name}"
         train_model(
             cube,
-            open_labels(labels),
+            open_labels(labels).load(),
             model,
             schema=DEMO_CLASSES,
             config=cfg,
-            finetune_labels=open_labels(finetune) if finetune else None,
+            finetune_labels=open_labels(finetune).load() if finetune else None,
             resume=False,
         )
         seconds = time.perf_counter() - start
