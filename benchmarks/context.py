@@ -49,6 +49,8 @@ CONFIG = TrainConfig(
 )  # fmt: skip
 """A small U-Net (16/2; base width 8 stalled for dozens of epochs) on 32 px chips, for
 the default landscape (`eoseg.synthetic_context.ContextSpec`: parks 2-3 chips wide)."""
+IN_MEMORY_BYTES = 2**30
+"""Largest cube `compare_contexts` loads into memory before training."""
 SMALL = ContextSpec(size=256, districts=3, district_size=(90, 110), park_size=(40, 56), ring=8)
 """The landscape of ``--small`` and of the test: the default one at half the scale..."""
 SMALL_CONFIG = replace(CONFIG, chip_size=16, block_size=32, epochs=60)
@@ -103,6 +105,7 @@ def compare_contexts(
     contexts: tuple[int, ...] = (1, 2, 4),
     code_map: Path | None = None,
     map_cube: Path | None = None,
+    at_context_one: bool = True,
 ) -> Comparison:
     """Train a single- and a multi-context model on ``labels`` and score their maps.
 
@@ -116,20 +119,27 @@ def compare_contexts(
         contexts: Contexts of the multi-context model.
         code_map: Translation of the truth's codes (as ``eoseg evaluate --code-map``).
         map_cube: Cube to map (default ``cube``).
+        at_context_one: Also map with the multi-context model at context 1 alone
+            (``multi@1``).
     """
     workdir.mkdir(parents=True, exist_ok=True)
+    # In memory when small: chip sampling (wider contexts: one window per chip and
+    # context) then reads numpy, not a Dask graph per chip; the chips are the same.
+    data, targets = open_cube(cube), open_labels(labels)
+    if data.nbytes <= IN_MEMORY_BYTES:
+        data, targets = data.load(), targets.load()
     scores: dict[str, Score] = {}
     fusion: dict[str, Any] = {}
     for name, ctx in (("single", (1,)), ("multi", contexts)):
         model = workdir / f"model-{name}"
         start = time.perf_counter()
         card = train_model(
-            open_cube(cube), open_labels(labels), model, schema=schema,
+            data, targets, model, schema=schema,
             config=replace(config, contexts=ctx), resume=False,
         )  # fmt: skip
         trained = time.perf_counter() - start
         fusion = card.contexts or fusion
-        maps = [(name, None)] + ([("multi@1", (1,))] if name == "multi" else [])
+        maps = [(name, None)] + ([("multi@1", (1,))] if name == "multi" and at_context_one else [])
         for label, asked in maps:
             classmap = workdir / f"classmap-{label}.zarr"
             start = time.perf_counter()
@@ -151,6 +161,8 @@ def compare_synthetic(
     spec: ContextSpec = SMALL,
     config: TrainConfig = SMALL_CONFIG,
     contexts: tuple[int, ...] = (1, 2, 4),
+    *,
+    at_context_one: bool = True,
 ) -> Comparison:
     """`compare_contexts` on the context landscape: trained on a scene of ``spec.seed``,
     scored on the map of a scene of the next seed."""
@@ -161,10 +173,11 @@ def compare_synthetic(
         ingest([scene.scene], cube, tile_size=128, overwrite=True)
         rasterize_labels(scene.truth, cube, labels, classes=CONTEXT_CLASSES, overwrite=True)
         stores.append((cube, labels, scene.truth))
-    (cube, labels, _), (test_cube, _, truth) = stores
+    # The test scene's truth as rasterized on its cube: evaluate then reads it as is.
+    (cube, labels, _), (test_cube, truth, _) = stores
     return compare_contexts(
         cube, labels, truth, root / "runs", schema=CONTEXT_CLASSES, config=config,
-        contexts=contexts, map_cube=test_cube,
+        contexts=contexts, map_cube=test_cube, at_context_one=at_context_one,
     )  # fmt: skip
 
 
