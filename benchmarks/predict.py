@@ -115,7 +115,7 @@ def end_to_end(base: dict[str, Any], runs: dict[str, dict[str, str]]) -> dict[st
     groups: dict[ClusterShape | None, dict[str, dict[str, str]]] = {}
     for name, run in runs.items():
         tiles = 0 if base["scheduler"] else cube_tiles(Path(run["cube"]), base["tile_size"])
-        size = local_shape(tiles) if tiles else None
+        size = local_shape(tiles, model=True) if tiles else None
         groups.setdefault(size, {})[name] = run
     figures: dict[str, Any] = {}
     for group in groups.values():

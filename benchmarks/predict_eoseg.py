@@ -97,7 +97,7 @@ def end_to_end_child(spec: dict[str, Any]) -> None:
     kwargs = predict_kwargs(spec["options"])
     model = Path(spec["model"])
     first = Path(spec["runs"][0]["cube"])
-    extra: dict[str, Any] = {"tasks": cube_tiles(first, spec["tile_size"])}
+    extra: dict[str, Any] = {"tasks": cube_tiles(first, spec["tile_size"]), "model": True}
     if spec["scheduler"] == "cuda":
         extra = {"gpu_threads": spec["gpu_threads"]}
     docs = []

@@ -1,7 +1,7 @@
 """Dask clusters and running per-tile functions on them.
 
-On one machine eoseg starts a `dask.distributed.LocalCluster` of one worker process with a
-thread per tile in flight (`local_shape`), or with
+On one machine eoseg starts a `dask.distributed.LocalCluster` (`local_shape`: for a model,
+one worker process with a thread per tile in flight; else a process per tile), or with
 ``scheduler="cuda"`` a ``dask_cuda.LocalCUDACluster`` (one worker per visible GPU, each
 pinned to its GPU by ``CUDA_VISIBLE_DEVICES``). At scale it connects to any scheduler
 address (``tcp://...``): GPU nodes run ``dask cuda worker`` (one worker per GPU),
@@ -56,6 +56,7 @@ def connect(
     *,
     n_workers: int | None = None,
     tasks: int | None = None,
+    model: bool = False,
     processes: bool = True,
     local_directory: Path | None = None,
     gpu_threads: int = GPU_THREADS,
@@ -67,9 +68,10 @@ def connect(
             `LocalCluster` that is closed on exit; ``"cuda"`` starts a local dask-cuda
             cluster of one worker per visible GPU (needs ``pip install eoseg[gpu]``).
         n_workers: Local workers of one thread each (benchmarks, tests); by default the
-            cluster is `local_shape` ``(tasks)``. Torch parallelism inside a task is set by
-            the worker plugin (`torch_threads`).
+            cluster is `local_shape` ``(tasks, model=model)``. Torch parallelism inside a
+            task is set by the worker plugin (`torch_threads`).
         tasks: Tiles the run has, when known: a local cluster computes no more at once.
+        model: The tiles run a model (predict): tasks share one worker process.
         processes: Process workers (default) or threads in this process (tests).
         local_directory: Where local workers spill; keep it inside the work dir.
         gpu_threads: Threads of each dask-cuda worker: tiles in flight per GPU, so one
@@ -92,7 +94,7 @@ def connect(
         finally:
             client.close()
         return
-    shape = ClusterShape(n_workers, 1) if n_workers else local_shape(tasks)
+    shape = ClusterShape(n_workers, 1) if n_workers else local_shape(tasks, model=model)
     with _workers_ignore_sigint():
         cluster = LocalCluster(
             n_workers=shape.workers,
@@ -118,19 +120,24 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def local_shape(tasks: int | None = None) -> ClusterShape:
-    """The local cluster for a run of ``tasks`` tiles: one worker process with a thread
-    per tile computed at once, one per core, at most `MAX_LOCAL_THREADS` and no more than
-    ``tasks`` (one tile alone gets every core through torch's threads, `torch_threads`).
+def local_shape(tasks: int | None = None, *, model: bool = False) -> ClusterShape:
+    """The local cluster for a run of ``tasks`` tiles: as many tiles at once as cores, at
+    most `MAX_LOCAL_THREADS` and no more than ``tasks`` (one tile alone gets every core
+    through torch's threads, `torch_threads`).
 
-    One process rather than one per core: a process holds torch, GDAL and the model once
-    (~0.4-0.5 GB), tiles in flight share it, so a run's memory does not grow with the
-    cores. Measured on 2 cores, 16 tiles of 512 px, U-Net 32/4: 0.0895 Mpx/s and a 1.93 GB
-    process tree with 1 process x 2 threads against 0.0912 Mpx/s and 2.31 GB with 2
-    processes x 1 thread, 0.0722 Mpx/s with 1 thread and 2 torch threads (session 9).
+    Tiles that run a model (``model``: predict) share one worker process, a thread each:
+    the process holds torch and the model once (~0.4-0.5 GB) and torch computes outside
+    the GIL, so a run's memory does not grow with the tiles in flight. Measured on 2
+    cores, 16 tiles of 512 px, U-Net 32/4 (session 9): 0.0895 Mpx/s and a 1.93 GB process
+    tree with 1 process x 2 threads, 0.0912 Mpx/s and 2.31 GB with 2 processes x 1 thread.
+    Other work (ingest, rasterize, mosaic: GDAL and numpy holding the GIL in part) gets a
+    process per tile, one thread each: ingesting a 4096 px scene into 512 px tiles took
+    6.5 s with 2 processes against 7.9 s with 2 threads of one process.
     """
-    threads = max(1, min(MAX_LOCAL_THREADS, available_cores()))
-    return ClusterShape(1, max(1, min(threads, tasks)) if tasks is not None else threads)
+    parallel = max(1, min(MAX_LOCAL_THREADS, available_cores()))
+    if tasks is not None:
+        parallel = max(1, min(parallel, tasks))
+    return ClusterShape(1, parallel) if model else ClusterShape(parallel, 1)
 
 
 def torch_threads(cores: int, tasks: int) -> int:

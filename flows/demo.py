@@ -108,7 +108,7 @@ def demo_flow(
     timed("generate", t)
     products = root / "products"
     products.mkdir(parents=True, exist_ok=True)
-    with connect(scheduler, local_directory=root / "dask") as client:
+    with connect(scheduler, local_directory=root / "dask", model=True) as client:
         address = client.scheduler_info()["address"]
         t = time.perf_counter()
         cube = ingest_task(

@@ -49,7 +49,7 @@ def predict_task(
     options: PredictOptions | None = None,
 ) -> dict[str, Any]:
     """Tiled inference on the cluster; an interrupted run resumes its missing tiles."""
-    with connect(scheduler) as client:
+    with connect(scheduler, model=True) as client:
         result = predict(
             location(cube),
             Path(model),

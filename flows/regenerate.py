@@ -45,7 +45,7 @@ def regenerate_task(
 ) -> dict[str, Any]:
     """Plan, predict the tiles that changed on the cluster, publish, report; a retry
     resumes the predicted tiles when ``options.workdir`` is set."""
-    with connect(scheduler) as client:
+    with connect(scheduler, model=True) as client:
         result = regenerate_product(
             location(product), location(cube), model_dir, options=options, client=client
         )

@@ -106,18 +106,17 @@ def test_benchmark_small_json_has_its_figures(tmp_path: Path) -> None:
         assert doc["agreement"] > 0.75  # 0.85 here: 64 px chips, blended or not
 
 
-@pytest.mark.parametrize("tasks", [1, 3, None])
-def test_local_cluster_is_one_process_with_a_thread_per_tile_in_flight(
-    tasks: int | None, tmp_path: Path
-) -> None:
-    """The local cluster: one worker process, a thread per tile computed at once (no more
-    than the run's tiles, one per core, at most 4)."""
+@pytest.mark.parametrize(("tasks", "model"), [(1, True), (3, True), (None, True), (3, False)])
+def test_local_cluster_shape(tasks: int | None, model: bool, tmp_path: Path) -> None:
+    """The local cluster computes as many tiles at once as cores (at most 4, no more than
+    the run's tiles): for a model as threads of one worker process (which holds it once),
+    otherwise as processes of one thread."""
     from eoseg.cluster import MAX_LOCAL_THREADS, available_cores, connect
 
     cores = available_cores()
-    expected = min(cores, MAX_LOCAL_THREADS, tasks or cores)
-    with connect(None, tasks=tasks, local_directory=tmp_path / "dask") as client:
-        threads = client.nthreads()
+    parallel = min(cores, MAX_LOCAL_THREADS, tasks or cores)
+    with connect(None, tasks=tasks, model=model, local_directory=tmp_path / "dask") as client:
+        threads = sorted(client.nthreads().values())
         pids = set(client.run(os.getpid).values())
-    assert list(threads.values()) == [expected] and len(pids) == 1
-    assert pids != {os.getpid()}  # a process of its own, not threads of this one
+    assert threads == ([parallel] if model else [1] * parallel)
+    assert len(pids) == len(threads) and os.getpid() not in pids  # processes of their own

@@ -78,29 +78,39 @@ def guard(fn: Callable[[], T]) -> T:
 
 @contextmanager
 def dask_client(
-    scheduler: str | None, workdir: Path | None = None, tasks: int | None = None
+    scheduler: str | None,
+    workdir: Path | None = None,
+    tasks: int | None = None,
+    *,
+    model: bool = False,
 ) -> Iterator[Any]:
     """A Dask client that connects (or starts the local cluster) only when first used.
 
     Commands validate their input and plan their work before they submit a tile, so a
     refused input fails in a moment, with no cluster started and nothing written.
-    ``tasks``: the run's tiles, when known (a local cluster computes no more at once:
-    `eoseg.cluster.local_shape`).
+    ``tasks``: the run's tiles, when known (a local cluster computes no more at once);
+    ``model``: the tiles run a model (one worker process shares it): `eoseg.cluster.local_shape`.
     """
     with ExitStack() as stack:
-        yield _LazyClient(stack, scheduler, workdir, tasks)
+        yield _LazyClient(stack, scheduler, workdir, tasks, model)
 
 
 class _LazyClient:
     """Stands for a `distributed.Client`; the first attribute asked for connects it."""
 
     def __init__(
-        self, stack: ExitStack, scheduler: str | None, workdir: Path | None, tasks: int | None
+        self,
+        stack: ExitStack,
+        scheduler: str | None,
+        workdir: Path | None,
+        tasks: int | None,
+        model: bool,
     ) -> None:
         self._stack = stack
         self._scheduler = scheduler
         self._workdir = workdir
         self._tasks = tasks
+        self._model = model
         self._client: Any = None
 
     def __getattr__(self, name: str) -> Any:
@@ -109,7 +119,12 @@ class _LazyClient:
 
             quiet_dask()
             self._client = self._stack.enter_context(
-                connect(self._scheduler, local_directory=self._workdir, tasks=self._tasks)
+                connect(
+                    self._scheduler,
+                    local_directory=self._workdir,
+                    tasks=self._tasks,
+                    model=self._model,
+                )
             )
         return getattr(self._client, name)
 

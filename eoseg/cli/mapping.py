@@ -111,7 +111,7 @@ def predict(
             # A local cluster computes no more tiles at once than there are: one tile
             # alone gets every core through torch's threads.
             with (
-                dask_client(scheduler, tasks=len(job.tiles)) as client,
+                dask_client(scheduler, tasks=len(job.tiles), model=True) as client,
                 console.progress_bar("predict") as bar,
             ):
                 result = run_predict(job, client=client, progress=bar)

@@ -111,7 +111,7 @@ def regenerate(
             workdir=workdir, report_dir=report_dir, tag=tag, message=message,
             run_id=new_run_id(),
         )  # fmt: skip
-        with dask_client(scheduler) as client, console.progress_bar("predict") as bar:
+        with dask_client(scheduler, model=True) as client, console.progress_bar("predict") as bar:
             result = run(
                 location(repository), location(cube), model_dir, options=options,
                 client=client, progress=bar,
