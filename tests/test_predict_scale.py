@@ -110,7 +110,7 @@ def test_benchmark_small_json_has_its_figures(tmp_path: Path) -> None:
 def test_local_cluster_shape(tasks: int | None, model: bool, tmp_path: Path) -> None:
     """The local cluster computes as many tiles at once as cores (at most 4, no more than
     the run's tiles): for a model as threads of one worker process (which holds it once),
-    otherwise as processes of one thread."""
+    otherwise as processes of one thread; its workers keep glibc's malloc defaults."""
     from eoseg.cluster import MAX_LOCAL_THREADS, available_cores, connect
 
     cores = available_cores()
@@ -118,5 +118,7 @@ def test_local_cluster_shape(tasks: int | None, model: bool, tmp_path: Path) -> 
     with connect(None, tasks=tasks, model=model, local_directory=tmp_path / "dask") as client:
         threads = sorted(client.nthreads().values())
         pids = set(client.run(os.getpid).values())
+        trim = set(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values())
     assert threads == ([parallel] if model else [1] * parallel)
+    assert trim == {None}  # glibc's dynamic mmap threshold stays on (eoseg.cluster)
     assert len(pids) == len(threads) and os.getpid() not in pids  # processes of their own
