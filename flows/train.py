@@ -18,6 +18,7 @@ from prefect.events import emit_event
 from eoseg.cluster import connect
 from eoseg.labels import rasterize_labels
 from eoseg.registry import register, set_production
+from eoseg.storage import location
 from eoseg.train import TrainConfig, train_from_stores
 from eoseg.train.config import configure, load_train_config
 
@@ -53,9 +54,9 @@ def rasterize_task(
     classified by ``classes``) onto the cube."""
     with connect(scheduler) as client:
         result = rasterize_labels(
-            Path(vector),
-            Path(cube),
-            Path(out),
+            location(vector),
+            location(cube),
+            location(out),
             class_field=class_field,
             classes=classes,
             code_map=code_map,
@@ -80,10 +81,10 @@ def train_task(
 ) -> dict[str, Any]:
     """Train (and fine-tune) a U-Net; returns the model card as a dict."""
     card = train_from_stores(
-        Path(cube),
-        Path(labels),
-        Path(out),
-        finetune_labels=Path(finetune_labels) if finetune_labels else None,
+        location(cube),
+        location(labels),
+        location(out),  # a URL trains in a local folder kept per URL, then uploads
+        finetune_labels=location(finetune_labels) if finetune_labels else None,
         classes=Path(classes) if classes else None,
         config=config,
         overwrite=overwrite,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from eoseg import model_input, predict, sampling
+from eoseg import model_input, predict, sampling, tile_prediction
 from eoseg.classes import DEMO_CLASSES
 from eoseg.cube import ingest, open_cube
 from eoseg.errors import InvalidParameterError
@@ -88,7 +88,7 @@ def test_sampling_and_prediction_read_the_same_input(
     by_date_cube: Path, time: model_input.TimeMode
 ) -> None:
     """Both paths call the one input function, and read identical arrays for a window."""
-    assert sampling.input_stack is predict.input_stack is model_input.input_stack
+    assert sampling.input_stack is tile_prediction.input_stack is model_input.input_stack
     cube = open_cube(by_date_cube)
     assert cube.sizes["time"] == 2 and cube_time_mode(cube) == "per-date"
     bands = ("B08", "B02", "B04")  # a subset, in another order than the cube's
@@ -110,7 +110,7 @@ def test_sampling_and_prediction_read_the_same_input(
     dy = tile.y0 - lattice.span(tile.y0, tile.y0 + tile.height)[0]
     dx = tile.x0 - lattice.span(tile.x0, tile.x0 + tile.width)[0]
     for images, step in zip(sampled, steps, strict=True):
-        window, valid = predict.tile_input(cube, card, tile, step, lattice)
+        window, valid = tile_prediction.tile_input(cube, card, tile, step, lattice)
         inner = window[:, dy : dy + tile.height, dx : dx + tile.width]
         np.testing.assert_array_equal(inner, images)  # NaN where nodata, in both
         np.testing.assert_array_equal(valid, ~np.isnan(images).any(axis=0))
