@@ -20,6 +20,12 @@ from eoseg.grid import Tile, iter_tiles
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _malloc_trim() -> str | None:
+    """The worker's own ``MALLOC_TRIM_THRESHOLD_`` (run there: a bound ``os.environ.get``
+    would carry this process's environment along)."""
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
 def _pixels(tile: Tile, *, scale: int) -> int:
     """A tile task that does no pixel work."""
     return tile.height * tile.width * scale
@@ -107,18 +113,23 @@ def test_benchmark_small_json_has_its_figures(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("tasks", "model"), [(1, True), (3, True), (None, True), (3, False)])
-def test_local_cluster_shape(tasks: int | None, model: bool, tmp_path: Path) -> None:
+def test_local_cluster_shape(
+    tasks: int | None, model: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The local cluster computes as many tiles at once as cores (at most 4, no more than
     the run's tiles): for a model as threads of one worker process (which holds it once),
     otherwise as processes of one thread; its workers keep glibc's malloc defaults."""
     from eoseg.cluster import MAX_LOCAL_THREADS, available_cores, connect
 
+    # A nanny started earlier in this process without eoseg's settings (a test's own
+    # LocalCluster) set the variable here, in the parent, and workers would inherit it.
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     cores = available_cores()
     parallel = min(cores, MAX_LOCAL_THREADS, tasks or cores)
     with connect(None, tasks=tasks, model=model, local_directory=tmp_path / "dask") as client:
         threads = sorted(client.nthreads().values())
         pids = set(client.run(os.getpid).values())
-        trim = set(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values())
+        trim = set(client.run(_malloc_trim).values())
     assert threads == ([parallel] if model else [1] * parallel)
     assert trim == {None}  # glibc's dynamic mmap threshold stays on (eoseg.cluster)
     assert len(pids) == len(threads) and os.getpid() not in pids  # processes of their own
