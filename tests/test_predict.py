@@ -166,8 +166,7 @@ def test_workers_load_the_model_the_client_read_not_its_folder(tmp_path: Path) -
     the tasks find the model in the worker's cache under the folder's name."""
     import shutil
 
-    from distributed import Client, LocalCluster
-
+    from eoseg.cluster import connect
     from eoseg.inference import ModelPlugin, get_model
     from eoseg.models import load_model
     from tests.conftest import save_untrained_model
@@ -177,12 +176,9 @@ def test_workers_load_the_model_the_client_read_not_its_folder(tmp_path: Path) -
     expected = load_model(folder)[1].version
     plugin = ModelPlugin(str(folder), "fp32")
     shutil.rmtree(folder)  # the workers never see it
-    with (
-        LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    # eoseg's own local cluster: a plain LocalCluster's nanny would leave Dask's malloc
+    # setting in this process for every later worker (eoseg.cluster.KEEP_MALLOC_DEFAULTS).
+    with connect(None, n_workers=1, local_directory=tmp_path / "dask") as client:
         client.register_plugin(plugin)
         version = client.submit(lambda key: get_model(key, "fp32")[1].version, str(folder))
         assert version.result(timeout=120) == expected
